@@ -1,0 +1,104 @@
+"""The JSON shapes of the read API, built from model records; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from metasrv.catalog import ProjectChange
+from metasrv.model import CoreMetadata, DistFile, Project, Release
+
+API_VERSION = "1.0"
+
+
+def render_listing(names: Mapping[str, str]) -> dict[str, Any]:
+    """Return every project as normalized and registered name."""
+    return {
+        "projects": [
+            {"name": name, "normalized-name": normalized_name}
+            for normalized_name, name in names.items()
+        ]
+    }
+
+
+def render_changes(since: str, changes: Iterable[ProjectChange]) -> dict[str, Any]:
+    """Return the projects added, changed or removed since a commit."""
+    return {
+        "since": since,
+        "projects": [
+            {
+                "name": change.name,
+                "normalized-name": change.normalized_name,
+                "change": change.change,
+            }
+            for change in changes
+        ],
+    }
+
+
+def render_project(project: Project) -> dict[str, Any]:
+    """Return a project's versions in PEP 440 order, each with yank, Requires-Python, file count."""
+    return {
+        "name": project.name,
+        "normalized-name": project.normalized_name,
+        "versions": [
+            {
+                "version": release.version_text,
+                "yanked": release.yanked,
+                "requires-python": release.requires_python,
+                "files": len(release.files),
+            }
+            for release in project.releases
+        ],
+    }
+
+
+def render_release(project: Project, release: Release) -> dict[str, Any]:
+    """Return a release's resolver metadata and files, each file's metadata where it differs."""
+    return {
+        "name": project.name,
+        "normalized-name": project.normalized_name,
+        "version": release.version_text,
+        "yanked": release.yanked,
+        **render_metadata(release.metadata),
+        "files": [render_file(dist_file, release.metadata) for dist_file in release.files],
+    }
+
+
+def render_metadata(metadata: CoreMetadata | None) -> dict[str, Any]:
+    """Return the core metadata fields; all None when the metadata is unknown."""
+    if metadata is None:
+        return {
+            "metadata-version": None,
+            "requires-dist": None,
+            "requires-python": None,
+            "provides-extra": None,
+            "dynamic": None,
+        }
+    return {
+        "metadata-version": metadata.metadata_version,
+        "requires-dist": list(metadata.requires_dist),
+        "requires-python": metadata.requires_python,
+        "provides-extra": list(metadata.provides_extra),
+        "dynamic": list(metadata.dynamic),
+    }
+
+
+def render_file(dist_file: DistFile, common: CoreMetadata | None) -> dict[str, Any]:
+    """Return one file; ``metadata`` is present only where it differs from the release's."""
+    rendered: dict[str, Any] = {
+        "filename": dist_file.filename,
+        "url": dist_file.url,
+        "hashes": dict(dist_file.hashes),
+        "size": dist_file.size,
+        "upload-time": dist_file.upload_time,
+        "requires-python": dist_file.requires_python,
+        "yanked": dist_file.yanked,
+    }
+    if dist_file.metadata_error is not None:
+        rendered["metadata-error"] = dist_file.metadata_error
+    if dist_file.metadata != common:
+        rendered["metadata"] = (
+            None if dist_file.metadata is None else render_metadata(dist_file.metadata)
+        )
+    return rendered

@@ -1,0 +1,112 @@
+"""Queries of the canonical data at one pinned commit, cached by git object id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from packaging.utils import NormalizedName
+
+from metasrv import tomlcodec
+from metasrv.errors import NotFound
+from metasrv.model import Project, registered_name
+from metasrv.names import name_from_path, normalize_name, project_path
+from metasrv.storage import BlobId, CommitId, Storage
+
+DATA_ROOT = "data"
+PARSED_PROJECT_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectChange:
+    """A project added, changed or removed between two commits."""
+
+    normalized_name: NormalizedName
+    name: str
+    change: str  # "added", "changed" or "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    commit_id: CommitId
+    names: dict[NormalizedName, str]
+
+
+class Catalog:
+    """The projects of a meta repository, read at whichever commit a caller pins."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._listing: _Listing | None = None
+        self._parse_project = lru_cache(maxsize=PARSED_PROJECT_CACHE_SIZE)(self._parse_blob)
+
+    def project_blob(self, commit_id: CommitId, name: str) -> tuple[NormalizedName, BlobId]:
+        """Return the normalized name and blob id of a project's file at a commit."""
+        normalized_name = normalize_name(name)
+        blob_id = self.storage.blob_id(commit_id, f"{DATA_ROOT}/{project_path(normalized_name)}")
+        if blob_id is None:
+            raise NotFound(f"unknown project {name!r}")
+        return normalized_name, blob_id
+
+    def get_project(self, commit_id: CommitId, name: str) -> Project:
+        """Return a project as it is at a commit."""
+        normalized_name, blob_id = self.project_blob(commit_id, name)
+        return self.parse_project(blob_id, normalized_name)
+
+    def parse_project(self, blob_id: BlobId, normalized_name: NormalizedName) -> Project:
+        """Return the project a blob holds, parsed once per blob id."""
+        return self._parse_project(blob_id, normalized_name)
+
+    def _parse_blob(self, blob_id: BlobId, normalized_name: NormalizedName) -> Project:
+        where = f"{DATA_ROOT}/{project_path(normalized_name)}"
+        document = tomlcodec.loads(self.storage.read_blob(blob_id), where=where)
+        return Project.from_toml(document, where)
+
+    def _read_name(self, blob_id: BlobId) -> str:
+        return registered_name(self.storage.read_blob(blob_id), where=f"blob {blob_id}")
+
+    def list_projects(self, commit_id: CommitId) -> dict[NormalizedName, str]:
+        """Return every project at a commit: normalized name -> registered name, sorted."""
+        listing = self._listing
+        if listing is not None and listing.commit_id == commit_id:
+            return listing.names
+        if listing is None:
+            names = self._walk_names(commit_id)
+        else:
+            # Follow the tree diff from the last listing: work scales with what changed.
+            names = dict(listing.names)
+            for change in self.changed_since(listing.commit_id, commit_id):
+                if change.change == "removed":
+                    names.pop(change.normalized_name, None)
+                else:
+                    names[change.normalized_name] = change.name
+            names = dict(sorted(names.items()))
+        self._listing = _Listing(commit_id, names)
+        return names
+
+    def _walk_names(self, commit_id: CommitId) -> dict[NormalizedName, str]:
+        tree_id = self.storage.tree_id(commit_id, DATA_ROOT)
+        names: dict[NormalizedName, str] = {}
+        if tree_id is None:
+            return names
+        for path, blob_id in self.storage.walk_blobs(tree_id):
+            normalized_name = name_from_path(path)
+            if normalized_name is not None:
+                names[normalized_name] = self._read_name(blob_id)
+        return dict(sorted(names.items()))
+
+    def changed_since(self, since: CommitId, commit_id: CommitId) -> list[ProjectChange]:
+        """Return the projects added, changed or removed from ``since`` to ``commit_id``."""
+        changes = []
+        for change in self.storage.diff(since, commit_id, DATA_ROOT):
+            normalized_name = name_from_path(change.path)
+            if normalized_name is None:
+                continue
+            if change.new_blob is None:
+                assert change.old_blob is not None
+                name, kind = self._read_name(change.old_blob), "removed"
+            else:
+                name = self._read_name(change.new_blob)
+                kind = "added" if change.old_blob is None else "changed"
+            changes.append(ProjectChange(normalized_name, name, kind))
+        return sorted(changes, key=lambda change: change.normalized_name)

@@ -1,0 +1,167 @@
+"""The ``metasrv`` command: argparse subcommands translated into calls; ``main(argv) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from metasrv import api, tomlcodec
+from metasrv.catalog import Catalog
+from metasrv.errors import InvalidInput, MetasrvError, NotFound
+from metasrv.model import MetaConfig, Project, Release
+from metasrv.names import parse_version
+from metasrv.storage import CommitId, Storage
+
+FOLDER_README = (
+    "# {folder}/\n\nThis folder of a metasrv meta repository holds {what}; its format is specified in "
+    "metasrv's own `{folder}/README.md`.\n"
+)
+FOLDERS = {
+    "data": "canonical project metadata, one TOML file per project",
+    "understandings": "registrations of understandings",
+    "markers": "named marker sets",
+}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are MetasrvErrors (one line, exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InvalidInput(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except MetasrvError as exc:
+        print(f"metasrv: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run() -> None:
+    """Entry point of the console script."""
+    sys.exit(main())
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="metasrv", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_ArgumentParser)
+
+    init = commands.add_parser("init", help="create a new meta repository")
+    init.add_argument("path", type=Path)
+    init.add_argument("--source", help="URL of the source repository (a PEP 503 / 691 index)")
+    init.set_defaults(handler=_init)
+
+    serve = commands.add_parser("serve", help="serve a meta repository over HTTP")
+    serve.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
+
+    show = commands.add_parser("show", help="print a project or a release")
+    show.add_argument("project")
+    show.add_argument("version", nargs="?")
+    show.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    show.add_argument("--at", help="commit sha, branch or tag (default: HEAD's branch)")
+    show.add_argument("--json", action="store_true", help="print the read API's JSON")
+    show.set_defaults(handler=_show)
+    return parser
+
+
+def open_repository(path: Path | None) -> Storage:
+    """Open ``path``, or the repository the current folder is in."""
+    if path is not None:
+        return Storage(path)
+    import pygit2
+
+    discovered = pygit2.discover_repository(str(Path.cwd()))
+    if discovered is None:
+        raise InvalidInput("not inside a git repository; pass --repo PATH")
+    return Storage(discovered)
+
+
+def _init(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if path.exists() and any(path.iterdir()):
+        raise InvalidInput(f"{path} exists and is not empty")
+    storage = Storage.init(path)
+    files: dict[str, bytes | None] = {
+        "metasrv.toml": tomlcodec.dumps(MetaConfig(source_url=args.source).to_toml()),
+    }
+    for folder, what in FOLDERS.items():
+        files[f"{folder}/README.md"] = FOLDER_README.format(folder=folder, what=what).encode()
+    storage.commit(storage.head_branch(), files, "Create meta repository")
+    storage.checkout_head()
+    print(f"created meta repository {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from metasrv.server import create_app
+
+    storage = open_repository(args.repo)
+    app = create_app(storage.workdir or storage.path)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    storage = open_repository(args.repo)
+    catalog = Catalog(storage)
+    commit_id = storage.resolve(args.at)
+    project = catalog.get_project(commit_id, args.project)
+    if args.version is None:
+        document = api.render_project(project)
+        text = _format_project(project, commit_id)
+    else:
+        release = project.find_release(parse_version(args.version))
+        if release is None:
+            raise NotFound(f"unknown version {args.version!r} of {project.name!r}")
+        document = api.render_release(project, release)
+        text = _format_release(project, release, commit_id)
+    if args.json:
+        print(json.dumps({"at": commit_id, **document}, indent=2))
+    else:
+        print(text)
+    return 0
+
+
+def _format_project(project: Project, commit_id: CommitId) -> str:
+    lines = [f"{project.name} ({project.normalized_name}) at {commit_id[:12]}"]
+    width = max((len(release.version_text) for release in project.releases), default=0)
+    for release in project.releases:
+        notes = [f"{len(release.files)} file{'s' if len(release.files) != 1 else ''}"]
+        if release.requires_python:
+            notes.append(f"requires-python {release.requires_python}")
+        if release.yanked:
+            notes.append("yanked" if release.yanked is True else f"yanked: {release.yanked}")
+        lines.append(f"  {release.version_text:<{width}}  {', '.join(notes)}")
+    return "\n".join(lines)
+
+
+def _format_release(project: Project, release: Release, commit_id: CommitId) -> str:
+    lines = [f"{project.name} {release.version_text} at {commit_id[:12]}"]
+    if release.yanked:
+        lines.append(f"yanked: {release.yanked}")
+    metadata = release.metadata
+    if metadata is None:
+        lines.append("core metadata: unknown")
+    else:
+        lines.append(f"requires-python: {metadata.requires_python or '(any)'}")
+        lines.append(f"provides-extra: {', '.join(metadata.provides_extra) or '(none)'}")
+        lines.append("requires-dist:" + ("" if metadata.requires_dist else " (none)"))
+        lines.extend(f"  {requirement}" for requirement in metadata.requires_dist)
+    lines.append("files:")
+    for dist_file in release.files:
+        differs = " (own metadata)" if dist_file.metadata != metadata else ""
+        lines.append(f"  {dist_file.filename}  {dist_file.size or '?'} bytes{differs}")
+    return "\n".join(lines)

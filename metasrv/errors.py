@@ -1,0 +1,42 @@
+"""The one error hierarchy; each class carries its HTTP status and CLI exit code."""
+
+from __future__ import annotations
+
+
+class MetasrvError(Exception):
+    """Base of every error metasrv reports to a user."""
+
+    http_status = 400
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(MetasrvError):
+    """A name, version, ref, path or option that is malformed."""
+
+
+class NotFound(MetasrvError):
+    """A project, version, ref or route that does not exist."""
+
+    http_status = 404
+
+
+class InvalidData(MetasrvError):
+    """A file in a repository that does not follow its documented format."""
+
+    http_status = 422
+
+
+class SourceError(MetasrvError):
+    """A source repository that failed or answered with something unusable."""
+
+    http_status = 502
+
+
+class Conflict(MetasrvError):
+    """A write that lost a race with another writer."""
+
+    http_status = 409

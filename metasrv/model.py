@@ -1,0 +1,341 @@
+"""Frozen records of a project's releases, files and core metadata, and their TOML form; no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.utils import NormalizedName
+from packaging.version import Version
+
+from metasrv import tomlcodec
+from metasrv.errors import InvalidData, InvalidInput
+from metasrv.names import normalize_name, parse_version
+
+FORMAT_VERSION = 1
+
+Yanked = bool | str
+"""PEP 592 / PEP 691: False, True, or the reason it was yanked."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreMetadata:
+    """The core metadata fields a resolver reads."""
+
+    metadata_version: str
+    requires_dist: tuple[str, ...] = ()
+    requires_python: str | None = None
+    provides_extra: tuple[str, ...] = ()
+    dynamic: tuple[str, ...] = ()
+
+    @classmethod
+    def from_toml(cls, table: Mapping[str, Any], where: str) -> CoreMetadata:
+        """Build from a ``metadata`` table of a project file."""
+        reader = _Table(table, where)
+        metadata = cls(
+            metadata_version=reader.string("metadata-version"),
+            requires_dist=reader.strings("requires-dist"),
+            requires_python=reader.optional_string("requires-python"),
+            provides_extra=reader.strings("provides-extra"),
+            dynamic=reader.strings("dynamic"),
+        )
+        reader.reject_unknown()
+        return metadata
+
+    def to_toml(self) -> dict[str, Any]:
+        """Return the ``metadata`` table, omitting empty optional keys."""
+        table: dict[str, Any] = {"metadata-version": self.metadata_version}
+        if self.requires_python is not None:
+            table["requires-python"] = self.requires_python
+        for key, values in (
+            ("requires-dist", self.requires_dist),
+            ("provides-extra", self.provides_extra),
+            ("dynamic", self.dynamic),
+        ):
+            if values:
+                table[key] = list(values)
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class DistFile:
+    """One distribution file of a release, with its own effective core metadata."""
+
+    filename: str
+    url: str
+    hashes: Mapping[str, str]
+    size: int | None = None
+    upload_time: str | None = None
+    requires_python: str | None = None
+    yanked: Yanked = False
+    metadata: CoreMetadata | None = None
+    metadata_error: str | None = None
+
+    @classmethod
+    def from_toml(
+        cls, table: Mapping[str, Any], where: str, inherited: CoreMetadata | None
+    ) -> DistFile:
+        """Build from a ``files`` entry; a file without metadata of its own inherits the release's."""
+        reader = _Table(table, where)
+        metadata_error = reader.optional_string("metadata-error")
+        own_metadata = reader.optional_table("metadata")
+        if own_metadata is not None:
+            metadata: CoreMetadata | None = CoreMetadata.from_toml(own_metadata, f"{where}.metadata")
+        else:
+            metadata = None if metadata_error is not None else inherited
+        dist_file = cls(
+            filename=reader.string("filename"),
+            url=reader.string("url"),
+            hashes=reader.string_table("hashes"),
+            size=reader.optional_int("size"),
+            upload_time=reader.optional_string("upload-time"),
+            requires_python=reader.optional_string("requires-python"),
+            yanked=reader.yanked("yanked"),
+            metadata=metadata,
+            metadata_error=metadata_error,
+        )
+        reader.reject_unknown()
+        return dist_file
+
+    def to_toml(self, common: CoreMetadata | None) -> dict[str, Any]:
+        """Return the ``files`` entry; metadata is written only where it differs from ``common``."""
+        table: dict[str, Any] = {"filename": self.filename, "url": self.url}
+        table["hashes"] = dict(sorted(self.hashes.items()))
+        if self.size is not None:
+            table["size"] = self.size
+        if self.upload_time is not None:
+            table["upload-time"] = self.upload_time
+        if self.requires_python is not None:
+            table["requires-python"] = self.requires_python
+        if self.yanked is not False:
+            table["yanked"] = self.yanked
+        if self.metadata_error is not None:
+            table["metadata-error"] = self.metadata_error
+        if self.metadata is not None and self.metadata != common:
+            table["metadata"] = self.metadata.to_toml()
+        return table
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One version of a project and its files."""
+
+    version: Version
+    version_text: str
+    files: tuple[DistFile, ...] = ()
+    metadata: CoreMetadata | None = None
+
+    @property
+    def yanked(self) -> Yanked:
+        """Return the release's yank: yanked when every file is (PEP 592), with the first reason."""
+        if not self.files or not all(dist_file.yanked for dist_file in self.files):
+            return False
+        reasons = [f.yanked for f in self.files if isinstance(f.yanked, str)]
+        return reasons[0] if reasons else True
+
+    @property
+    def requires_python(self) -> str | None:
+        """Return the release's Requires-Python as its metadata states it."""
+        return self.metadata.requires_python if self.metadata is not None else None
+
+    @classmethod
+    def from_files(cls, version_text: str, files: tuple[DistFile, ...]) -> Release:
+        """Build a release whose common metadata is what most of its files agree on."""
+        return cls(
+            version=parse_version(version_text),
+            version_text=version_text,
+            files=tuple(sorted(files, key=lambda dist_file: dist_file.filename)),
+            metadata=_most_common_metadata(files),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project as registered, with its releases in PEP 440 order."""
+
+    name: str
+    normalized_name: NormalizedName
+    releases: tuple[Release, ...] = field(default=())
+
+    def find_release(self, version: Version) -> Release | None:
+        """Return the release whose version is PEP 440 equal to ``version``."""
+        for release in self.releases:
+            if release.version == version:
+                return release
+        return None
+
+    @classmethod
+    def create(cls, name: str, releases: list[Release]) -> Project:
+        """Build a project, ordering releases and rejecting two spellings of one version."""
+        ordered = tuple(sorted(releases, key=lambda release: release.version))
+        for earlier, later in zip(ordered, ordered[1:], strict=False):
+            if earlier.version == later.version:
+                raise InvalidData(
+                    f"{name}: versions {earlier.version_text!r} and {later.version_text!r} are equal"
+                )
+        return cls(name=name, normalized_name=normalize_name(name), releases=ordered)
+
+    @classmethod
+    def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
+        """Build from a parsed project file; ``where`` names it in errors."""
+        reader = _Table(document, where)
+        if reader.int("format") != FORMAT_VERSION:
+            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        name = reader.string("name")
+        releases = []
+        for version_text, release_table in reader.table("releases").items():
+            release_where = f"{where}: releases.{version_text!r}"
+            if not isinstance(release_table, Mapping):
+                raise InvalidData(f"{release_where}: expected a table")
+            release_reader = _Table(release_table, release_where)
+            metadata_table = release_reader.optional_table("metadata")
+            metadata = (
+                CoreMetadata.from_toml(metadata_table, f"{release_where}.metadata")
+                if metadata_table is not None
+                else None
+            )
+            files = tuple(
+                DistFile.from_toml(file_table, f"{release_where}.files[{index}]", metadata)
+                for index, file_table in enumerate(release_reader.tables("files"))
+            )
+            release_reader.reject_unknown()
+            try:
+                version = parse_version(version_text)
+            except InvalidInput as exc:
+                raise InvalidData(f"{release_where}: {exc.message}") from None
+            releases.append(Release(version, version_text, files, metadata))
+        reader.reject_unknown()
+        try:
+            return cls.create(name, releases)
+        except InvalidInput as exc:
+            raise InvalidData(f"{where}: {exc.message}") from None
+
+    def to_toml(self) -> dict[str, Any]:
+        """Return the canonical document: releases in PEP 440 order, files by filename."""
+        releases: dict[str, Any] = {}
+        for release in self.releases:
+            release_table: dict[str, Any] = {}
+            if release.metadata is not None:
+                release_table["metadata"] = release.metadata.to_toml()
+            release_table["files"] = [f.to_toml(release.metadata) for f in release.files]
+            releases[release.version_text] = release_table
+        return {"format": FORMAT_VERSION, "name": self.name, "releases": releases}
+
+
+def _most_common_metadata(files: tuple[DistFile, ...]) -> CoreMetadata | None:
+    counts = Counter(f.metadata for f in files if f.metadata is not None)
+    if not counts:
+        return None
+    # Ties go to the first file by name, so the choice does not depend on input order.
+    best = max(counts.values())
+    for dist_file in sorted(files, key=lambda f: f.filename):
+        if dist_file.metadata is not None and counts[dist_file.metadata] == best:
+            return dist_file.metadata
+    raise AssertionError("unreachable")
+
+
+class _Table:
+    """Typed access to one decoded TOML table, tracking which keys were read."""
+
+    def __init__(self, table: Mapping[str, Any], where: str) -> None:
+        self._table = table
+        self._where = where
+        self._seen: set[str] = set()
+
+    def _get(self, key: str, kind: type | tuple[type, ...], label: str, required: bool) -> Any:
+        self._seen.add(key)
+        value = self._table.get(key)
+        if value is None:
+            if required:
+                raise InvalidData(f"{self._where}: missing key {key!r}")
+            return None
+        # bool is an int subclass; a size of `true` is not a size.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidData(f"{self._where}: {key!r} must be {label}")
+        return value
+
+    def string(self, key: str) -> str:
+        return str(self._get(key, str, "a string", required=True))
+
+    def optional_string(self, key: str) -> str | None:
+        value = self._get(key, str, "a string", required=False)
+        return None if value is None else str(value)
+
+    def int(self, key: str) -> int:
+        return int(self._get(key, int, "an integer", required=True))
+
+    def optional_int(self, key: str) -> int | None:
+        value = self._get(key, int, "an integer", required=False)
+        return None if value is None else int(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self._get(key, list, "an array of strings", required=False) or []
+        if not all(isinstance(value, str) for value in values):
+            raise InvalidData(f"{self._where}: {key!r} must be an array of strings")
+        return tuple(values)
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        return dict(self._get(key, dict, "a table", required=True))
+
+    def optional_table(self, key: str) -> Mapping[str, Any] | None:
+        value = self._get(key, dict, "a table", required=False)
+        return None if value is None else dict(value)
+
+    def tables(self, key: str) -> list[Mapping[str, Any]]:
+        values = self._get(key, list, "an array of tables", required=False) or []
+        if not all(isinstance(value, dict) for value in values):
+            raise InvalidData(f"{self._where}: {key!r} must be an array of tables")
+        return list(values)
+
+    def string_table(self, key: str) -> dict[str, str]:
+        table = self._get(key, dict, "a table of strings", required=True)
+        if not all(isinstance(value, str) for value in table.values()):
+            raise InvalidData(f"{self._where}: {key!r} must be a table of strings")
+        return dict(table)
+
+    def yanked(self, key: str) -> Yanked:
+        value = self._get(key, (bool, str), "a boolean or a reason string", required=False)
+        return False if value is None else value  # type: ignore[no-any-return]
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self._table) - self._seen)
+        if unknown:
+            raise InvalidData(f"{self._where}: unknown key {unknown[0]!r}")
+
+
+def registered_name(document: bytes, where: str) -> str:
+    """Return a project file's registered name without parsing its releases.
+
+    TOML puts top-level keys before the first table header, so the text up to that header is a
+    complete document holding ``name``; listing 700,000 projects needs only that.
+    """
+    head, _, _ = document.partition(b"\n[")
+    return _Table(tomlcodec.loads(head, where=where), where).string("name")
+
+
+@dataclass(frozen=True, slots=True)
+class MetaConfig:
+    """A meta repository's ``metasrv.toml``: which source repository it mirrors."""
+
+    source_url: str | None = None
+
+    @classmethod
+    def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
+        """Build from a parsed ``metasrv.toml``."""
+        reader = _Table(document, where)
+        if reader.int("format") != FORMAT_VERSION:
+            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        source = _Table(reader.optional_table("source") or {}, f"{where}: source")
+        config = cls(source_url=source.optional_string("url"))
+        source.reject_unknown()
+        reader.reject_unknown()
+        return config
+
+    def to_toml(self) -> dict[str, Any]:
+        """Return the canonical document."""
+        document: dict[str, Any] = {"format": FORMAT_VERSION}
+        if self.source_url is not None:
+            document["source"] = {"url": self.source_url}
+        return document

@@ -1,0 +1,61 @@
+"""Validate and normalize project names and versions; the one place that maps a name to its path."""
+
+from __future__ import annotations
+
+import hashlib
+
+from packaging.utils import InvalidName, NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from metasrv.errors import InvalidInput
+
+# Longer than any name PyPI has registered; it bounds what a client can make us hash or echo back.
+MAX_NAME_LENGTH = 200
+MAX_VERSION_LENGTH = 100
+PROJECT_SUFFIX = ".toml"
+
+
+def normalize_name(name: str) -> NormalizedName:
+    """Return the PEP 503 normalized form of a valid PEP 508 project name."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"project name is longer than {MAX_NAME_LENGTH} characters")
+    try:
+        return canonicalize_name(name, validate=True)
+    except InvalidName:
+        raise InvalidInput(f"invalid project name {name!r}: expected a PEP 508 name") from None
+
+
+def parse_version(version: str) -> Version:
+    """Return the PEP 440 version a string spells."""
+    if len(version) > MAX_VERSION_LENGTH:
+        raise InvalidInput(f"version is longer than {MAX_VERSION_LENGTH} characters")
+    try:
+        return Version(version)
+    except InvalidVersion:
+        raise InvalidInput(f"invalid version {version!r}: expected a PEP 440 version") from None
+
+
+def shard_path(normalized_name: NormalizedName) -> str:
+    """Return the shard folder of a normalized name: its first two characters, then a hash byte.
+
+    The prefix keeps the tree browsable; the hash byte splits crowded prefixes (``py`` holds tens of
+    thousands of PyPI projects) so that no tree holds more than a few thousand entries.
+    """
+    digest = hashlib.sha256(normalized_name.encode()).hexdigest()
+    return f"{normalized_name[:2]}/{digest[:2]}"
+
+
+def project_path(normalized_name: NormalizedName) -> str:
+    """Return the path of a project's file below a data root."""
+    return f"{shard_path(normalized_name)}/{normalized_name}{PROJECT_SUFFIX}"
+
+
+def name_from_path(path: str) -> NormalizedName | None:
+    """Return the normalized name a project path holds, or None when the path is not one."""
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[2].endswith(PROJECT_SUFFIX):
+        return None
+    stem = parts[2][: -len(PROJECT_SUFFIX)]
+    if canonicalize_name(stem) != stem or project_path(NormalizedName(stem)) != path:
+        return None
+    return NormalizedName(stem)

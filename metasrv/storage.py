@@ -1,0 +1,282 @@
+"""The only module that imports pygit2: resolve refs safely, read at a commit, diff, commit atomically."""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NewType
+
+import pygit2
+from pygit2.enums import ObjectType
+
+from metasrv.errors import Conflict, InvalidInput, NotFound
+
+CommitId = NewType("CommitId", str)
+"""A full 40-hex commit id, produced only by ref resolution or by a commit."""
+
+BlobId = NewType("BlobId", str)
+
+MAX_REF_LENGTH = 255
+_HEX_PREFIX = re.compile(r"[0-9a-f]{7,40}")
+# Characters git forbids in ref names plus the rev-parse syntax we never want to evaluate.
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.lock$|^\.|/\.")
+
+# libgit2 caches only trees under 4 KiB by default; shard trees are larger and read on every request.
+pygit2.settings.cache_object_limit(ObjectType.TREE, 4 * 1024 * 1024)
+pygit2.settings.cache_object_limit(ObjectType.COMMIT, 64 * 1024)
+pygit2.settings.cache_max_size(128 * 1024 * 1024)
+
+_DEFAULT_SIGNATURE = ("metasrv", "metasrv@localhost")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One path that differs between two trees."""
+
+    path: str
+    status: str  # "added", "modified" or "deleted"
+    old_blob: BlobId | None
+    new_blob: BlobId | None
+
+
+class Storage:
+    """A git repository read by object, never through a working tree."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            self._repo = pygit2.Repository(str(path))
+        except pygit2.GitError:
+            raise InvalidInput(f"{path} is not a git repository") from None
+        self.path = Path(self._repo.path).resolve()
+
+    @classmethod
+    def init(cls, path: Path, *, branch: str = "main") -> Storage:
+        """Create an empty repository whose HEAD names ``branch``."""
+        pygit2.init_repository(str(path), initial_head=branch)
+        return cls(path)
+
+    def checkout_head(self) -> None:
+        """Make the working tree and index match HEAD; only ``init`` uses a working tree."""
+        self._repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)
+
+    @property
+    def workdir(self) -> Path | None:
+        """Return the working tree folder, or None for a bare repository."""
+        workdir = self._repo.workdir
+        return Path(workdir) if workdir else None
+
+    def head_branch(self) -> str:
+        """Return the branch HEAD points at, resolved now."""
+        target = self._repo.references["HEAD"].target
+        if not isinstance(target, str) or not target.startswith("refs/heads/"):
+            raise NotFound("HEAD does not name a branch")
+        return target.removeprefix("refs/heads/")
+
+    def resolve(self, ref: str | None = None) -> CommitId:
+        """Return the commit a sha, a branch or a tag names; None means HEAD's branch now."""
+        if ref is None:
+            return self._branch_commit(self.head_branch())
+        if len(ref) > MAX_REF_LENGTH:
+            raise InvalidInput(f"ref is longer than {MAX_REF_LENGTH} characters")
+        if _HEX_PREFIX.fullmatch(ref):
+            commit_id = self._lookup_commit_prefix(ref)
+            if commit_id is not None:
+                return commit_id
+        if _REF_FORBIDDEN.search(ref) or not ref.isascii():
+            raise InvalidInput(f"invalid ref {ref!r}: expected a commit sha, a branch or a tag")
+        for full_name in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
+            reference = self._repo.references.get(full_name)
+            if reference is not None:
+                return CommitId(str(reference.peel(pygit2.Commit).id))
+        raise NotFound(f"unknown ref {ref!r}")
+
+    def _branch_commit(self, branch: str) -> CommitId:
+        reference = self._repo.references.get(f"refs/heads/{branch}")
+        if reference is None:
+            raise NotFound(f"branch {branch!r} has no commits")
+        return CommitId(str(reference.target))
+
+    def _lookup_commit_prefix(self, prefix: str) -> CommitId | None:
+        try:
+            obj = (
+                self._repo.get(prefix)
+                if len(prefix) == 40
+                else self._repo.git_object_lookup_prefix(prefix)
+            )
+        except (ValueError, KeyError, pygit2.GitError):
+            return None
+        if obj is None or obj.type != ObjectType.COMMIT:
+            return None
+        return CommitId(str(obj.id))
+
+    def branch_commit(self, branch: str) -> CommitId | None:
+        """Return a branch's commit, or None when the branch does not exist."""
+        reference = self._repo.references.get(f"refs/heads/{branch}")
+        return None if reference is None else CommitId(str(reference.target))
+
+    def is_ancestor(self, ancestor: CommitId, descendant: CommitId) -> bool:
+        """Return whether ``ancestor`` is reachable from ``descendant`` (or is it)."""
+        if ancestor == descendant:
+            return True
+        return bool(self._repo.descendant_of(descendant, ancestor))
+
+    def commit_time(self, commit_id: CommitId) -> int:
+        """Return a commit's committer time in seconds since the epoch."""
+        return int(self._repo[commit_id].commit_time)
+
+    def blob_id(self, commit_id: CommitId, path: str) -> BlobId | None:
+        """Return the id of the blob at ``path`` in a commit, or None when there is none."""
+        try:
+            entry = self._repo[commit_id].tree[path]
+        except KeyError:
+            return None
+        if entry.type != ObjectType.BLOB:
+            return None
+        return BlobId(str(entry.id))
+
+    def tree_id(self, commit_id: CommitId, path: str) -> str | None:
+        """Return the id of the tree at ``path`` in a commit, or None when there is none."""
+        tree = self._repo[commit_id].tree
+        try:
+            entry = tree[path] if path else tree
+        except KeyError:
+            return None
+        return str(entry.id) if entry.type == ObjectType.TREE else None
+
+    def read_blob(self, blob_id: BlobId) -> bytes:
+        """Return a blob's bytes."""
+        return bytes(self._repo[blob_id].data)
+
+    def read(self, commit_id: CommitId, path: str) -> bytes | None:
+        """Return the bytes at ``path`` in a commit, or None when there is no file there."""
+        blob_id = self.blob_id(commit_id, path)
+        return None if blob_id is None else self.read_blob(blob_id)
+
+    def walk_blobs(self, tree_id: str, prefix: str = "") -> Iterator[tuple[str, BlobId]]:
+        """Yield (path, blob id) for every blob below a tree, depth first in git order."""
+        for entry in self._repo[tree_id]:
+            path = f"{prefix}{entry.name}"
+            if entry.type == ObjectType.TREE:
+                yield from self.walk_blobs(str(entry.id), f"{path}/")
+            elif entry.type == ObjectType.BLOB:
+                yield path, BlobId(str(entry.id))
+
+    def diff(self, old_commit: CommitId, new_commit: CommitId, under: str) -> list[Change]:
+        """Return the blobs that differ below folder ``under`` between two commits."""
+        old_tree = self.tree_id(old_commit, under)
+        new_tree = self.tree_id(new_commit, under)
+        if old_tree == new_tree:
+            return []
+        empty = str(self._repo.TreeBuilder().write())
+        diff = self._repo.diff(self._repo[old_tree or empty], self._repo[new_tree or empty])
+        zero = "0" * 40
+        changes = []
+        for delta in diff.deltas:
+            old_id, new_id = str(delta.old_file.id), str(delta.new_file.id)
+            if old_id == zero:
+                status = "added"
+            elif new_id == zero:
+                status = "deleted"
+            else:
+                status = "modified"
+            changes.append(
+                Change(
+                    path=delta.new_file.path if new_id != zero else delta.old_file.path,
+                    status=status,
+                    old_blob=None if old_id == zero else BlobId(old_id),
+                    new_blob=None if new_id == zero else BlobId(new_id),
+                )
+            )
+        return changes
+
+    def commit(
+        self,
+        branch: str,
+        changes: Mapping[str, bytes | None],
+        message: str,
+        *,
+        expected_parent: CommitId | None = None,
+    ) -> CommitId | None:
+        """Write ``changes`` (path -> bytes, or None to delete) as one commit on ``branch``.
+
+        Only the trees on changed paths are rebuilt. Returns None when nothing changed. Raises
+        Conflict when ``expected_parent`` is given and the branch has moved since.
+        """
+        with self._write_lock():
+            parent = self.branch_commit(branch)
+            if expected_parent is not None and parent != expected_parent:
+                raise Conflict(f"branch {branch!r} moved while writing; try again")
+            base_tree = self._repo[parent].tree if parent is not None else None
+            tree_id = self._write_tree(base_tree, _split_paths(changes))
+            if tree_id is None:
+                tree_id = self._repo.TreeBuilder().write()
+            if base_tree is not None and tree_id == base_tree.id:
+                return None
+            signature = self._signature()
+            commit_id = self._repo.create_commit(
+                None, signature, signature, message, tree_id, [parent] if parent else []
+            )
+            # The ref update itself goes through libgit2's lockfile, so readers see old or new.
+            self._repo.references.create(f"refs/heads/{branch}", commit_id, force=True)
+            return CommitId(str(commit_id))
+
+    def _write_tree(
+        self, base: pygit2.Tree | None, changes: dict[str, bytes | None | dict[str, object]]
+    ) -> pygit2.Oid | None:
+        builder = self._repo.TreeBuilder(base) if base is not None else self._repo.TreeBuilder()
+        for name, change in changes.items():
+            if isinstance(change, dict):
+                existing = base[name] if base is not None and name in base else None
+                subtree = existing if isinstance(existing, pygit2.Tree) else None
+                subtree_id = self._write_tree(subtree, change)  # type: ignore[arg-type]
+                if subtree_id is None:
+                    if builder.get(name) is not None:
+                        builder.remove(name)
+                else:
+                    builder.insert(name, subtree_id, pygit2.GIT_FILEMODE_TREE)
+            elif change is None:
+                if builder.get(name) is not None:
+                    builder.remove(name)
+            else:
+                blob_id = self._repo.create_blob(change)
+                builder.insert(name, blob_id, pygit2.GIT_FILEMODE_BLOB)
+        if len(builder) == 0:
+            return None
+        return builder.write()
+
+    def _signature(self) -> pygit2.Signature:
+        try:
+            return self._repo.default_signature
+        except (KeyError, pygit2.GitError):
+            return pygit2.Signature(*_DEFAULT_SIGNATURE, int(time.time()), 0)
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        # One writer at a time per repository, across processes: read parent, write, move the ref.
+        with open(self.path / "metasrv-write.lock", "w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _split_paths(changes: Mapping[str, bytes | None]) -> dict[str, bytes | None | dict[str, object]]:
+    root: dict[str, bytes | None | dict[str, object]] = {}
+    for path, content in changes.items():
+        parts = path.split("/")
+        if any(part in ("", ".", "..", ".git") for part in parts):
+            raise InvalidInput(f"invalid path {path!r}")
+        node: dict[str, object] = root  # type: ignore[assignment]
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InvalidInput(f"path {path!r} runs through a file being written")
+            node = child
+        node[parts[-1]] = content
+    return root

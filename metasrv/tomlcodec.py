@@ -1,0 +1,72 @@
+"""Canonical, deterministic TOML in and out."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import tomli_w
+
+from metasrv.errors import InvalidData
+
+_SCALARS = (str, int, float, bool)
+
+
+def loads(text: bytes | str, *, where: str) -> dict[str, Any]:
+    """Parse TOML, naming ``where`` in the error when it is malformed."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise InvalidData(f"{where}: not UTF-8 ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidData(f"{where}: invalid TOML: {exc}") from None
+
+
+def dumps(document: Mapping[str, Any]) -> bytes:
+    """Render TOML deterministically in the caller's key order.
+
+    Values come first, then tables, then arrays of tables; a table of scalars inside an array of
+    tables is written inline (``hashes = { sha256 = "..." }``) so one file entry stays compact.
+    """
+    return "".join(_table_lines(document, header=None, in_array=False)).encode("utf-8")
+
+
+def _table_lines(table: Mapping[str, Any], header: str | None, in_array: bool) -> Iterator[str]:
+    values, tables, arrays = [], [], []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            if in_array and value and all(isinstance(v, _SCALARS) for v in value.values()):
+                values.append((key, value))
+            else:
+                tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            arrays.append((key, value))
+        else:
+            values.append((key, value))
+    if header is not None and (in_array or values or not (tables or arrays)):
+        yield f"\n[[{header}]]\n" if in_array else f"\n[{header}]\n"
+    for key, value in values:
+        yield _value_line(key, value)
+    for key, subtable in tables:
+        yield from _table_lines(subtable, _join(header, key), in_array=False)
+    for key, items in arrays:
+        for item in items:
+            yield from _table_lines(item, _join(header, key), in_array=True)
+
+
+def _value_line(key: str, value: Any) -> str:
+    if isinstance(value, Mapping):
+        pairs = ", ".join(tomli_w.dumps({k: v}).strip() for k, v in value.items())
+        return f"{_key(key)} = {{ {pairs} }}\n"
+    return tomli_w.dumps({key: value}, indent=4)
+
+
+def _key(key: str) -> str:
+    return tomli_w.dumps({key: 0}).split(" = ", 1)[0]
+
+
+def _join(header: str | None, key: str) -> str:
+    return _key(key) if header is None else f"{header}.{_key(key)}"
