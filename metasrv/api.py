@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from packaging.utils import NormalizedName
+
 from metasrv.catalog import ProjectChange
 from metasrv.model import CoreMetadata, DistFile, Project, Release
 
 API_VERSION = "1.0"
 
 
-def render_listing(names: Mapping[str, str]) -> dict[str, Any]:
+def render_listing(names: Mapping[NormalizedName, str]) -> dict[str, Any]:
     """Return every project as normalized and registered name."""
     return {
         "projects": [

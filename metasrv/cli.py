@@ -16,8 +16,8 @@ from metasrv.names import parse_version
 from metasrv.storage import CommitId, Storage
 
 FOLDER_README = (
-    "# {folder}/\n\nThis folder of a metasrv meta repository holds {what}; its format is specified in "
-    "metasrv's own `{folder}/README.md`.\n"
+    "# {folder}/\n\nThis folder of a metasrv meta repository holds {what}; its format is "
+    "specified in metasrv's own `{folder}/README.md`.\n"
 )
 FOLDERS = {
     "data": "canonical project metadata, one TOML file per project",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from packaging.utils import NormalizedName
@@ -77,19 +78,21 @@ class DistFile:
     def from_toml(
         cls, table: Mapping[str, Any], where: str, inherited: CoreMetadata | None
     ) -> DistFile:
-        """Build from a ``files`` entry; a file without metadata of its own inherits the release's."""
+        """Build from a ``files`` entry, inheriting ``inherited`` unless it says otherwise."""
         reader = _Table(table, where)
         metadata_error = reader.optional_string("metadata-error")
         own_metadata = reader.optional_table("metadata")
         if own_metadata is not None:
-            metadata: CoreMetadata | None = CoreMetadata.from_toml(own_metadata, f"{where}.metadata")
+            metadata: CoreMetadata | None = CoreMetadata.from_toml(
+                own_metadata, f"{where}.metadata"
+            )
         else:
             metadata = None if metadata_error is not None else inherited
         dist_file = cls(
             filename=reader.string("filename"),
             url=reader.string("url"),
             hashes=reader.string_table("hashes"),
-            size=reader.optional_int("size"),
+            size=reader.optional_integer("size"),
             upload_time=reader.optional_string("upload-time"),
             requires_python=reader.optional_string("requires-python"),
             yanked=reader.yanked("yanked"),
@@ -170,10 +173,10 @@ class Project:
     def create(cls, name: str, releases: list[Release]) -> Project:
         """Build a project, ordering releases and rejecting two spellings of one version."""
         ordered = tuple(sorted(releases, key=lambda release: release.version))
-        for earlier, later in zip(ordered, ordered[1:], strict=False):
+        for earlier, later in pairwise(ordered):
             if earlier.version == later.version:
                 raise InvalidData(
-                    f"{name}: versions {earlier.version_text!r} and {later.version_text!r} are equal"
+                    f"{name}: {earlier.version_text!r} and {later.version_text!r} are equal"
                 )
         return cls(name=name, normalized_name=normalize_name(name), releases=ordered)
 
@@ -181,7 +184,7 @@ class Project:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
         """Build from a parsed project file; ``where`` names it in errors."""
         reader = _Table(document, where)
-        if reader.int("format") != FORMAT_VERSION:
+        if reader.integer("format") != FORMAT_VERSION:
             raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
         name = reader.string("name")
         releases = []
@@ -263,10 +266,10 @@ class _Table:
         value = self._get(key, str, "a string", required=False)
         return None if value is None else str(value)
 
-    def int(self, key: str) -> int:
+    def integer(self, key: str) -> int:
         return int(self._get(key, int, "an integer", required=True))
 
-    def optional_int(self, key: str) -> int | None:
+    def optional_integer(self, key: str) -> int | None:
         value = self._get(key, int, "an integer", required=False)
         return None if value is None else int(value)
 
@@ -297,7 +300,7 @@ class _Table:
 
     def yanked(self, key: str) -> Yanked:
         value = self._get(key, (bool, str), "a boolean or a reason string", required=False)
-        return False if value is None else value  # type: ignore[no-any-return]
+        return False if value is None else value
 
     def reject_unknown(self) -> None:
         unknown = sorted(set(self._table) - self._seen)
@@ -325,7 +328,7 @@ class MetaConfig:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
         """Build from a parsed ``metasrv.toml``."""
         reader = _Table(document, where)
-        if reader.int("format") != FORMAT_VERSION:
+        if reader.integer("format") != FORMAT_VERSION:
             raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
         source = _Table(reader.optional_table("source") or {}, f"{where}: source")
         config = cls(source_url=source.optional_string("url"))

@@ -1,4 +1,4 @@
-"""The only module that imports pygit2: resolve refs safely, read at a commit, diff, commit atomically."""
+"""The only module that imports pygit2: resolve refs, read at a commit, diff, commit atomically."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ BlobId = NewType("BlobId", str)
 MAX_REF_LENGTH = 255
 _HEX_PREFIX = re.compile(r"[0-9a-f]{7,40}")
 # Characters git forbids in ref names plus the rev-parse syntax we never want to evaluate.
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.lock$|^\.|/\.")
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/-]|/$|\.lock$|^\.|/\.")
 
-# libgit2 caches only trees under 4 KiB by default; shard trees are larger and read on every request.
+# libgit2 caches only trees under 4 KiB by default; shard trees are larger and read per request.
 pygit2.settings.cache_object_limit(ObjectType.TREE, 4 * 1024 * 1024)
 pygit2.settings.cache_object_limit(ObjectType.COMMIT, 64 * 1024)
 pygit2.settings.cache_max_size(128 * 1024 * 1024)
@@ -62,7 +62,7 @@ class Storage:
 
     def checkout_head(self) -> None:
         """Make the working tree and index match HEAD; only ``init`` uses a working tree."""
-        self._repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)
+        self._repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
 
     @property
     def workdir(self) -> Path | None:
@@ -87,7 +87,11 @@ class Storage:
             commit_id = self._lookup_commit_prefix(ref)
             if commit_id is not None:
                 return commit_id
-        if _REF_FORBIDDEN.search(ref) or not ref.isascii():
+        if (
+            _REF_FORBIDDEN.search(ref)
+            or not ref.isascii()
+            or not pygit2.reference_is_valid_name(f"refs/heads/{ref}")
+        ):
             raise InvalidInput(f"invalid ref {ref!r}: expected a commit sha, a branch or a tag")
         for full_name in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
             reference = self._repo.references.get(full_name)
@@ -127,12 +131,12 @@ class Storage:
 
     def commit_time(self, commit_id: CommitId) -> int:
         """Return a commit's committer time in seconds since the epoch."""
-        return int(self._repo[commit_id].commit_time)
+        return int(self._commit(commit_id).commit_time)
 
     def blob_id(self, commit_id: CommitId, path: str) -> BlobId | None:
         """Return the id of the blob at ``path`` in a commit, or None when there is none."""
         try:
-            entry = self._repo[commit_id].tree[path]
+            entry = self._commit(commit_id).tree[path]
         except KeyError:
             return None
         if entry.type != ObjectType.BLOB:
@@ -141,7 +145,7 @@ class Storage:
 
     def tree_id(self, commit_id: CommitId, path: str) -> str | None:
         """Return the id of the tree at ``path`` in a commit, or None when there is none."""
-        tree = self._repo[commit_id].tree
+        tree = self._commit(commit_id).tree
         try:
             entry = tree[path] if path else tree
         except KeyError:
@@ -150,7 +154,9 @@ class Storage:
 
     def read_blob(self, blob_id: BlobId) -> bytes:
         """Return a blob's bytes."""
-        return bytes(self._repo[blob_id].data)
+        blob = self._repo[blob_id]
+        assert isinstance(blob, pygit2.Blob)
+        return bytes(blob.data)
 
     def read(self, commit_id: CommitId, path: str) -> bytes | None:
         """Return the bytes at ``path`` in a commit, or None when there is no file there."""
@@ -159,7 +165,7 @@ class Storage:
 
     def walk_blobs(self, tree_id: str, prefix: str = "") -> Iterator[tuple[str, BlobId]]:
         """Yield (path, blob id) for every blob below a tree, depth first in git order."""
-        for entry in self._repo[tree_id]:
+        for entry in self._tree(tree_id):
             path = f"{prefix}{entry.name}"
             if entry.type == ObjectType.TREE:
                 yield from self.walk_blobs(str(entry.id), f"{path}/")
@@ -173,7 +179,7 @@ class Storage:
         if old_tree == new_tree:
             return []
         empty = str(self._repo.TreeBuilder().write())
-        diff = self._repo.diff(self._repo[old_tree or empty], self._repo[new_tree or empty])
+        diff = self._tree(old_tree or empty).diff_to_tree(self._tree(new_tree or empty))
         zero = "0" * 40
         changes = []
         for delta in diff.deltas:
@@ -211,7 +217,7 @@ class Storage:
             parent = self.branch_commit(branch)
             if expected_parent is not None and parent != expected_parent:
                 raise Conflict(f"branch {branch!r} moved while writing; try again")
-            base_tree = self._repo[parent].tree if parent is not None else None
+            base_tree = self._commit(parent).tree if parent is not None else None
             tree_id = self._write_tree(base_tree, _split_paths(changes))
             if tree_id is None:
                 tree_id = self._repo.TreeBuilder().write()
@@ -226,7 +232,7 @@ class Storage:
             return CommitId(str(commit_id))
 
     def _write_tree(
-        self, base: pygit2.Tree | None, changes: dict[str, bytes | None | dict[str, object]]
+        self, base: pygit2.Tree | None, changes: dict[str, bytes | dict[str, object] | None]
     ) -> pygit2.Oid | None:
         builder = self._repo.TreeBuilder(base) if base is not None else self._repo.TreeBuilder()
         for name, change in changes.items():
@@ -249,6 +255,16 @@ class Storage:
             return None
         return builder.write()
 
+    def _commit(self, commit_id: str) -> pygit2.Commit:
+        commit = self._repo[commit_id]
+        assert isinstance(commit, pygit2.Commit)
+        return commit
+
+    def _tree(self, tree_id: str) -> pygit2.Tree:
+        tree = self._repo[tree_id]
+        assert isinstance(tree, pygit2.Tree)
+        return tree
+
     def _signature(self) -> pygit2.Signature:
         try:
             return self._repo.default_signature
@@ -266,8 +282,10 @@ class Storage:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _split_paths(changes: Mapping[str, bytes | None]) -> dict[str, bytes | None | dict[str, object]]:
-    root: dict[str, bytes | None | dict[str, object]] = {}
+def _split_paths(
+    changes: Mapping[str, bytes | None],
+) -> dict[str, bytes | dict[str, object] | None]:
+    root: dict[str, bytes | dict[str, object] | None] = {}
     for path, content in changes.items():
         parts = path.split("/")
         if any(part in ("", ".", "..", ".git") for part in parts):

@@ -1,0 +1,131 @@
+"""The read API's answers: JSON bodies at a pinned commit, cached by git object id."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from metasrv import api, tomlcodec
+from metasrv.bytecache import ByteCache
+from metasrv.catalog import Catalog
+from metasrv.errors import InvalidInput, NotFound
+from metasrv.model import MetaConfig
+from metasrv.names import parse_version
+from metasrv.storage import CommitId
+
+CONFIG_PATH = "metasrv.toml"
+BODY_CACHE_BYTES = 64 * 1024 * 1024
+IMMUTABLE = b"public, max-age=31536000, immutable"
+# A moving ref may gain a commit at any moment; a short max-age bounds how stale a cache can be.
+MOVING = b"public, max-age=10"
+_FULL_SHA_LENGTH = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    commit_id: CommitId
+    immutable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A JSON body read at one commit, with what its caching headers are made from."""
+
+    pin: Pin
+    etag: str
+    body: bytes  # without "at", which is spliced in per response
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Return the ETag, Cache-Control and X-Metasrv-At headers."""
+        return [
+            (b"etag", f'"{self.etag}"'.encode()),
+            (b"cache-control", IMMUTABLE if self.pin.immutable else MOVING),
+            (b"x-metasrv-at", self.pin.commit_id.encode()),
+        ]
+
+    def content(self) -> bytes:
+        """Return the body with ``at`` first."""
+        return b'{"at":"' + self.pin.commit_id.encode() + b'",' + self.body[1:]
+
+
+class ReadApi:
+    """The read API over one catalog, with encoded bodies cached by object id."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.bodies = ByteCache(BODY_CACHE_BYTES)
+
+    def pin(self, at: str | None) -> Pin:
+        """Resolve ``?at=`` (or the served branch now) to a commit."""
+        if at is None:
+            return Pin(self.catalog.storage.resolve(None), immutable=False)
+        if not at:
+            raise InvalidInput("'at' is empty: expected a commit sha, a branch or a tag")
+        commit_id = self.catalog.storage.resolve(at)
+        return Pin(commit_id, immutable=len(at) == _FULL_SHA_LENGTH and at == commit_id)
+
+    def root(self, at: str | None) -> Answer:
+        """Describe the server: source repository, branch, commit, endpoints."""
+        pin = self.pin(at)
+        config_bytes = self.catalog.storage.read(pin.commit_id, CONFIG_PATH)
+        config = (
+            MetaConfig.from_toml(tomlcodec.loads(config_bytes, where=CONFIG_PATH), CONFIG_PATH)
+            if config_bytes is not None
+            else MetaConfig()
+        )
+        body = {
+            "api-version": api.API_VERSION,
+            "source": config.source_url,
+            "branch": at or self.catalog.storage.head_branch(),
+            "endpoints": {
+                "projects": "/v1/projects",
+                "project": "/v1/projects/{name}",
+                "release": "/v1/projects/{name}/{version}",
+            },
+        }
+        return Answer(pin, f"root-{pin.commit_id}", encode(body))
+
+    def projects(self, at: str | None, since: str | None) -> Answer:
+        """List every project, or only those changed since a commit."""
+        pin = self.pin(at)
+        if since is None:
+            names = self.catalog.list_projects(pin.commit_id)
+            return Answer(pin, f"list-{pin.commit_id}", encode(api.render_listing(names)))
+        if not since:
+            raise InvalidInput("'since' is empty: expected a commit sha")
+        since_id = self.catalog.storage.resolve(since)
+        changes = self.catalog.changed_since(since_id, pin.commit_id)
+        body = encode(api.render_changes(since_id, changes))
+        return Answer(pin, f"since-{since_id}-{pin.commit_id}", body)
+
+    def project(self, at: str | None, name: str) -> Answer:
+        """Return a project's versions."""
+        pin = self.pin(at)
+        normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
+        key = ("project", blob_id)
+        body = self.bodies.get(key)
+        if body is None:
+            project = self.catalog.parse_project(blob_id, normalized_name)
+            body = encode(api.render_project(project))
+            self.bodies.put(key, body)
+        return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
+
+    def release(self, at: str | None, name: str, version_text: str) -> Answer:
+        """Return one release's metadata and files."""
+        pin = self.pin(at)
+        normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
+        key = ("release", blob_id, version_text)
+        body = self.bodies.get(key)
+        if body is None:
+            project = self.catalog.parse_project(blob_id, normalized_name)
+            release = project.find_release(parse_version(version_text))
+            if release is None:
+                raise NotFound(f"unknown version {version_text!r} of {project.name!r}")
+            body = encode(api.render_release(project, release))
+            self.bodies.put(key, body)
+        return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

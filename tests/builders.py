@@ -1,0 +1,79 @@
+"""Build real model records and meta repositories for tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from metasrv import tomlcodec
+from metasrv.model import CoreMetadata, DistFile, MetaConfig, Project, Release
+from metasrv.names import project_path
+from metasrv.storage import CommitId, Storage
+
+SOURCE_URL = "https://index.test/simple/"
+
+
+def make_file(
+    filename: str,
+    *,
+    requires_dist: Iterable[str] = (),
+    requires_python: str | None = None,
+    yanked: bool | str = False,
+    metadata: CoreMetadata | bool | None = True,
+) -> DistFile:
+    """Return a file whose metadata is built from the keyword arguments."""
+    if metadata is True:
+        metadata = CoreMetadata(
+            metadata_version="2.1",
+            requires_dist=tuple(requires_dist),
+            requires_python=requires_python,
+        )
+    return DistFile(
+        filename=filename,
+        url=f"https://files.test/{filename}",
+        hashes={"sha256": hashlib.sha256(filename.encode()).hexdigest()},
+        size=len(filename) * 100,
+        upload_time="2024-01-02T03:04:05Z",
+        requires_python=requires_python,
+        yanked=yanked,
+        metadata=metadata or None,
+        metadata_error=None if metadata else "not read",
+    )
+
+
+def make_project(name: str, versions: dict[str, list[str]] | Iterable[str]) -> Project:
+    """Return a project with a wheel per version; a dict maps versions to requires-dist."""
+    requirements = versions if isinstance(versions, dict) else {v: [] for v in versions}
+    stem = name.replace("-", "_")
+    releases = [
+        Release.from_files(
+            version, (make_file(f"{stem}-{version}-py3-none-any.whl", requires_dist=deps),)
+        )
+        for version, deps in requirements.items()
+    ]
+    return Project.create(name, releases)
+
+
+def project_files(*projects: Project) -> dict[str, bytes | None]:
+    """Return the data files of projects, keyed by repository path."""
+    return {
+        f"data/{project_path(project.normalized_name)}": tomlcodec.dumps(project.to_toml())
+        for project in projects
+    }
+
+
+def commit_projects(storage: Storage, *projects: Project, message: str = "update") -> CommitId:
+    """Commit projects to the served branch and return the new commit."""
+    commit_id = storage.commit(storage.head_branch(), project_files(*projects), message)
+    assert commit_id is not None
+    return commit_id
+
+
+def create_meta_repository(path: Path, *projects: Project) -> Storage:
+    """Create a meta repository holding ``projects`` in its first commit."""
+    storage = Storage.init(path)
+    files = project_files(*projects)
+    files["metasrv.toml"] = tomlcodec.dumps(MetaConfig(source_url=SOURCE_URL).to_toml())
+    storage.commit("main", files, "Create meta repository")
+    return storage

@@ -1,0 +1,114 @@
+"""Fixtures that build real repositories and run the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from metasrv.hotpath import ASGIApp
+from metasrv.server import create_app
+from metasrv.storage import Storage
+from tests.builders import create_meta_repository, make_project
+
+STARTUP_DEADLINE_SECONDS = 30
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    """Return a meta repository with a small pallets-like family of projects."""
+    return create_meta_repository(
+        tmp_path / "meta",
+        make_project("Flask", {"1.1.4": ["Werkzeug<2.0", "click<8.0"], "2.0.0": ["Werkzeug>=2.0"]}),
+        make_project("Werkzeug", ["1.0.1", "2.0.0", "2.0.1"]),
+        make_project("click", ["7.1.2", "8.0.0"]),
+    )
+
+
+class AsgiClient:
+    """A synchronous client of an ASGI app, through httpx's ASGI transport."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        """Send one GET and return the response."""
+
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://metasrv.test") as c:
+                return await c.get(url, headers=headers)
+
+        return asyncio.run(send())
+
+
+@pytest.fixture
+def client(storage: Storage) -> AsgiClient:
+    """Return an in-process client of the app serving ``storage``."""
+    return AsgiClient(create_app(storage.path))
+
+
+class RunningServer:
+    """A real ``metasrv serve`` process on 127.0.0.1."""
+
+    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+        self.process = process
+        self.url = url
+
+
+def start_server(args: list[str], cwd: Path | None = None) -> RunningServer:
+    """Start ``metasrv serve`` on a free port and wait until it says where it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metasrv", "serve", "--port", "0", *args],
+        cwd=cwd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+    selector = selectors.DefaultSelector()
+    selector.register(process.stderr, selectors.EVENT_READ)
+    seen = []
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=deadline - time.monotonic()):
+            break
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "Uvicorn running on " in line:
+            url = line.split("Uvicorn running on ", 1)[1].split()[0]
+            return RunningServer(process, url)
+    process.kill()
+    raise AssertionError(f"metasrv serve did not start: {''.join(seen)}")
+
+
+@contextmanager
+def running_server(args: list[str], cwd: Path | None = None) -> Iterator[RunningServer]:
+    """Run ``metasrv serve`` for the duration of a block."""
+    server = start_server(args, cwd)
+    try:
+        yield server
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=10)
+        assert server.process.stderr is not None
+        server.process.stderr.close()
+
+
+@pytest.fixture
+def served(storage: Storage) -> Iterator[RunningServer]:
+    """Run ``metasrv serve --repo`` on ``storage``."""
+    with running_server(["--repo", str(storage.path)]) as server:
+        yield server

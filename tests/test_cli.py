@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from metasrv.cli import main
+from metasrv.storage import Storage
+from tests.builders import commit_projects, make_project
+
+
+def test_init_creates_a_committed_meta_repository_with_a_clean_work_tree(tmp_path: Path) -> None:
+    path = tmp_path / "meta"
+    assert main(["init", str(path), "--source", "https://index.test/simple/"]) == 0
+    storage = Storage(path)
+    commit_id = storage.resolve(None)
+    assert storage.read(commit_id, "metasrv.toml") == (
+        b'format = 1\n\n[source]\nurl = "https://index.test/simple/"\n'
+    )
+    for folder in ("data", "understandings", "markers"):
+        assert storage.read(commit_id, f"{folder}/README.md") is not None
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, check=True
+    )
+    assert status.stdout == ""
+
+
+def test_init_refuses_a_folder_that_is_not_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("x")
+    assert main(["init", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"metasrv: error: {tmp_path} exists and is not empty\n"
+
+
+def test_show_prints_a_project_and_a_release(
+    storage: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "FLASK", "--repo", str(storage.path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Flask (flask) at ")
+    assert [line.split()[0] for line in lines[1:]] == ["1.1.4", "2.0.0"]
+    assert main(["show", "flask", "1.1.4", "--repo", str(storage.path)]) == 0
+    out = capsys.readouterr().out
+    assert "requires-dist:\n  Werkzeug<2.0\n  click<8.0\n" in out
+
+
+def test_show_json_matches_the_read_api(
+    storage: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = storage.resolve(None)
+    commit_projects(storage, make_project("Flask", ["3.0"]))
+    assert main(["show", "flask", "2.0", "--repo", str(storage.path), "--at", old, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["at"] == old
+    assert document["version"] == "2.0.0"
+    assert document["requires-dist"] == ["Werkzeug>=2.0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["show", "nope"], "unknown project 'nope'"),
+        (["show", "flask", "9"], "unknown version '9' of 'Flask'"),
+        (["show", "fl@sk"], "invalid project name"),
+        (["show", "flask", "--at", "HEAD~1"], "invalid ref"),
+        (["show"], "the following arguments are required: project"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_prints_one_line_and_exits_2(
+    storage: Storage, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert (
+        main([*argv, "--repo", str(storage.path)] if argv[0] == "show" and len(argv) > 1 else argv)
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert message in error
+
+
+def test_a_folder_that_is_not_a_repository_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "flask", "--repo", str(tmp_path)]) == 2
+    assert "is not a git repository" in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""The repository's own data/ follows data/README.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from metasrv import tomlcodec
+from metasrv.model import Project
+from metasrv.names import name_from_path
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PROJECT_FILES = sorted(DATA.glob("*/*/*.toml"))
+
+
+@pytest.mark.parametrize("path", PROJECT_FILES, ids=lambda p: p.name)
+def test_every_project_file_parses_round_trips_and_sits_at_its_names_path(path: Path) -> None:
+    relative = path.relative_to(DATA).as_posix()
+    text = path.read_bytes()
+    project = Project.from_toml(tomlcodec.loads(text, where=relative), relative)
+    assert name_from_path(relative) == project.normalized_name
+    assert tomlcodec.dumps(project.to_toml()) == text
+
+
+def test_no_two_paths_collide_case_insensitively() -> None:
+    lowered = [path.as_posix().lower() for path in DATA.rglob("*")]
+    assert len(lowered) == len(set(lowered))
+
+
+def test_the_sample_holds_the_pallets_family() -> None:
+    names = {path.stem for path in PROJECT_FILES}
+    assert {"flask", "werkzeug", "jinja2", "click", "itsdangerous", "markupsafe"} <= names
+
+
+def test_the_readme_example_is_a_valid_project_file() -> None:
+    readme = (DATA / "README.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL)
+    assert examples
+    for example in examples:
+        project = Project.from_toml(tomlcodec.loads(example, where="README"), "README")
+        assert tomlcodec.dumps(project.to_toml()).decode() == example

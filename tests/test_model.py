@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metasrv import tomlcodec
+from metasrv.errors import InvalidData
+from metasrv.model import CoreMetadata, Project, Release, registered_name
+from tests.builders import make_file, make_project
+
+requirement_lists = st.lists(
+    st.sampled_from(
+        ["a>=1", "b<2; python_version < '3.12'", "c[x]", "d (==1.0)", 'e ; extra == "t"']
+    ),
+    max_size=4,
+    unique=True,
+)
+
+
+def test_a_release_stores_the_metadata_most_files_share_once() -> None:
+    common = ["Werkzeug>=2.0"]
+    release = Release.from_files(
+        "2.0",
+        (
+            make_file("x-2.0-py3-none-any.whl", requires_dist=common),
+            make_file("x-2.0-cp311-cp311-linux_x86_64.whl", requires_dist=common),
+            make_file("x-2.0-cp27-none-any.whl", requires_dist=["futures"]),
+        ),
+    )
+    project = Project.create("x", [release])
+    text = tomlcodec.dumps(project.to_toml()).decode()
+    assert text.count("Werkzeug>=2.0") == 1
+    assert text.count("futures") == 1
+    parsed = Project.from_toml(tomllib.loads(text), "x.toml")
+    files = {f.filename: f for f in parsed.releases[0].files}
+    assert files["x-2.0-cp27-none-any.whl"].metadata is not None
+    assert files["x-2.0-cp27-none-any.whl"].metadata.requires_dist == ("futures",)
+    assert files["x-2.0-py3-none-any.whl"].metadata == parsed.releases[0].metadata
+    assert parsed == project
+
+
+def test_a_file_whose_metadata_could_not_be_read_inherits_nothing() -> None:
+    release = Release.from_files(
+        "1.0",
+        (
+            make_file("x-1.0-py3-none-any.whl", requires_dist=["a"]),
+            make_file("x-1.0.tar.gz", metadata=False),
+        ),
+    )
+    project = Project.create("x", [release])
+    parsed = Project.from_toml(tomllib.loads(tomlcodec.dumps(project.to_toml()).decode()), "x")
+    sdist = next(f for f in parsed.releases[0].files if f.filename.endswith(".tar.gz"))
+    assert sdist.metadata is None
+    assert sdist.metadata_error == "not read"
+
+
+def test_a_release_is_yanked_only_when_every_file_is() -> None:
+    one = Release.from_files("1", (make_file("a.whl", yanked="broken"), make_file("b.tar.gz")))
+    both = Release.from_files(
+        "1", (make_file("a.whl", yanked="broken"), make_file("b.tar.gz", yanked=True))
+    )
+    assert one.yanked is False
+    assert both.yanked == "broken"
+
+
+def test_releases_are_kept_in_pep_440_order() -> None:
+    project = make_project("x", ["1.10", "1.9", "1.0rc1", "1.0"])
+    assert [r.version_text for r in project.releases] == ["1.0rc1", "1.0", "1.9", "1.10"]
+
+
+def test_two_spellings_of_one_version_are_rejected() -> None:
+    with pytest.raises(InvalidData, match="are equal"):
+        make_project("x", ["2.0", "2.0.0"])
+
+
+def test_the_registered_name_is_read_without_parsing_releases() -> None:
+    text = tomlcodec.dumps(make_project("Gamma_Pkg", ["1"]).to_toml())
+    assert registered_name(text, "x") == "Gamma_Pkg"
+
+
+def _document(**overrides: Any) -> dict[str, Any]:
+    document = make_project("x", {"1.0": ["a"]}).to_toml()
+    document.update(overrides)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (_document(format=2), "unsupported format"),
+        (_document(name=3), "'name' must be a string"),
+        (_document(extra="x"), "unknown key 'extra'"),
+        (_document(releases={"not a version": {}}), "invalid version"),
+        (_document(releases={"1.0": {"files": [{"filename": "f"}]}}), "missing key 'url'"),
+        (
+            _document(
+                releases={
+                    "1.0": {"files": [{"filename": "f", "url": "u", "hashes": {}, "size": True}]}
+                }
+            ),
+            "'size' must be an integer",
+        ),
+        (
+            _document(releases={"1.0": {"metadata": {"requires-dist": ["a"]}}}),
+            "missing key 'metadata-version'",
+        ),
+        ({"name": "x", "releases": {}}, "missing key 'format'"),
+    ],
+)
+def test_malformed_project_files_name_the_problem(document: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=message):
+        Project.from_toml(document, "data/x.toml")
+
+
+@given(
+    versions=st.dictionaries(
+        st.from_regex(r"[1-9][0-9]?(\.[0-9]){0,2}", fullmatch=True), requirement_lists, max_size=5
+    ),
+    name=st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,10}[A-Za-z0-9]", fullmatch=True),
+)
+def test_project_files_round_trip_byte_for_byte(versions: dict[str, list[str]], name: str) -> None:
+    unique: dict[str, list[str]] = {}
+    for version, deps in versions.items():
+        if all(
+            Release.from_files(version, ()).version != Release.from_files(v, ()).version
+            for v in unique
+        ):
+            unique[version] = deps
+    project = make_project(name, unique)
+    text = tomlcodec.dumps(project.to_toml())
+    parsed = Project.from_toml(tomlcodec.loads(text, where="x"), "x")
+    assert parsed == project
+    assert tomlcodec.dumps(parsed.to_toml()) == text
+
+
+def test_metadata_omits_empty_fields() -> None:
+    assert CoreMetadata("2.1").to_toml() == {"metadata-version": "2.1"}

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import pygit2
+import pytest
+
+from metasrv.names import normalize_name, project_path
+from metasrv.storage import Storage
+from tests.builders import commit_projects, make_project
+from tests.conftest import AsgiClient
+
+
+def test_the_root_names_the_source_branch_commit_and_endpoints(
+    client: AsgiClient, storage: Storage
+) -> None:
+    body = client.get("/").json()
+    assert body["at"] == storage.resolve(None)
+    assert body["source"] == "https://index.test/simple/"
+    assert body["branch"] == "main"
+    assert body["endpoints"]["release"] == "/v1/projects/{name}/{version}"
+
+
+def test_every_project_is_listed_with_its_registered_name(client: AsgiClient) -> None:
+    body = client.get("/v1/projects").json()
+    assert body["projects"] == [
+        {"name": "click", "normalized-name": "click"},
+        {"name": "Flask", "normalized-name": "flask"},
+        {"name": "Werkzeug", "normalized-name": "werkzeug"},
+    ]
+
+
+@pytest.mark.parametrize("spelling", ["Flask", "flask", "FLASK", "fLaSk"])
+def test_any_spelling_that_normalizes_the_same_finds_a_project(
+    client: AsgiClient, spelling: str
+) -> None:
+    body = client.get(f"/v1/projects/{spelling}").json()
+    assert body["name"] == "Flask"
+    assert body["normalized-name"] == "flask"
+    assert [v["version"] for v in body["versions"]] == ["1.1.4", "2.0.0"]
+    assert body["versions"][0] == {
+        "version": "1.1.4",
+        "yanked": False,
+        "requires-python": None,
+        "files": 1,
+    }
+
+
+@pytest.mark.parametrize("spelling", ["2.0.0", "2.0", "2", "v2.0"])
+def test_any_pep_440_equal_spelling_finds_a_release(client: AsgiClient, spelling: str) -> None:
+    body = client.get(f"/v1/projects/flask/{spelling}").json()
+    assert body["version"] == "2.0.0"
+    assert body["requires-dist"] == ["Werkzeug>=2.0"]
+    assert body["files"][0]["filename"] == "Flask-2.0.0-py3-none-any.whl"
+    assert "metadata" not in body["files"][0]
+
+
+def test_a_commit_made_while_serving_is_served_at_once(
+    client: AsgiClient, storage: Storage
+) -> None:
+    assert client.get("/v1/projects/flask/3.0").status_code == 404
+    new_commit = commit_projects(
+        storage, make_project("Flask", {"2.0.0": ["Werkzeug>=2.0"], "3.0": []})
+    )
+    response = client.get("/v1/projects/flask/3.0")
+    assert response.status_code == 200
+    assert response.json()["at"] == new_commit
+
+
+def test_at_pins_a_sha_a_branch_or_a_tag(client: AsgiClient, storage: Storage) -> None:
+    first = storage.resolve(None)
+    commit_projects(storage, make_project("Flask", ["2.0.0", "3.0"]))
+    raw = pygit2.Repository(str(storage.path))
+    raw.references.create("refs/tags/before", first)
+    raw.references.create("refs/heads/old", first)
+    for at in (first, first[:10], "before", "old"):
+        response = client.get(f"/v1/projects/flask?at={at}")
+        assert response.status_code == 200, at
+        assert response.json()["at"] == first
+        assert [v["version"] for v in response.json()["versions"]] == ["1.1.4", "2.0.0"]
+
+
+def test_a_full_sha_is_cached_forever_and_a_moving_ref_briefly(
+    client: AsgiClient, storage: Storage
+) -> None:
+    sha = storage.resolve(None)
+    assert client.get(f"/v1/projects/flask?at={sha}").headers["cache-control"] == (
+        "public, max-age=31536000, immutable"
+    )
+    assert (
+        client.get(f"/v1/projects/flask?at={sha[:12]}").headers["cache-control"]
+        == "public, max-age=10"
+    )
+    assert client.get("/v1/projects/flask").headers["cache-control"] == "public, max-age=10"
+
+
+@pytest.mark.parametrize(
+    "url", ["/", "/v1/projects", "/v1/projects/flask", "/v1/projects/flask/2.0"]
+)
+def test_a_client_holding_the_current_etag_gets_304(
+    client: AsgiClient, storage: Storage, url: str
+) -> None:
+    first = client.get(url)
+    etag = first.headers["etag"]
+    assert etag.startswith('"')
+    again = client.get(url, headers={"If-None-Match": f'W/"other", {etag}'})
+    assert again.status_code == 304
+    assert again.content == b""
+    commit_projects(storage, make_project("newproject", ["1"]))
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_since_lists_projects_added_changed_and_removed(
+    client: AsgiClient, storage: Storage
+) -> None:
+    first = storage.resolve(None)
+    commit_projects(
+        storage, make_project("Flask", ["2.0.0", "3.0"]), make_project("Jinja2", ["3.0"])
+    )
+    second = storage.commit("main", {f"data/{project_path(normalize_name('click'))}": None}, "drop")
+    assert second is not None
+    body = client.get(f"/v1/projects?since={first}").json()
+    assert body["since"] == first
+    assert body["projects"] == [
+        {"name": "click", "normalized-name": "click", "change": "removed"},
+        {"name": "Flask", "normalized-name": "flask", "change": "changed"},
+        {"name": "Jinja2", "normalized-name": "jinja2", "change": "added"},
+    ]
+    assert client.get(f"/v1/projects?since={second}").json()["projects"] == []
+    listing = client.get("/v1/projects").json()["projects"]
+    assert [p["name"] for p in listing] == ["Flask", "Jinja2", "Werkzeug"]
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("/v1/projects/nope", 404, "unknown project 'nope'"),
+        ("/v1/projects/flask/9.9", 404, "unknown version '9.9' of 'Flask'"),
+        ("/v1/projects/flask/not-a-version", 400, "invalid version"),
+        ("/v1/projects/fl@sk", 400, "invalid project name"),
+        ("/v1/projects/..%2F..%2Fetc%2Fpasswd", 404, "unknown path"),
+        ("/v1/projects/..%2Fx", 400, "invalid project name '..'"),
+        ("/v1/projects/fl%00sk", 400, "invalid project name"),
+        ("/v1/projects/" + "a" * 10_000, 400, "longer than 200"),
+        ("/v1/projects/flask?at=HEAD~1", 400, "invalid ref 'HEAD~1'"),
+        ("/v1/projects/flask?at=main@%7Bupstream%7D", 400, "invalid ref"),
+        ("/v1/projects/flask?at=a..b", 400, "invalid ref"),
+        ("/v1/projects/flask?at=%00", 400, "invalid ref"),
+        ("/v1/projects/flask?at=", 400, "'at' is empty"),
+        ("/v1/projects/flask?at=" + "0" * 40, 404, "unknown ref"),
+        ("/v1/projects/flask?at=deadbeefdeadbeef", 404, "unknown ref"),
+        ("/v1/projects/flask?at=zz" + "g" * 38, 404, "unknown ref"),
+        ("/v1/projects?since=HEAD~1", 400, "invalid ref"),
+        ("/v1/projects?since=", 400, "'since' is empty"),
+        ("/v1/nothing", 404, "unknown path"),
+        ("/v1/projects/flask/2.0/extra", 404, "unknown path"),
+    ],
+)
+def test_bad_input_gets_a_json_4xx_that_says_what_was_wrong(
+    client: AsgiClient, url: str, status: int, message: str
+) -> None:
+    response = client.get(url)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+    assert response.json()["status"] == status
+
+
+def test_a_broken_project_file_is_a_4xx_naming_the_file(
+    client: AsgiClient, storage: Storage
+) -> None:
+    storage.commit(
+        "main", {f"data/{project_path(normalize_name('flask'))}": b"format = 1\nname = ["}, "x"
+    )
+    response = client.get("/v1/projects/flask")
+    assert response.status_code == 422
+    assert "data/fl/b8/flask.toml: invalid TOML" in response.json()["error"]
+
+
+def test_a_commit_whose_data_folder_is_gone_lists_nothing(
+    client: AsgiClient, storage: Storage
+) -> None:
+    raw = pygit2.Repository(str(storage.path))
+    empty_tree = raw.TreeBuilder().write()
+    commit_id = raw.create_commit(
+        "refs/heads/empty", raw.default_signature, raw.default_signature, "e", empty_tree, []
+    )
+    assert client.get(f"/v1/projects?at={commit_id}").json()["projects"] == []
+    assert client.get(f"/v1/projects/flask?at={commit_id}").status_code == 404

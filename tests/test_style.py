@@ -1,0 +1,31 @@
+"""The package and tests stay ruff-clean, ruff-formatted and mypy --strict clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ruff", "check", "metasrv", "tests", "benchmarks"],
+        ["ruff", "format", "--check", "metasrv", "tests", "benchmarks"],
+        ["mypy"],
+    ],
+    ids=["ruff-check", "ruff-format", "mypy"],
+)
+def test_the_code_passes(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
