@@ -55,11 +55,11 @@ def render_project(project: Project) -> dict[str, Any]:
     }
 
 
-def render_release(project: Project, release: Release) -> dict[str, Any]:
+def render_release(name: str, normalized_name: str, release: Release) -> dict[str, Any]:
     """Return a release's resolver metadata and files, each file's metadata where it differs."""
     return {
-        "name": project.name,
-        "normalized-name": project.normalized_name,
+        "name": name,
+        "normalized-name": normalized_name,
         "version": release.version_text,
         "yanked": release.yanked,
         **render_metadata(release.metadata),

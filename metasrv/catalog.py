@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from packaging.utils import NormalizedName
+from packaging.version import Version
 
-from metasrv import tomlcodec
 from metasrv.errors import NotFound
-from metasrv.model import Project, registered_name
+from metasrv.model import Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
+from metasrv.projectfile import read_project, read_release, registered_name
 from metasrv.storage import BlobId, CommitId, Storage
 
 DATA_ROOT = "data"
-PARSED_PROJECT_CACHE_SIZE = 4096
+# A parsed project is ~100 KB of objects; encoded bodies are cached separately and far smaller.
+PARSED_PROJECT_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +59,16 @@ class Catalog:
         """Return the project a blob holds, parsed once per blob id."""
         return self._parse_project(blob_id, normalized_name)
 
+    def read_release(
+        self, blob_id: BlobId, normalized_name: NormalizedName, version: Version
+    ) -> tuple[str, Release | None]:
+        """Return a project's registered name and its release PEP 440 equal to ``version``."""
+        where = f"{DATA_ROOT}/{project_path(normalized_name)}"
+        return read_release(self.storage.read_blob(blob_id), where, version)
+
     def _parse_blob(self, blob_id: BlobId, normalized_name: NormalizedName) -> Project:
         where = f"{DATA_ROOT}/{project_path(normalized_name)}"
-        document = tomlcodec.loads(self.storage.read_blob(blob_id), where=where)
-        return Project.from_toml(document, where)
+        return read_project(self.storage.read_blob(blob_id), where)
 
     def _read_name(self, blob_id: BlobId) -> str:
         return registered_name(self.storage.read_blob(blob_id), where=f"blob {blob_id}")

@@ -110,7 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     storage = open_repository(args.repo)
     app = create_app(storage.workdir or storage.path)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="info", access_log=False, server_header=False
+    )
     return 0
 
 
@@ -126,7 +128,7 @@ def _show(args: argparse.Namespace) -> int:
         release = project.find_release(parse_version(args.version))
         if release is None:
             raise NotFound(f"unknown version {args.version!r} of {project.name!r}")
-        document = api.render_release(project, release)
+        document = api.render_release(project.name, project.normalized_name, release)
         text = _format_release(project, release, commit_id)
     if args.json:
         print(json.dumps({"at": commit_id, **document}, indent=2))

@@ -11,7 +11,6 @@ from typing import Any
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from metasrv import tomlcodec
 from metasrv.errors import InvalidData, InvalidInput
 from metasrv.names import normalize_name, parse_version
 
@@ -34,7 +33,7 @@ class CoreMetadata:
     @classmethod
     def from_toml(cls, table: Mapping[str, Any], where: str) -> CoreMetadata:
         """Build from a ``metadata`` table of a project file."""
-        reader = _Table(table, where)
+        reader = TableReader(table, where)
         metadata = cls(
             metadata_version=reader.string("metadata-version"),
             requires_dist=reader.strings("requires-dist"),
@@ -79,7 +78,7 @@ class DistFile:
         cls, table: Mapping[str, Any], where: str, inherited: CoreMetadata | None
     ) -> DistFile:
         """Build from a ``files`` entry, inheriting ``inherited`` unless it says otherwise."""
-        reader = _Table(table, where)
+        reader = TableReader(table, where)
         metadata_error = reader.optional_string("metadata-error")
         own_metadata = reader.optional_table("metadata")
         if own_metadata is not None:
@@ -183,7 +182,7 @@ class Project:
     @classmethod
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
         """Build from a parsed project file; ``where`` names it in errors."""
-        reader = _Table(document, where)
+        reader = TableReader(document, where)
         if reader.integer("format") != FORMAT_VERSION:
             raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
         name = reader.string("name")
@@ -192,7 +191,7 @@ class Project:
             release_where = f"{where}: releases.{version_text!r}"
             if not isinstance(release_table, Mapping):
                 raise InvalidData(f"{release_where}: expected a table")
-            release_reader = _Table(release_table, release_where)
+            release_reader = TableReader(release_table, release_where)
             metadata_table = release_reader.optional_table("metadata")
             metadata = (
                 CoreMetadata.from_toml(metadata_table, f"{release_where}.metadata")
@@ -239,7 +238,7 @@ def _most_common_metadata(files: tuple[DistFile, ...]) -> CoreMetadata | None:
     raise AssertionError("unreachable")
 
 
-class _Table:
+class TableReader:
     """Typed access to one decoded TOML table, tracking which keys were read."""
 
     def __init__(self, table: Mapping[str, Any], where: str) -> None:
@@ -308,16 +307,6 @@ class _Table:
             raise InvalidData(f"{self._where}: unknown key {unknown[0]!r}")
 
 
-def registered_name(document: bytes, where: str) -> str:
-    """Return a project file's registered name without parsing its releases.
-
-    TOML puts top-level keys before the first table header, so the text up to that header is a
-    complete document holding ``name``; listing 700,000 projects needs only that.
-    """
-    head, _, _ = document.partition(b"\n[")
-    return _Table(tomlcodec.loads(head, where=where), where).string("name")
-
-
 @dataclass(frozen=True, slots=True)
 class MetaConfig:
     """A meta repository's ``metasrv.toml``: which source repository it mirrors."""
@@ -327,10 +316,10 @@ class MetaConfig:
     @classmethod
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
         """Build from a parsed ``metasrv.toml``."""
-        reader = _Table(document, where)
+        reader = TableReader(document, where)
         if reader.integer("format") != FORMAT_VERSION:
             raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
-        source = _Table(reader.optional_table("source") or {}, f"{where}: source")
+        source = TableReader(reader.optional_table("source") or {}, f"{where}: source")
         config = cls(source_url=source.optional_string("url"))
         source.reject_unknown()
         reader.reject_unknown()

@@ -118,11 +118,11 @@ class ReadApi:
         key = ("release", blob_id, version_text)
         body = self.bodies.get(key)
         if body is None:
-            project = self.catalog.parse_project(blob_id, normalized_name)
-            release = project.find_release(parse_version(version_text))
+            version = parse_version(version_text)
+            name, release = self.catalog.read_release(blob_id, normalized_name, version)
             if release is None:
-                raise NotFound(f"unknown version {version_text!r} of {project.name!r}")
-            body = encode(api.render_release(project, release))
+                raise NotFound(f"unknown version {version_text!r} of {name!r}")
+            body = encode(api.render_release(name, normalized_name, release))
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 

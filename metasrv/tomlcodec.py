@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import tomli
 import tomli_w
 
 from metasrv.errors import InvalidData
 
 _SCALARS = (str, int, float, bool)
+# Strings and keys that TOML writes verbatim; anything else goes through tomli_w's escaping.
+_PLAIN_STRING = re.compile(r"[\x20-\x7e]*").fullmatch
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+").fullmatch
 
 
 def loads(text: bytes | str, *, where: str) -> dict[str, Any]:
@@ -18,10 +22,10 @@ def loads(text: bytes | str, *, where: str) -> dict[str, Any]:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return tomllib.loads(text)
+        return tomli.loads(text)
     except UnicodeDecodeError as exc:
         raise InvalidData(f"{where}: not UTF-8 ({exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except tomli.TOMLDecodeError as exc:
         raise InvalidData(f"{where}: invalid TOML: {exc}") from None
 
 
@@ -59,13 +63,28 @@ def _table_lines(table: Mapping[str, Any], header: str | None, in_array: bool) -
 
 def _value_line(key: str, value: Any) -> str:
     if isinstance(value, Mapping):
-        pairs = ", ".join(tomli_w.dumps({k: v}).strip() for k, v in value.items())
+        pairs = ", ".join(f"{_key(k)} = {_literal(v)}" for k, v in value.items())
         return f"{_key(key)} = {{ {pairs} }}\n"
-    return tomli_w.dumps({key: value}, indent=4)
+    if isinstance(value, list):
+        if not value:
+            return f"{_key(key)} = []\n"
+        items = "".join(f"    {_literal(item)},\n" for item in value)
+        return f"{_key(key)} = [\n{items}]\n"
+    return f"{_key(key)} = {_literal(value)}\n"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str) and _PLAIN_STRING(value) and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return tomli_w.dumps({"x": value}).split(" = ", 1)[1].rstrip("\n")
 
 
 def _key(key: str) -> str:
-    return tomli_w.dumps({key: 0}).split(" = ", 1)[0]
+    return key if _BARE_KEY(key) else _literal(key)
 
 
 def _join(header: str | None, key: str) -> str:

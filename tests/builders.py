@@ -9,6 +9,7 @@ from pathlib import Path
 from metasrv import tomlcodec
 from metasrv.model import CoreMetadata, DistFile, MetaConfig, Project, Release
 from metasrv.names import project_path
+from metasrv.projectfile import write_project
 from metasrv.storage import CommitId, Storage
 
 SOURCE_URL = "https://index.test/simple/"
@@ -58,7 +59,7 @@ def make_project(name: str, versions: dict[str, list[str]] | Iterable[str]) -> P
 def project_files(*projects: Project) -> dict[str, bytes | None]:
     """Return the data files of projects, keyed by repository path."""
     return {
-        f"data/{project_path(project.normalized_name)}": tomlcodec.dumps(project.to_toml())
+        f"data/{project_path(project.normalized_name)}": write_project(project)
         for project in projects
     }
 

@@ -15,6 +15,7 @@ LAYERS = [
     "names",
     "tomlcodec",
     "model",
+    "projectfile",
     "storage",
     "catalog",
     "api",

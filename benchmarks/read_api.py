@@ -1,0 +1,218 @@
+"""Benchmark GET /v1/projects/{name}/{version} on a synthetic repository against nginx.
+
+Run: python -m benchmarks.read_api [--projects 100000] [--warm-paths 20000] [--seconds 15]
+Needs wrk and nginx (Debian packages). Prints figures and ratios against nginx from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.synthetic import build_repository, project_names
+from metasrv.catalog import Catalog
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+CONNECTIONS = 32
+NGINX_CONF = """
+user root; worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; default_type application/json;
+  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--projects", type=int, default=100_000)
+    parser.add_argument("--warm-paths", type=int, default=20_000)
+    parser.add_argument("--cold-requests", type=int, default=2_000)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+
+    repo_path = WORK / f"repo-{args.projects}"
+    started = time.monotonic()
+    storage = build_repository(repo_path, args.projects)
+    print(f"repository: {args.projects} projects ready in {time.monotonic() - started:.0f} s")
+    paths = release_paths(Catalog(storage), args.projects)
+    rng = random.Random(1)
+    rng.shuffle(paths)
+
+    server, url, first_answer = start_metasrv(repo_path, paths[0])
+    try:
+        print(f"first answer after start: {first_answer * 1000:.0f} ms")
+        cold = cold_latencies(url, paths[1 : 1 + args.cold_requests])
+        print(
+            f"cold, 1 connection, {len(cold)} first requests: p50 {percentile(cold, 50):.2f} ms,"
+            f" p99 {percentile(cold, 99):.2f} ms"
+        )
+        warm_paths = paths[: args.warm_paths]
+        with tempfile.TemporaryDirectory() as static_root:
+            fetch_bodies(url, warm_paths, Path(static_root))
+            metasrv_figures = run_wrk(url, warm_paths, args.seconds)
+            nginx_figures = run_nginx(Path(static_root), warm_paths, args.seconds)
+        report(metasrv_figures, nginx_figures)
+        touch_all_projects(url, args.projects)
+        print(f"RSS after touching all {args.projects} projects: {rss_mb(server.pid):.0f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def release_paths(catalog: Catalog, count: int) -> list[str]:
+    """Return one release URL per project: a random version of each."""
+    commit_id = catalog.storage.resolve(None)
+    rng = random.Random(2)
+    paths = []
+    for name in project_names(count, 0):
+        project = catalog.get_project(commit_id, name)
+        paths.append(f"/v1/projects/{name}/{rng.choice(project.releases).version_text}")
+    return paths
+
+
+def start_metasrv(repo_path: Path, probe: str) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start one uvicorn worker; return it, its URL and seconds until its first 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metasrv", "serve", "--repo", str(repo_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = started + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + probe).status_code == 200:
+                return process, url, time.monotonic() - started
+        except httpx.TransportError:
+            time.sleep(0.005)  # polling the port, not synchronising a test
+    process.kill()
+    raise SystemExit("metasrv did not answer within 30 s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cold_latencies(url: str, paths: list[str]) -> list[float]:
+    """Return milliseconds per first request of each path, one connection."""
+    latencies = []
+    with httpx.Client(base_url=url) as client:
+        for path in paths:
+            started = time.perf_counter()
+            response = client.get(path)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200, path
+    return latencies
+
+
+def fetch_bodies(url: str, paths: list[str], static_root: Path) -> None:
+    """Warm metasrv on every path and write its bodies where nginx will serve them."""
+    with httpx.Client(base_url=url) as client:
+        for path in paths:
+            target = static_root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(client.get(path).content)
+
+
+def run_wrk(url: str, paths: list[str], seconds: int) -> dict[str, float]:
+    """Run wrk with one thread and 32 connections over the rotating paths."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as paths_file:
+        paths_file.write("\n".join(paths) + "\n")
+    output = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "wrk_rotate.lua"),
+            url,
+        ],
+        env={**os.environ, "WRK_PATHS": paths_file.name},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(paths_file.name)
+    if "Non-2xx" in output:
+        raise SystemExit(f"wrk saw errors:\n{output}")
+    return {
+        "requests/s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "p50 ms": _wrk_latency(output, "50%"),
+        "p99 ms": _wrk_latency(output, "99%"),
+    }
+
+
+def _wrk_latency(output: str, label: str) -> float:
+    value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_nginx(static_root: Path, paths: list[str], seconds: int) -> dict[str, float]:
+    """Serve the same bodies as static files with one nginx worker and run the same wrk."""
+    port = free_port()
+    work = Path(tempfile.mkdtemp())
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, port=port, root=static_root))
+    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{paths[0]}")
+                break
+            except httpx.TransportError:
+                time.sleep(0.005)
+        return run_wrk(f"http://127.0.0.1:{port}", paths, seconds)
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        shutil.rmtree(work)
+
+
+def touch_all_projects(url: str, count: int) -> None:
+    with httpx.Client(base_url=url) as client:
+        for name in project_names(count, 0):
+            assert client.get(f"/v1/projects/{name}").status_code == 200
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def percentile(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100)[pct - 1] if pct < 100 else max(values)
+
+
+def report(metasrv: dict[str, float], nginx: dict[str, float]) -> None:
+    print(json.dumps({"metasrv": metasrv, "nginx": nginx}, indent=2))
+    ratio = metasrv["requests/s"] / nginx["requests/s"]
+    print(
+        f"warm, {CONNECTIONS} connections: metasrv {metasrv['requests/s']:.0f} req/s = "
+        f"{ratio:.1%} of nginx {nginx['requests/s']:.0f} req/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""A project file as bytes: read whole, read one release, read only the registered name, write."""
+
+from __future__ import annotations
+
+import re
+
+from packaging.version import Version
+
+from metasrv import tomlcodec
+from metasrv.errors import InvalidInput
+from metasrv.model import Project, Release, TableReader
+from metasrv.names import parse_version
+
+
+def read_project(document: bytes, where: str) -> Project:
+    """Parse a whole project file; ``where`` names it in errors."""
+    return Project.from_toml(tomlcodec.loads(document, where=where), where)
+
+
+def write_project(project: Project) -> bytes:
+    """Return a project's file in canonical form."""
+    return tomlcodec.dumps(project.to_toml())
+
+
+# A table header of one release, as the canonical form writes it: [releases."1.0"...] / [[...]].
+_RELEASE_HEADER = re.compile(
+    rb'^\[\[?releases\.(?:"([^"\\\n]*)"|([A-Za-z0-9_-]+))[.\]]', re.MULTILINE
+)
+_HEADER = re.compile(rb"^\[", re.MULTILINE)
+
+
+def read_release(document: bytes, where: str, version: Version) -> tuple[str, Release | None]:
+    """Return a project file's registered name and the release PEP 440 equal to ``version``.
+
+    Only the head and that release's tables are parsed when the file has the canonical shape
+    (each release's tables contiguous); any other valid file is parsed whole.
+    """
+    head = _head(document)
+    head_table = tomlcodec.loads(head, where=where)
+    sections = None if "releases" in head_table else _release_sections(document)
+    if sections is not None:
+        for version_text, (start, end) in sections.items():
+            try:
+                matches = parse_version(version_text) == version
+            except InvalidInput:
+                break
+            if matches:
+                partial = Project.from_toml(
+                    tomlcodec.loads(head + b"\n" + document[start:end], where=where), where
+                )
+                if len(partial.releases) == 1:
+                    return partial.name, partial.releases[0]
+                break
+        else:
+            return TableReader(head_table, where).string("name"), None
+    project = read_project(document, where)
+    return project.name, project.find_release(version)
+
+
+def _release_sections(document: bytes) -> dict[str, tuple[int, int]] | None:
+    """Return version text -> byte span of its tables, or None if the file is not so shaped."""
+    headers = list(_HEADER.finditer(document))
+    sections: dict[str, tuple[int, int]] = {}
+    current: str | None = None
+    for index, header in enumerate(headers):
+        match = _RELEASE_HEADER.match(document, header.start())
+        if match is None:
+            return None
+        version_text = (match.group(1) or match.group(2)).decode("utf-8", "replace")
+        end = headers[index + 1].start() if index + 1 < len(headers) else len(document)
+        if version_text == current:
+            sections[version_text] = (sections[version_text][0], end)
+        elif version_text in sections:
+            return None
+        else:
+            sections[version_text] = (header.start(), end)
+            current = version_text
+    return sections
+
+
+def registered_name(document: bytes, where: str) -> str:
+    """Return a project file's registered name without parsing its releases.
+
+    TOML puts top-level keys before the first table header, so the text up to that header is a
+    complete document holding ``name``; listing 700,000 projects needs only that.
+    """
+    return TableReader(tomlcodec.loads(_head(document), where=where), where).string("name")
+
+
+def _head(document: bytes) -> bytes:
+    first_header = _HEADER.search(document)
+    return document if first_header is None else document[: first_header.start()]
