@@ -73,13 +73,15 @@ def main() -> None:
 
 
 def release_paths(catalog: Catalog, count: int) -> list[str]:
-    """Return one release URL per project: a random version of each."""
+    """Return one release URL per project: a random version of each (read off table headers)."""
     commit_id = catalog.storage.resolve(None)
     rng = random.Random(2)
+    header = re.compile(rb'^\[\[?releases\."([^"]+)"', re.MULTILINE)
     paths = []
     for name in project_names(count, 0):
-        project = catalog.get_project(commit_id, name)
-        paths.append(f"/v1/projects/{name}/{rng.choice(project.releases).version_text}")
+        _, blob_id = catalog.project_blob(commit_id, name)
+        versions = sorted(set(header.findall(catalog.storage.read_blob(blob_id))))
+        paths.append(f"/v1/projects/{name}/{rng.choice(versions).decode()}")
     return paths
 
 

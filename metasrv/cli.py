@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Entry point of the console script."""
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # The reader went away (`metasrv show x | head`); that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,6 +71,16 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+
+    sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
+    sync.add_argument("projects", nargs="*", metavar="PROJECT", help="default: every project")
+    sync.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    sync.add_argument("--source", help="index URL or folder (default: metasrv.toml's source)")
+    sync.add_argument("--concurrency", type=int, default=8, help="requests at once (default 8)")
+    sync.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
+    sync.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sync.add_argument("--checkpoint", type=int, default=200, help="commit every N projects")
+    sync.set_defaults(handler=_sync)
 
     show = commands.add_parser("show", help="print a project or a release")
     show.add_argument("project")
@@ -116,6 +133,53 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from metasrv.ingest import SyncOptions, SyncSummary, sync
+    from metasrv.sources import FetchOptions
+
+    storage = open_repository(args.repo)
+    source = args.source or _configured_source(storage)
+    options = SyncOptions(
+        fetch=FetchOptions(
+            concurrency=args.concurrency, retries=args.retries, timeout_seconds=args.timeout
+        ),
+        checkpoint=args.checkpoint,
+    )
+    started = time.monotonic()
+    terminal = sys.stderr.isatty()
+
+    def progress(done: int, total: int, summary: SyncSummary) -> None:
+        rate = done / max(time.monotonic() - started, 1e-9)
+        line = (
+            f"{done}/{total} projects, {summary.files_added} files added, "
+            f"{summary.errors} errors, {rate:.1f} projects/s"
+        )
+        print(f"\r{line}" if terminal else line, end="" if terminal else "\n", file=sys.stderr)
+
+    summary = sync(storage, source, args.projects, options, progress)
+    if terminal:
+        print(file=sys.stderr)
+    print(
+        f"synced {summary.projects} projects from {source}: {summary.changed} changed, "
+        f"{summary.removed} removed, {summary.releases_added} releases added, "
+        f"{summary.files_added} files added, {summary.files_changed} files changed, "
+        f"{summary.errors} errors, {len(summary.commits)} commits"
+    )
+    return summary.exit_code
+
+
+def _configured_source(storage: Storage) -> str:
+    config_bytes = storage.read(storage.resolve(None), "metasrv.toml")
+    if config_bytes is None:
+        raise InvalidInput("no --source given and the repository has no metasrv.toml")
+    config = MetaConfig.from_toml(
+        tomlcodec.loads(config_bytes, where="metasrv.toml"), "metasrv.toml"
+    )
+    if config.source_url is None:
+        raise InvalidInput("no --source given and metasrv.toml names no source")
+    return config.source_url
+
+
 def _show(args: argparse.Namespace) -> int:
     storage = open_repository(args.repo)
     catalog = Catalog(storage)
@@ -156,7 +220,8 @@ def _format_release(project: Project, release: Release, commit_id: CommitId) -> 
         lines.append(f"yanked: {release.yanked}")
     metadata = release.metadata
     if metadata is None:
-        lines.append("core metadata: unknown")
+        reasons = sorted({f.metadata_error for f in release.files if f.metadata_error})
+        lines.append(f"core metadata: unknown ({'; '.join(reasons) or 'no files'})")
     else:
         lines.append(f"requires-python: {metadata.requires_python or '(any)'}")
         lines.append(f"provides-extra: {', '.join(metadata.provides_extra) or '(none)'}")
@@ -164,6 +229,10 @@ def _format_release(project: Project, release: Release, commit_id: CommitId) -> 
         lines.extend(f"  {requirement}" for requirement in metadata.requires_dist)
     lines.append("files:")
     for dist_file in release.files:
-        differs = " (own metadata)" if dist_file.metadata != metadata else ""
+        differs = ""
+        if dist_file.metadata is None and metadata is not None:
+            differs = f" (metadata unknown: {dist_file.metadata_error})"
+        elif dist_file.metadata != metadata:
+            differs = " (own metadata)"
         lines.append(f"  {dist_file.filename}  {dist_file.size or '?'} bytes{differs}")
     return "\n".join(lines)

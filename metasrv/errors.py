@@ -40,3 +40,9 @@ class Conflict(MetasrvError):
     """A write that lost a race with another writer."""
 
     http_status = 409
+
+
+class InvalidArchive(MetasrvError):
+    """An archive or metadata file that is corrupt, truncated, oversized or lies about itself."""
+
+    http_status = 422

@@ -154,12 +154,22 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceState:
+    """What the source said of a project page last time, for a conditional request next time."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    serial: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Project:
     """A project as registered, with its releases in PEP 440 order."""
 
     name: str
     normalized_name: NormalizedName
     releases: tuple[Release, ...] = field(default=())
+    source_state: SourceState = field(default=SourceState())
 
     def find_release(self, version: Version) -> Release | None:
         """Return the release whose version is PEP 440 equal to ``version``."""
@@ -169,7 +179,9 @@ class Project:
         return None
 
     @classmethod
-    def create(cls, name: str, releases: list[Release]) -> Project:
+    def create(
+        cls, name: str, releases: list[Release], source_state: SourceState | None = None
+    ) -> Project:
         """Build a project, ordering releases and rejecting two spellings of one version."""
         ordered = tuple(sorted(releases, key=lambda release: release.version))
         for earlier, later in pairwise(ordered):
@@ -177,7 +189,7 @@ class Project:
                 raise InvalidData(
                     f"{name}: {earlier.version_text!r} and {later.version_text!r} are equal"
                 )
-        return cls(name=name, normalized_name=normalize_name(name), releases=ordered)
+        return cls(name, normalize_name(name), ordered, source_state or SourceState())
 
     @classmethod
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
@@ -186,6 +198,11 @@ class Project:
         if reader.integer("format") != FORMAT_VERSION:
             raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
         name = reader.string("name")
+        source_state = SourceState(
+            etag=reader.optional_string("source-etag"),
+            last_modified=reader.optional_string("source-last-modified"),
+            serial=reader.optional_integer("source-serial"),
+        )
         releases = []
         for version_text, release_table in reader.table("releases").items():
             release_where = f"{where}: releases.{version_text!r}"
@@ -210,7 +227,7 @@ class Project:
             releases.append(Release(version, version_text, files, metadata))
         reader.reject_unknown()
         try:
-            return cls.create(name, releases)
+            return cls.create(name, releases, source_state)
         except InvalidInput as exc:
             raise InvalidData(f"{where}: {exc.message}") from None
 
@@ -223,7 +240,16 @@ class Project:
                 release_table["metadata"] = release.metadata.to_toml()
             release_table["files"] = [f.to_toml(release.metadata) for f in release.files]
             releases[release.version_text] = release_table
-        return {"format": FORMAT_VERSION, "name": self.name, "releases": releases}
+        document: dict[str, Any] = {"format": FORMAT_VERSION, "name": self.name}
+        for key, value in (
+            ("source-etag", self.source_state.etag),
+            ("source-last-modified", self.source_state.last_modified),
+            ("source-serial", self.source_state.serial),
+        ):
+            if value is not None:
+                document[key] = value
+        document["releases"] = releases
+        return document
 
 
 def _most_common_metadata(files: tuple[DistFile, ...]) -> CoreMetadata | None:

@@ -1,0 +1,230 @@
+"""Core metadata from inside wheels (read by byte ranges) and sdists, with size limits."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from packaging.metadata import parse_email
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from metasrv.errors import InvalidArchive
+from metasrv.model import CoreMetadata
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+MAX_METADATA_BYTES = 1024 * 1024
+# The tail of a wheel read first: its central directory and, usually, its dist-info files.
+WHEEL_TAIL_BYTES = 8 * 1024
+MAX_SDIST_BYTES = 100 * 1024 * 1024
+# Metadata 2.2 (PEP 643) is the first version whose sdist fields are trustworthy unless Dynamic.
+STATIC_SDIST_METADATA = (2, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMetadata:
+    """Core metadata read from a file, and the Name it states."""
+
+    metadata: CoreMetadata | None
+    name: str | None
+    unknown_reason: str | None = None
+
+
+def parse_metadata(content: bytes) -> ReadMetadata:
+    """Parse a METADATA / PKG-INFO file with packaging."""
+    if len(content) > MAX_METADATA_BYTES:
+        raise InvalidArchive(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    raw, _unparsed = parse_email(content)
+    if "metadata_version" not in raw:
+        raise InvalidArchive("metadata has no Metadata-Version")
+    metadata = CoreMetadata(
+        metadata_version=raw["metadata_version"],
+        requires_dist=tuple(raw.get("requires_dist", ())),
+        requires_python=raw.get("requires_python"),
+        provides_extra=tuple(raw.get("provides_extra", ())),
+        dynamic=tuple(raw.get("dynamic", ())),
+    )
+    return ReadMetadata(metadata, raw.get("name"))
+
+
+def sdist_metadata(content: bytes) -> ReadMetadata:
+    """Return what an sdist's PKG-INFO states, trusting it only as PEP 643 allows."""
+    read = parse_metadata(content)
+    assert read.metadata is not None
+    version = tuple(int(part) for part in read.metadata.metadata_version.split(".")[:2])
+    if version < STATIC_SDIST_METADATA:
+        reason = f"sdist metadata {read.metadata.metadata_version} does not declare static fields"
+        return ReadMetadata(None, read.name, reason)
+    return read
+
+
+def is_wheel(filename: str) -> bool:
+    """Return whether a filename is a wheel's."""
+    return filename.endswith(".whl")
+
+
+def validate_filename(filename: str) -> None:
+    """Raise InvalidArchive unless the name is a wheel's or an sdist's (PEP 427 / PEP 625)."""
+    try:
+        if is_wheel(filename):
+            parse_wheel_filename(filename)
+        else:
+            parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename) as exc:
+        raise InvalidArchive(f"not a distribution filename: {exc}") from None
+
+
+class _Missing(Exception):
+    """A read of bytes that have not been fetched yet."""
+
+    def __init__(self, start: int, end: int) -> None:
+        super().__init__(start, end)
+        self.start, self.end = start, end
+
+
+class _SparseFile(io.RawIOBase):
+    """A seekable file of known size of which only some byte ranges are present."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.position = 0
+        self.segments: list[tuple[int, bytes]] = []
+
+    def add(self, start: int, data: bytes) -> None:
+        self.segments.append((start, data))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        end = min(self.position + len(view), self.size)
+        if end <= self.position:
+            return 0
+        for start, data in self.segments:
+            if start <= self.position and end <= start + len(data):
+                chunk = data[self.position - start : end - start]
+                view[: len(chunk)] = chunk
+                self.position = end
+                return len(chunk)
+        raise _Missing(self.position, end)
+
+
+RangeReader = Callable[[int, int], Awaitable[bytes]]
+"""Fetch bytes [start, end) of a remote file."""
+
+
+async def wheel_metadata(size: int, tail: bytes, read_range: RangeReader) -> ReadMetadata:
+    """Return a wheel's METADATA, given its size, its last bytes and a way to fetch others."""
+    sparse = _SparseFile(size)
+    sparse.add(size - len(tail), tail)
+    for _attempt in range(4):
+        try:
+            return _read_wheel(sparse)
+        except _Missing as missing:
+            # Fetch what zipfile asked for plus room for the entry's data that follows a header.
+            end = min(size, max(missing.end, missing.start + WHEEL_TAIL_BYTES))
+            sparse.add(missing.start, await read_range(missing.start, end))
+    raise InvalidArchive("wheel needs more range reads than a wheel should")
+
+
+def wheel_metadata_from_bytes(content: bytes) -> ReadMetadata:
+    """Return the METADATA of a wheel held whole in memory."""
+    sparse = _SparseFile(len(content))
+    sparse.add(0, content)
+    return _read_wheel(sparse)
+
+
+def _read_wheel(sparse: _SparseFile) -> ReadMetadata:
+    try:
+        with zipfile.ZipFile(sparse) as archive:
+            candidates = [
+                info
+                for info in archive.infolist()
+                if info.filename.count("/") == 1 and info.filename.endswith(".dist-info/METADATA")
+            ]
+            if len(candidates) != 1:
+                raise InvalidArchive(f"wheel has {len(candidates)} top-level .dist-info/METADATA")
+            info = candidates[0]
+            if info.file_size > MAX_METADATA_BYTES:
+                raise InvalidArchive(f"METADATA is larger than {MAX_METADATA_BYTES} bytes")
+            with archive.open(info) as entry:
+                content = entry.read(MAX_METADATA_BYTES + 1)
+    except _Missing:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+        raise InvalidArchive(f"corrupt wheel: {exc}") from None
+    return parse_metadata(content)
+
+
+def sdist_metadata_from_bytes(filename: str, content: bytes) -> ReadMetadata:
+    """Return the PKG-INFO of an sdist (.tar.gz or .zip) held whole in memory."""
+    try:
+        if filename.endswith(".zip"):
+            with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                names = [n for n in archive.namelist() if n.count("/") == 1]
+                pkg_info = next((n for n in names if n.endswith("/PKG-INFO")), None)
+                if pkg_info is None:
+                    raise InvalidArchive("sdist has no top-level PKG-INFO")
+                info = archive.getinfo(pkg_info)
+                if info.file_size > MAX_METADATA_BYTES:
+                    raise InvalidArchive(f"PKG-INFO is larger than {MAX_METADATA_BYTES} bytes")
+                with archive.open(info) as entry:
+                    return sdist_metadata(entry.read(MAX_METADATA_BYTES + 1))
+        # Stream mode reads members in order and stops at PKG-INFO, which sdists put near the front.
+        with tarfile.open(fileobj=io.BytesIO(content), mode="r|*") as archive:
+            for member in archive:
+                if member.name.count("/") == 1 and member.name.endswith("/PKG-INFO"):
+                    if not member.isfile() or member.size > MAX_METADATA_BYTES:
+                        raise InvalidArchive("PKG-INFO is not a small regular file")
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None
+                    return sdist_metadata(extracted.read(MAX_METADATA_BYTES + 1))
+        raise InvalidArchive("sdist has no top-level PKG-INFO")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise InvalidArchive(f"corrupt sdist: {exc}") from None
+
+
+def project_of_filename(filename: str) -> str | None:
+    """Return the normalized project name a wheel or sdist filename carries, or None."""
+    try:
+        if is_wheel(filename):
+            return str(parse_wheel_filename(filename)[0])
+        if filename.endswith((".tar.gz", ".zip")):
+            return str(parse_sdist_filename(filename)[0])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+    return None
+
+
+def version_of_filename(filename: str) -> str | None:
+    """Return the (normalized) version a wheel or sdist filename carries, or None."""
+    try:
+        if is_wheel(filename):
+            return str(parse_wheel_filename(filename)[1])
+        if filename.endswith((".tar.gz", ".zip")):
+            return str(parse_sdist_filename(filename)[1])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+    return None

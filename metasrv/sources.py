@@ -1,0 +1,326 @@
+"""Source repositories: a PEP 503 / 691 index over http(s) or file://, or a folder of archives."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import mimetypes
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+import httpx
+
+from metasrv.errors import InvalidArchive, InvalidInput, NotFound, SourceError
+from metasrv.model import SourceState
+from metasrv.names import normalize_name
+from metasrv.simplepages import (
+    MIME_SIMPLE_JSON,
+    ProjectPage,
+    SourceFile,
+    parse_html_listing,
+    parse_html_project,
+)
+
+ACCEPT = f"{MIME_SIMPLE_JSON}, application/vnd.pypi.simple.latest+html;q=0.2, text/html;q=0.1"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_DELAY_SECONDS = 60.0
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+USER_AGENT = "metasrv-sync"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOptions:
+    """How politely and persistently to talk to a source."""
+
+    concurrency: int = 8
+    retries: int = 4
+    backoff_seconds: float = 0.5
+    timeout_seconds: float = 30.0
+
+
+def _read_file_url(url: str, headers: Mapping[str, str]) -> Fetched:
+    """Answer a file:// GET from disk: directory index pages, byte ranges, 404s."""
+    path = Path(url2pathname(urlsplit(url).path))
+    if path.is_dir():
+        path = next((path / n for n in ("index.json", "index.html") if (path / n).is_file()), path)
+    if not path.is_file():
+        return Fetched(404, httpx.Headers(), b"", url)
+    content = path.read_bytes()
+    content_type = (
+        MIME_SIMPLE_JSON if path.suffix == ".json" else mimetypes.guess_type(path.name)[0]
+    )
+    response_headers = httpx.Headers({"content-type": content_type or "application/octet-stream"})
+    byte_range = headers.get("range", "")
+    if byte_range.startswith("bytes="):
+        start, end = _parse_range(byte_range.removeprefix("bytes="), len(content))
+        response_headers["content-range"] = f"bytes {start}-{end - 1}/{len(content)}"
+        return Fetched(206, response_headers, content[start:end], url)
+    return Fetched(200, response_headers, content, url)
+
+
+def _parse_range(spec: str, size: int) -> tuple[int, int]:
+    first, _, last = spec.partition("-")
+    if not first:
+        return max(0, size - int(last)), size
+    return int(first), min(size, int(last) + 1) if last else size
+
+
+def make_client(options: FetchOptions) -> httpx.AsyncClient:
+    """Return the HTTP client a sync shares between its requests."""
+    return httpx.AsyncClient(
+        timeout=options.timeout_seconds,
+        follow_redirects=True,
+        headers={"user-agent": USER_AGENT},
+        limits=httpx.Limits(max_connections=options.concurrency),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A response read whole: status, headers, body (decoded), and the URL after redirects."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: str
+
+    @property
+    def text(self) -> str:
+        """Return the body as text, in the charset the response names (UTF-8 by default)."""
+        charset = self.headers.get_list("content-type")[:1]
+        encoding = "utf-8"
+        if charset and "charset=" in charset[0]:
+            encoding = charset[0].split("charset=", 1)[1].split(";")[0].strip() or "utf-8"
+        return self.content.decode(encoding, errors="replace")
+
+
+class Fetcher:
+    """GETs with bounded concurrency, timeouts, and retries with backoff that honour Retry-After."""
+
+    def __init__(self, client: httpx.AsyncClient, options: FetchOptions) -> None:
+        self.client = client
+        self.options = options
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    async def get(
+        self, url: str, headers: Mapping[str, str] | None = None, max_bytes: int = MAX_PAGE_BYTES
+    ) -> Fetched:
+        """Return the response to a GET; 5xx, 429 and transport errors are retried."""
+        problem = ""
+        for attempt in range(self.options.retries + 1):
+            delay = self.options.backoff_seconds * 2**attempt
+            if url.startswith("file:"):
+                return _read_file_url(url, headers or {})
+            try:
+                async with self._slots:
+                    response = await self._get_capped(url, headers or {}, max_bytes)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                problem = f"HTTP {response.status_code}"
+                delay = _retry_after(response) or delay
+            if attempt < self.options.retries:
+                await asyncio.sleep(min(delay, MAX_RETRY_DELAY_SECONDS))
+        raise SourceError(f"{url}: {problem} after {self.options.retries + 1} attempts")
+
+    async def _get_capped(self, url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched:
+        self.requests += 1
+        async with self.client.stream("GET", url, headers=headers) as response:
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise InvalidArchive(f"{url}: larger than {max_bytes} bytes ({declared})")
+            chunks, total = [], 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise InvalidArchive(f"{url}: larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            self.bytes_fetched += response.num_bytes_downloaded
+            return Fetched(
+                response.status_code, response.headers, b"".join(chunks), str(response.url)
+            )
+
+
+def _retry_after(response: Fetched) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class IndexSource:
+    """A PEP 503 / PEP 691 simple index."""
+
+    def __init__(self, url: str, fetcher: Fetcher) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.fetcher = fetcher
+
+    async def list_projects(self) -> dict[str, str | None]:
+        """Return every project: normalized name -> the name as the root page spells it."""
+        response = await self.fetcher.get(self.url, {"accept": ACCEPT})
+        _check_status(response, self.url)
+        if _is_json(response):
+            document = _json_object(response)
+            listed = [str(project["name"]) for project in document.get("projects", [])]
+        else:
+            listed = parse_html_listing(response.text)
+        projects: dict[str, str | None] = {}
+        for name in listed:
+            try:
+                projects[normalize_name(name)] = name
+            except InvalidInput:
+                continue  # a listing entry that is no project name is not ours to mirror
+        return projects
+
+    async def project_page(self, normalized_name: str, state: SourceState) -> ProjectPage | None:
+        """Return a project's page, or None when it has not changed since ``state``."""
+        url = urljoin(self.url, f"{normalized_name}/")
+        headers = {"accept": ACCEPT}
+        if state.etag:
+            headers["if-none-match"] = state.etag
+        if state.last_modified:
+            headers["if-modified-since"] = state.last_modified
+        response = await self.fetcher.get(url, headers)
+        if response.status_code == 304:
+            return None
+        if response.status_code == 404:
+            raise NotFound(f"the source has no project {normalized_name!r}")
+        _check_status(response, url)
+        base = response.url
+        if _is_json(response):
+            page = _json_page(_json_object(response), base)
+        else:
+            page = parse_html_project(response.text, base, normalized_name)
+        serial_header = response.headers.get("x-pypi-last-serial")
+        page_state = SourceState(
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            serial=page.state.serial
+            or (int(serial_header) if serial_header and serial_header.isdigit() else None),
+        )
+        return ProjectPage(page.name, page.files, page.versions, page_state)
+
+
+def _check_status(response: Fetched, url: str) -> None:
+    if response.status_code != 200:
+        raise SourceError(f"{url}: HTTP {response.status_code}")
+
+
+def _is_json(response: Fetched) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";", maxsplit=1)[0].strip() == MIME_SIMPLE_JSON
+
+
+def _json_object(response: Fetched) -> dict[str, Any]:
+    try:
+        document = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{response.url}: invalid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise SourceError(f"{response.url}: expected a JSON object")
+    return document
+
+
+def _json_page(document: dict[str, Any], base: str) -> ProjectPage:
+    """Parse a PEP 691 project page (with PEP 700 and PEP 714 fields)."""
+    try:
+        files = tuple(
+            SourceFile(
+                filename=str(item["filename"]),
+                url=urljoin(base, str(item["url"])),
+                hashes={str(k): str(v) for k, v in item.get("hashes", {}).items()},
+                requires_python=item.get("requires-python") or None,
+                yanked=item.get("yanked", False),
+                size=item.get("size"),
+                upload_time=item.get("upload-time"),
+                core_metadata=item.get("core-metadata", item.get("dist-info-metadata", False)),
+            )
+            for item in document["files"]
+        )
+        serial = document.get("meta", {}).get("_last-serial")
+        return ProjectPage(
+            name=str(document["name"]),
+            files=files,
+            versions=tuple(str(v) for v in document.get("versions", ())),
+            state=SourceState(serial=int(serial) if serial is not None else None),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise SourceError(f"{base}: malformed PEP 691 page ({exc!r})") from None
+
+
+class FolderSource:
+    """A plain folder of wheels and sdists: the company bucket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = path.resolve().as_uri() + "/"
+
+    def archives(self) -> dict[str, list[Path]]:
+        """Return the folder's archives grouped by normalized project name."""
+        from metasrv.archives import project_of_filename
+
+        grouped: dict[str, list[Path]] = {}
+        for path in sorted(self.path.iterdir()):
+            normalized_name = project_of_filename(path.name) if path.is_file() else None
+            if normalized_name is not None:
+                grouped.setdefault(normalized_name, []).append(path)
+        return grouped
+
+    async def list_projects(self) -> dict[str, str | None]:
+        """Return the projects the folder holds files of; a folder registers no spellings."""
+        return dict.fromkeys(sorted(self.archives()))
+
+    async def project_page(self, normalized_name: str, state: SourceState) -> ProjectPage | None:
+        """Return the folder's files of one project; unchanged when no file's mtime moved."""
+        paths = self.archives().get(normalized_name)
+        if not paths:
+            raise NotFound(f"the source has no project {normalized_name!r}")
+        stamp = max(path.stat().st_mtime_ns for path in paths)
+        etag = f"{len(paths)}-{stamp}"
+        if state.etag == etag:
+            return None
+        files = tuple(_folder_file(path) for path in paths)
+        return ProjectPage(normalized_name, files, state=SourceState(etag=etag))
+
+
+def _folder_file(path: Path) -> SourceFile:
+    content = path.read_bytes()
+    stat = path.stat()
+    return SourceFile(
+        filename=path.name,
+        url=path.resolve().as_uri(),
+        hashes={"sha256": hashlib.sha256(content).hexdigest()},
+        size=len(content),
+        upload_time=datetime.fromtimestamp(stat.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    )
+
+
+def open_source(location: str, fetcher: Fetcher) -> IndexSource | FolderSource:
+    """Return the source a URL or path names: an index, or a folder holding archives."""
+    scheme = urlsplit(location).scheme
+    if scheme in ("http", "https"):
+        return IndexSource(location, fetcher)
+    path = Path(url2pathname(urlsplit(location).path)) if scheme == "file" else Path(location)
+    if scheme not in ("", "file") or not path.is_dir():
+        raise SourceError(f"source {location!r} is neither an http(s) index nor a folder")
+    if any(p.suffix in (".whl", ".gz", ".zip") for p in path.iterdir()):
+        return FolderSource(path)
+    return IndexSource(path.resolve().as_uri() + "/", fetcher)

@@ -1,0 +1,222 @@
+"""A real package index on 127.0.0.1 that serves test-built archives and misbehaves on request."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+
+from metasrv.archives import is_wheel
+
+MIME_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+@dataclass
+class IndexBehaviour:
+    """What the index does: formats, features, and faults keyed by request path."""
+
+    json: bool = True
+    pep658: bool = True
+    ranges: bool = True
+    # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage"
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    # filename -> bytes served instead of the file's (its listed hash stays the real one)
+    tampered: dict[str, bytes] = field(default_factory=dict)
+    # filename -> the metadata hash the page lists (to provoke a mismatch)
+    metadata_hash: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LocalIndex:
+    """A running index: where it is, what it serves, and every request it saw."""
+
+    url: str
+    folder: Path
+    behaviour: IndexBehaviour
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    bytes_sent: int = 0
+    release: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def simple_url(self) -> str:
+        return f"{self.url}/simple/"
+
+    def files_of(self, normalized_name: str) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if _project_of(p.name) == normalized_name)
+
+
+def _project_of(filename: str) -> str | None:
+    if filename.endswith(".whl"):
+        return str(parse_wheel_filename(filename)[0])
+    if filename.endswith(".tar.gz"):
+        return str(parse_sdist_filename(filename)[0])
+    return None
+
+
+def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep the test output quiet."""
+
+        def do_GET(self) -> None:
+            index.requests.append((self.path, self.headers.get("range")))
+            faults = index.behaviour.faults.get(self.path.split("?")[0])
+            fault = faults.pop(0) if faults else None
+            if fault == "hang":
+                index.release.wait()
+                return
+            if fault in ("500", "429"):
+                self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
+                return
+            body, content_type, status, extra = self._route()
+            if fault == "truncate":
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            if fault == "garbage":
+                body = b"<<<not a page>>>"
+            self._send(status, body, content_type, extra)
+
+        def _route(self) -> tuple[bytes, str, int, dict[str, str]]:
+            path = self.path.split("?")[0]
+            behaviour = index.behaviour
+            if path == "/simple/":
+                names = sorted({n for p in index.folder.iterdir() if (n := _project_of(p.name))})
+                return self._page(
+                    {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]},
+                    "".join(f'<a href="{n}/">{n}</a>\n' for n in names),
+                )
+            if path.startswith("/simple/") and path.endswith("/"):
+                name = path.removeprefix("/simple/").rstrip("/")
+                files = index.files_of(canonicalize_name(name))
+                if not files or canonicalize_name(name) != name:
+                    return b"not found", "text/plain", 404, {}
+                return self._project_page(name, files)
+            if path.startswith("/files/"):
+                filename = path.removeprefix("/files/")
+                if filename.endswith(".metadata") and behaviour.pep658:
+                    return (
+                        _metadata_of(index.folder / filename.removesuffix(".metadata")),
+                        "text/plain",
+                        200,
+                        {},
+                    )
+                target = index.folder / filename
+                if target.is_file():
+                    content = behaviour.tampered.get(filename, target.read_bytes())
+                    byte_range = self.headers.get("range")
+                    if behaviour.ranges and byte_range and byte_range.startswith("bytes="):
+                        start, end = _span(byte_range.removeprefix("bytes="), len(content))
+                        return (
+                            content[start:end],
+                            "application/octet-stream",
+                            206,
+                            {"content-range": f"bytes {start}-{end - 1}/{len(content)}"},
+                        )
+                    return content, "application/octet-stream", 200, {}
+            return b"not found", "text/plain", 404, {}
+
+        def _project_page(
+            self, name: str, files: list[Path]
+        ) -> tuple[bytes, str, int, dict[str, str]]:
+            entries = []
+            for path in files:
+                entry: dict[str, object] = {
+                    "filename": path.name,
+                    "url": f"/files/{path.name}",
+                    "hashes": {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+                    "size": path.stat().st_size,
+                    "upload-time": "2024-01-02T03:04:05.000000Z",
+                }
+                if index.behaviour.pep658 and is_wheel(path.name):
+                    digest = index.behaviour.metadata_hash.get(
+                        path.name, hashlib.sha256(_metadata_of(path)).hexdigest()
+                    )
+                    entry["core-metadata"] = {"sha256": digest}
+                entries.append(entry)
+            document = {
+                "meta": {"api-version": "1.1", "_last-serial": 7},
+                "name": name,
+                "files": entries,
+            }
+            anchors = "".join(
+                f'<a href="{e["url"]}#sha256={e["hashes"]["sha256"]}"'  # type: ignore[index]
+                + (
+                    f' data-core-metadata="sha256={e["core-metadata"]["sha256"]}"'  # type: ignore[index]
+                    if "core-metadata" in e
+                    else ""
+                )
+                + f">{html.escape(str(e['filename']))}</a>\n"
+                for e in entries
+            )
+            return self._page(document, anchors)
+
+        def _page(self, document: object, anchors: str) -> tuple[bytes, str, int, dict[str, str]]:
+            body = json.dumps(document).encode()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            if self.headers.get("if-none-match") == etag:
+                return b"", "text/plain", 304, {"etag": etag}
+            if index.behaviour.json and MIME_JSON in self.headers.get("accept", ""):
+                return body, MIME_JSON, 200, {"etag": etag}
+            page = f"<!DOCTYPE html><html><body>\n{anchors}</body></html>\n".encode()
+            return page, "text/html", 200, {"etag": etag}
+
+        def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if status != 304:
+                self.wfile.write(body)
+                index.bytes_sent += len(body)
+
+    return Handler
+
+
+def _metadata_of(archive_path: Path) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(archive_path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name)
+
+
+def _span(spec: str, size: int) -> tuple[int, int]:
+    first, _, last = spec.partition("-")
+    if not first:
+        return max(0, size - int(last)), size
+    return int(first), min(size, int(last) + 1) if last else size
+
+
+@contextmanager
+def serve_index(folder: Path, behaviour: IndexBehaviour | None = None) -> Iterator[LocalIndex]:
+    """Serve ``folder`` as a simple index on 127.0.0.1 for the duration of a block."""
+    index = LocalIndex(url="", folder=folder, behaviour=behaviour or IndexBehaviour())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(index))
+    server.daemon_threads = True
+    index.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield index
+    finally:
+        index.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
