@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from packaging.utils import NormalizedName
 
 from metasrv.catalog import ProjectChange
 from metasrv.model import CoreMetadata, DistFile, Project, Release
+from metasrv.overrides import PatchedRelease
+from metasrv.rules import Registration
+from metasrv.understandings import MirrorStatus
 
 API_VERSION = "1.0"
 
@@ -104,3 +108,40 @@ def render_file(dist_file: DistFile, common: CoreMetadata | None) -> dict[str, A
             None if dist_file.metadata is None else render_metadata(dist_file.metadata)
         )
     return rendered
+
+
+def render_registration(
+    registration: Registration, head: str | None, status: MirrorStatus | None
+) -> dict[str, Any]:
+    """Return an understanding's registration, its head commit and its mirror's state."""
+    return {
+        "name": registration.name,
+        "description": registration.description,
+        "repository": registration.repository,
+        "branch": registration.branch,
+        "folder": registration.folder,
+        "head": head,
+        "last-fetch": _timestamp(status.last_fetch) if status else None,
+        "fetch-error": status.error if status else None,
+    }
+
+
+def _timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_patched_release(
+    name: str, normalized_name: str, patched: PatchedRelease, pinned: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Return a release with understandings applied, its original metadata, and provenance."""
+    document = render_release(name, normalized_name, patched.release)
+    document["original"] = {
+        "yanked": patched.original.yanked,
+        **render_metadata(patched.original.metadata),
+    }
+    document["patches"] = [patch.to_json() for patch in patched.patches]
+    document["conflicts"] = [conflict.to_json() for conflict in patched.conflicts]
+    document["understandings"] = [{"name": n, "commit": c} for n, c in pinned]
+    return document

@@ -27,6 +27,8 @@ MAX_METADATA_BYTES = 1024 * 1024
 # The tail of a wheel read first: its central directory and, usually, its dist-info files.
 WHEEL_TAIL_BYTES = 8 * 1024
 MAX_SDIST_BYTES = 100 * 1024 * 1024
+# The head of a .tar.gz sdist read first: PKG-INFO is usually among its first members.
+SDIST_HEAD_BYTES = 256 * 1024
 # Metadata 2.2 (PEP 643) is the first version whose sdist fields are trustworthy unless Dynamic.
 STATIC_SDIST_METADATA = (2, 2)
 
@@ -176,6 +178,17 @@ def _read_wheel(sparse: _SparseFile) -> ReadMetadata:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
         raise InvalidArchive(f"corrupt wheel: {exc}") from None
     return parse_metadata(content)
+
+
+def sdist_metadata_from_head(filename: str, head: bytes) -> ReadMetadata | None:
+    """Return the PKG-INFO of a .tar.gz sdist from its first bytes, or None if it lies further."""
+    if not filename.endswith(".tar.gz"):
+        return None
+    try:
+        return sdist_metadata_from_bytes(filename, head)
+    except InvalidArchive:
+        # A cut-off archive reads as corrupt; only the whole file can tell.
+        return None
 
 
 def sdist_metadata_from_bytes(filename: str, content: bytes) -> ReadMetadata:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from metasrv import api, tomlcodec
 from metasrv.catalog import Catalog
+from metasrv.cli_contribute import add_parsers, open_repository
 from metasrv.errors import InvalidInput, MetasrvError, NotFound
 from metasrv.model import MetaConfig, Project, Release
 from metasrv.names import parse_version
@@ -89,19 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--at", help="commit sha, branch or tag (default: HEAD's branch)")
     show.add_argument("--json", action="store_true", help="print the read API's JSON")
     show.set_defaults(handler=_show)
+    add_parsers(commands)
     return parser
-
-
-def open_repository(path: Path | None) -> Storage:
-    """Open ``path``, or the repository the current folder is in."""
-    if path is not None:
-        return Storage(path)
-    import pygit2
-
-    discovered = pygit2.discover_repository(str(Path.cwd()))
-    if discovered is None:
-        raise InvalidInput("not inside a git repository; pass --repo PATH")
-    return Storage(discovered)
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ class MetasrvError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
+        # One line on a terminal and in a JSON body; callers put the useful part first.
+        message = message.splitlines()[0] if message else message
         super().__init__(message)
         self.message = message
 

@@ -303,7 +303,16 @@ async def _read_metadata(
             return archives.parse_metadata(response.content)
     if archives.is_wheel(source_file.filename):
         return await _read_wheel_by_ranges(fetcher, source_file)
-    response = await fetcher.get(source_file.url, max_bytes=MAX_ARCHIVE_BYTES)
+    head_range = {
+        "range": f"bytes=0-{archives.SDIST_HEAD_BYTES - 1}",
+        "accept-encoding": "identity",
+    }
+    response = await fetcher.get(source_file.url, head_range, max_bytes=MAX_ARCHIVE_BYTES)
+    if response.status_code == 206:
+        read = archives.sdist_metadata_from_head(source_file.filename, response.content)
+        if read is not None:
+            return read
+        response = await fetcher.get(source_file.url, max_bytes=MAX_ARCHIVE_BYTES)
     _require_ok(response.status_code, source_file.url)
     return _from_whole_file(source_file, response.content)
 

@@ -323,6 +323,10 @@ class TableReader:
             raise InvalidData(f"{self._where}: {key!r} must be a table of strings")
         return dict(table)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, bool, "a boolean", required=False)
+        return default if value is None else bool(value)
+
     def yanked(self, key: str) -> Yanked:
         value = self._get(key, (bool, str), "a boolean or a reason string", required=False)
         return False if value is None else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -9,10 +10,13 @@ from typing import Any
 from metasrv import api, tomlcodec
 from metasrv.bytecache import ByteCache
 from metasrv.catalog import Catalog
-from metasrv.errors import InvalidInput, NotFound
+from metasrv.errors import InvalidInput, MetasrvError, NotFound
 from metasrv.model import MetaConfig
-from metasrv.names import parse_version
+from metasrv.names import normalize_name, parse_version
+from metasrv.overrides import apply_layers
+from metasrv.rules import Registration, rule_path
 from metasrv.storage import CommitId
+from metasrv.understandings import Understandings
 
 CONFIG_PATH = "metasrv.toml"
 BODY_CACHE_BYTES = 64 * 1024 * 1024
@@ -52,8 +56,9 @@ class Answer:
 class ReadApi:
     """The read API over one catalog, with encoded bodies cached by object id."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, understandings: Understandings) -> None:
         self.catalog = catalog
+        self.understandings = understandings
         self.bodies = ByteCache(BODY_CACHE_BYTES)
 
     def pin(self, at: str | None) -> Pin:
@@ -126,6 +131,63 @@ class ReadApi:
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 
+    def patched_release(
+        self, at: str | None, name: str, version_text: str, understanding: str
+    ) -> Answer:
+        """Return one release with the listed understandings applied, in order, with provenance."""
+        pin = self.pin(at)
+        pinned = self.understandings.pin(pin.commit_id, understanding)
+        normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
+        registered, release = self.catalog.read_release(
+            blob_id, normalized_name, parse_version(version_text)
+        )
+        if release is None:
+            raise NotFound(f"unknown version {version_text!r} of {registered!r}")
+        layers = [self.understandings.layer(p, normalized_name) for p in pinned]
+        patched = apply_layers(release, layers)
+        commits = [(p.registration.name, str(p.commit)) for p in pinned]
+        body = encode(api.render_patched_release(registered, normalized_name, patched, commits))
+        layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
+        immutable = pin.immutable and all(p.immutable for p in pinned)
+        return Answer(Pin(pin.commit_id, immutable), f"{pin.commit_id}-{blob_id}-{layer_key}", body)
+
+    def understanding_list(self, at: str | None) -> Answer:
+        """List the registered understandings with their heads and mirror state."""
+        pin = self.pin(at)
+        registrations = self.understandings.registrations(pin.commit_id)
+        body = encode(
+            {"understandings": [self._registration(pin, r) for r in registrations.values()]}
+        )
+        return Answer(pin, f"understandings-{pin.commit_id}-{_state_key(body)}", body)
+
+    def understanding(self, at: str | None, name: str, project: str | None) -> Answer:
+        """Describe one understanding; with a project, say where a write for it goes."""
+        pin = self.pin(at)
+        registration = self.understandings.get(pin.commit_id, name)
+        document = self._registration(pin, registration)
+        if project is not None:
+            document["write"] = {
+                "repository": registration.repository,
+                "branch": registration.branch,
+                "path": rule_path(registration.folder, normalize_name(project)),
+            }
+        body = encode(document)
+        return Answer(pin, f"understanding-{pin.commit_id}-{_state_key(body)}", body)
+
+    def _registration(self, pin: Pin, registration: Registration) -> dict[str, Any]:
+        try:
+            head: str | None = self.understandings.head(registration, pin.commit_id)
+        except MetasrvError:
+            head = None  # an unreachable mirror is reported through its fetch error
+        status = self.understandings.status.get(registration.name)
+        return api.render_registration(registration, head, status)
+
+
+def _state_key(body: bytes) -> str:
+    # Mirror heads and fetch times change without a meta commit; the body itself says when.
+    return hashlib.sha256(body).hexdigest()[:16]
+
 
 def encode(document: dict[str, Any]) -> bytes:
+    """Return compact UTF-8 JSON."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

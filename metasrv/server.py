@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -15,6 +18,7 @@ from metasrv.errors import MetasrvError
 from metasrv.hotpath import HotPath, etag_matches
 from metasrv.readapi import Answer, ReadApi, encode
 from metasrv.storage import Storage
+from metasrv.understandings import Understandings
 
 MIME_JSON = "application/json"
 
@@ -44,9 +48,17 @@ def _error_response(status: int, message: str) -> Response:
     return Response(body, status_code=status, media_type=MIME_JSON)
 
 
-def create_app(repo_path: Path | str) -> HotPath:
-    """Build the application serving the meta repository at ``repo_path``."""
-    read_api = ReadApi(Catalog(Storage(repo_path)))
+def create_app(
+    repo_path: Path | str, *, mirrors: Path | None = None, fetch_interval: float = 10.0
+) -> HotPath:
+    """Build the application serving the meta repository at ``repo_path``.
+
+    Understandings' repositories are mirrored under ``mirrors`` (default: inside the meta
+    repository's git folder) and fetched at start and every ``fetch_interval`` seconds.
+    """
+    storage = Storage(repo_path)
+    understandings = Understandings(storage, mirrors or storage.path / "metasrv-mirrors")
+    read_api = ReadApi(Catalog(storage), understandings)
 
     async def root(request: Request) -> Response:
         return _respond(request, read_api.root(request.query_params.get("at")))
@@ -60,17 +72,54 @@ def create_app(repo_path: Path | str) -> HotPath:
         return _respond(request, read_api.project(request.query_params.get("at"), name))
 
     async def release(request: Request) -> Response:
+        query = request.query_params
         name, version = request.path_params["name"], request.path_params["version"]
-        return _respond(request, read_api.release(request.query_params.get("at"), name, version))
+        understanding = query.get("understanding")
+        if understanding is None:
+            return _respond(request, read_api.release(query.get("at"), name, version))
+        answer = read_api.patched_release(query.get("at"), name, version, understanding)
+        return _respond(request, answer)
+
+    async def understanding_list(request: Request) -> Response:
+        return _respond(request, read_api.understanding_list(request.query_params.get("at")))
+
+    async def understanding(request: Request) -> Response:
+        query = request.query_params
+        name = request.path_params["name"]
+        return _respond(
+            request, read_api.understanding(query.get("at"), name, query.get("project"))
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval))
+        try:
+            yield
+        finally:
+            task.cancel()
 
     routes = [
         Route("/", root),
         Route("/v1/projects", projects),
         Route("/v1/projects/{name}", project),
         Route("/v1/projects/{name}/{version}", release),
+        Route("/v1/understandings", understanding_list),
+        Route("/v1/understandings/{name}", understanding),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={MetasrvError: _metasrv_error, HTTPException: _http_error},
+        lifespan=lifespan,
     )
     return HotPath(read_api, app)
+
+
+async def _fetch_mirrors(understandings: Understandings, interval: float) -> None:
+    """Fetch every registered mirror now and then every ``interval`` seconds, off the loop."""
+    while True:
+        try:
+            head = understandings.meta.resolve(None)
+            await asyncio.to_thread(understandings.fetch_all, head)
+        except MetasrvError:
+            pass  # no served commit yet, or a broken registration: the routes report those
+        await asyncio.sleep(interval)

@@ -14,7 +14,7 @@ from typing import NewType
 import pygit2
 from pygit2.enums import ObjectType
 
-from metasrv.errors import Conflict, InvalidInput, NotFound
+from metasrv.errors import Conflict, InvalidInput, NotFound, SourceError
 
 CommitId = NewType("CommitId", str)
 """A full 40-hex commit id, produced only by ref resolution or by a commit."""
@@ -55,6 +55,14 @@ class Storage:
         self.path = Path(self._repo.path).resolve()
 
     @classmethod
+    def discover(cls, folder: Path) -> Storage:
+        """Open the repository ``folder`` is inside of."""
+        discovered = pygit2.discover_repository(str(folder))
+        if discovered is None:
+            raise InvalidInput(f"{folder} is not inside a git repository; pass --repo PATH")
+        return cls(discovered)
+
+    @classmethod
     def init(cls, path: Path, *, branch: str = "main") -> Storage:
         """Create an empty repository whose HEAD names ``branch``."""
         pygit2.init_repository(str(path), initial_head=branch)
@@ -63,6 +71,25 @@ class Storage:
     def checkout_head(self) -> None:
         """Make the working tree and index match HEAD; only ``init`` uses a working tree."""
         self._repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def clone_mirror(cls, url: str, path: Path) -> Storage:
+        """Clone ``url`` (a URL or a local path) as a bare mirror at ``path``."""
+        try:
+            pygit2.clone_repository(url, str(path), bare=True)
+        except (pygit2.GitError, ValueError, OSError) as exc:
+            raise SourceError(f"cannot clone {url}: {exc}") from None
+        return cls(path)
+
+    def fetch_mirror(self) -> None:
+        """Fetch every branch and tag of a mirror's origin, replacing what it had."""
+        try:
+            self._repo.remotes["origin"].fetch(
+                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                prune=pygit2.enums.FetchPrune.PRUNE,
+            )
+        except (pygit2.GitError, KeyError, OSError) as exc:
+            raise SourceError(f"cannot fetch {self.path}: {exc}") from None
 
     @property
     def workdir(self) -> Path | None:
@@ -93,11 +120,18 @@ class Storage:
             or not pygit2.reference_is_valid_name(f"refs/heads/{ref}")
         ):
             raise InvalidInput(f"invalid ref {ref!r}: expected a commit sha, a branch or a tag")
-        for full_name in (f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        for full_name in (f"refs/heads/{ref}", f"refs/tags/{ref}", f"refs/remotes/{ref}"):
             reference = self._repo.references.get(full_name)
             if reference is not None:
                 return CommitId(str(reference.peel(pygit2.Commit).id))
         raise NotFound(f"unknown ref {ref!r}")
+
+    def head_commit(self) -> CommitId:
+        """Return the commit HEAD is at, attached to a branch or detached (as CI checks out)."""
+        try:
+            return CommitId(str(self._repo.head.target))
+        except pygit2.GitError:
+            raise NotFound("HEAD has no commit") from None
 
     def _branch_commit(self, branch: str) -> CommitId:
         reference = self._repo.references.get(f"refs/heads/{branch}")
@@ -207,14 +241,17 @@ class Storage:
         message: str,
         *,
         expected_parent: CommitId | None = None,
+        start_point: CommitId | None = None,
     ) -> CommitId | None:
         """Write ``changes`` (path -> bytes, or None to delete) as one commit on ``branch``.
 
         Only the trees on changed paths are rebuilt. Returns None when nothing changed. Raises
-        Conflict when ``expected_parent`` is given and the branch has moved since.
+        Conflict when ``expected_parent`` is given and the branch has moved since. A new branch
+        starts at ``start_point``. When ``branch`` is checked out, the changed paths of the
+        working tree and index follow, unless they hold edits of their own.
         """
         with self._write_lock():
-            parent = self.branch_commit(branch)
+            parent = self.branch_commit(branch) or start_point
             if expected_parent is not None and parent != expected_parent:
                 raise Conflict(f"branch {branch!r} moved while writing; try again")
             base_tree = self._commit(parent).tree if parent is not None else None
@@ -229,7 +266,38 @@ class Storage:
             )
             # The ref update itself goes through libgit2's lockfile, so readers see old or new.
             self._repo.references.create(f"refs/heads/{branch}", commit_id, force=True)
+            if self.workdir is not None and parent is not None and self.head_branch() == branch:
+                self._follow_in_worktree(self.workdir, parent, changes)
             return CommitId(str(commit_id))
+
+    def _follow_in_worktree(
+        self, workdir: Path, old_commit: CommitId, changes: Mapping[str, bytes | None]
+    ) -> None:
+        """Bring changed paths of the working tree and index to the new commit.
+
+        A path whose working-tree bytes differ from the old commit holds the user's edits and is
+        left alone, as ``git checkout`` would.
+        """
+        index = self._repo.index
+        index.read()
+        for path, content in changes.items():
+            old_id = self.blob_id(old_commit, path)
+            target = workdir / path
+            current = target.read_bytes() if target.is_file() else None
+            current_id = str(pygit2.hash(current)) if current is not None else None
+            if current_id != old_id:
+                continue
+            if content is None:
+                target.unlink(missing_ok=True)
+                if path in index:
+                    index.remove(path)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.metasrv-tmp")
+            temporary.write_bytes(content)
+            temporary.replace(target)
+            index.add(pygit2.IndexEntry(path, pygit2.hash(content), pygit2.enums.FileMode.BLOB))
+        index.write()
 
     def _write_tree(
         self, base: pygit2.Tree | None, changes: dict[str, bytes | dict[str, object] | None]

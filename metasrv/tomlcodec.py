@@ -26,7 +26,7 @@ def loads(text: bytes | str, *, where: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise InvalidData(f"{where}: not UTF-8 ({exc.reason})") from None
     except tomli.TOMLDecodeError as exc:
-        raise InvalidData(f"{where}: invalid TOML: {exc}") from None
+        raise InvalidData(f"{where}:{exc.lineno}: invalid TOML: {exc.msg}") from None
 
 
 def dumps(document: Mapping[str, Any]) -> bytes:

@@ -172,7 +172,7 @@ def test_a_broken_project_file_is_a_4xx_naming_the_file(
     )
     response = client.get("/v1/projects/flask")
     assert response.status_code == 422
-    assert "data/fl/b8/flask.toml: invalid TOML" in response.json()["error"]
+    assert "data/fl/b8/flask.toml:2: invalid TOML" in response.json()["error"]
 
 
 def test_a_commit_whose_data_folder_is_gone_lists_nothing(

@@ -1,0 +1,174 @@
+"""Contributor subcommands: register an understanding, write an override, check a change."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from metasrv import tomlcodec
+from metasrv.authoring import (
+    check_rules,
+    derive_rule_id,
+    open_understanding_repository,
+    write_override,
+)
+from metasrv.catalog import Catalog
+from metasrv.errors import InvalidInput
+from metasrv.names import normalize_name
+from metasrv.rules import Registration, Rule, validate_understanding_name
+from metasrv.storage import Storage
+from metasrv.understandings import Understandings, registration_path
+
+ACTION_FLAGS = ("relax", "replace", "remove", "add", "requires_python", "yank")
+
+
+def open_repository(path: Path | None) -> Storage:
+    """Open ``path``, or the repository the current folder is in."""
+    return Storage(path) if path is not None else Storage.discover(Path.cwd())
+
+
+def add_parsers(commands: Any) -> None:
+    """Add the contributor subcommands to the ``metasrv`` parser."""
+    understanding = commands.add_parser("understanding", help="manage registered understandings")
+    actions = understanding.add_subparsers(required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="register an understanding and commit")
+    add.add_argument("name")
+    add.add_argument("--repository", required=True, help="URL or path of its git repository")
+    add.add_argument("--branch", default="main")
+    add.add_argument("--folder", default="", help="folder of its rules inside that repository")
+    add.add_argument("--description", required=True)
+    add.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    add.set_defaults(handler=_understanding_add)
+
+    override = commands.add_parser("override", help="write an override on a new branch")
+    override.add_argument("project")
+    override.add_argument("--understanding", required=True)
+    override.add_argument("--versions", required=True, help="PEP 440 specifier set")
+    changes = override.add_mutually_exclusive_group(required=True)
+    changes.add_argument("--relax", metavar="DEP", help="drop DEP's upper bounds")
+    changes.add_argument("--replace", metavar="REQ", help="replace the requirement on REQ's name")
+    changes.add_argument("--remove", metavar="DEP", help="remove the requirement on DEP")
+    changes.add_argument("--add", metavar="REQ", help="add a requirement")
+    changes.add_argument("--requires-python", metavar="SPEC", help="set Requires-Python")
+    changes.add_argument("--yank", metavar="REASON", help="yank the releases")
+    override.add_argument("--reason", required=True)
+    override.add_argument("--id", help="rule id (default: derived from the change)")
+    override.add_argument("--uploaded-before", help="select only files uploaded before (ISO 8601)")
+    override.add_argument("--files", help="wheels, sdists, or a wheel tag")
+    override.add_argument("--open-ended", action="store_true", help="allow no upper bound")
+    override.add_argument("--branch", help="branch to commit on (default: derived)")
+    override.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    override.add_argument("--workdir", type=Path, default=Path(), help="where URLs are cloned")
+    override.set_defaults(handler=_override)
+
+    check = commands.add_parser("check", help="validate an understanding and show its effect")
+    check.add_argument("folder", nargs="?", type=Path, default=Path(), help="its rules' folder")
+    check.add_argument("--repo", type=Path, help="meta repository with the canonical data")
+    check.add_argument("--base", help="ref to compare against (e.g. origin/main)")
+    check.set_defaults(handler=_check)
+
+
+def _understanding_add(args: argparse.Namespace) -> int:
+    meta = open_repository(args.repo)
+    name = validate_understanding_name(args.name)
+    local = Path(args.repository).expanduser()
+    if args.repository != "." and "://" not in args.repository and not local.exists():
+        raise InvalidInput(f"repository {args.repository!r} is neither a URL nor a local path")
+    registration = Registration(
+        name=name,
+        description=args.description,
+        repository=str(local.resolve())
+        if local.exists() and args.repository != "."
+        else args.repository,
+        branch=args.branch,
+        folder=args.folder.strip("/"),
+    )
+    path = registration_path(name)
+    if meta.read(meta.resolve(None), path) is not None:
+        raise InvalidInput(f"understanding {name!r} is registered already ({path})")
+    content = tomlcodec.dumps(registration.to_toml())
+    meta.commit(meta.head_branch(), {path: content}, f"Register understanding {name}")
+    print(f"registered understanding {name!r} in {path}")
+    return 0
+
+
+def _override(args: argparse.Namespace) -> int:
+    meta = open_repository(args.repo)
+    meta_commit = meta.resolve(None)
+    understandings = Understandings(meta, args.workdir)
+    registration = understandings.get(meta_commit, args.understanding)
+    rule = _rule_from_args(args)
+    repository = open_understanding_repository(registration, meta, args.workdir)
+    written = write_override(
+        registration,
+        repository,
+        Catalog(meta),
+        meta_commit,
+        rule=rule,
+        project=args.project,
+        branch=args.branch,
+    )
+    print(f"committed {written.commit[:12]} on branch {written.branch} ({written.path})")
+    print(f"in {written.repository}; nothing was pushed. To propose it:")
+    print(f"  git -C {written.repository} push origin {written.branch}")
+    print(f"  then open a pull request of {written.branch} against {written.base_branch}")
+    return 0
+
+
+def _rule_from_args(args: argparse.Namespace) -> Rule:
+    action = next(flag for flag in ACTION_FLAGS if getattr(args, flag) is not None)
+    value: str = getattr(args, action)
+    try:
+        versions = SpecifierSet(args.versions)
+        fields: dict[str, Any] = {
+            "relax": (normalize_name(value),) if action == "relax" else (),
+            "remove": (normalize_name(value),) if action == "remove" else (),
+            "replace": (Requirement(value),) if action == "replace" else (),
+            "add": (Requirement(value),) if action == "add" else (),
+            "requires_python": SpecifierSet(value) if action == "requires_python" else None,
+            "yank": value if action == "yank" else None,
+        }
+    except InvalidSpecifier as exc:
+        raise InvalidInput(str(exc)) from None
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise InvalidInput(f"invalid requirement {value!r}: {reason}") from None
+    document = Rule(
+        id=args.id or derive_rule_id(action.replace("_", "-"), value, args.versions),
+        versions=versions,
+        reason=args.reason,
+        files=args.files,
+        open_ended=args.open_ended,
+        **fields,
+    ).to_toml()
+    if args.uploaded_before:
+        document["uploaded-before"] = args.uploaded_before
+    # Round-trip through the file format so the CLI accepts exactly what a file may hold.
+    return Rule.from_toml(document, "the command line")
+
+
+def _check(args: argparse.Namespace) -> int:
+    repository = Storage.discover(args.folder.resolve())
+    workdir = repository.workdir
+    if workdir is None:
+        raise InvalidInput("check runs in a working copy of the understanding's repository")
+    folder = args.folder.resolve().relative_to(workdir.resolve()).as_posix().strip(".")
+    meta = open_repository(args.repo) if args.repo else repository
+    meta_commit = meta.resolve(None)
+    head = repository.head_commit()
+    base = repository.resolve(args.base) if args.base else None
+    report = check_rules(
+        repository, folder, head=head, base=base, catalog=Catalog(meta), meta_commit=meta_commit
+    )
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    against = f"against {args.base}" if args.base else "against no rules"
+    print(f"effective change {against}: {len(report.changes)} field(s)")
+    for change in report.changes:
+        print(f"  {change}")
+    return 1 if report.problems else 0

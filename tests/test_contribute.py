@@ -1,0 +1,221 @@
+"""The contributor's loop: register, write an override on a branch, check its effect."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from metasrv import tomlcodec
+from metasrv.cli import main
+from metasrv.names import normalize_name
+from metasrv.rules import RuleFile, rule_path
+from metasrv.storage import Storage
+
+RULE_PATH = rule_path("", normalize_name("flask"))
+
+
+def git(repository: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repository, capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.fixture
+def understanding(tmp_path: Path, storage: Storage) -> Path:
+    """Return a checked-out understanding repository registered as 'pallets'."""
+    path = tmp_path / "pallets"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "README.md").write_text("pallets understanding\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-q", "-m", "start")
+    assert (
+        main(
+            [
+                "understanding",
+                "add",
+                "pallets",
+                "--repository",
+                str(path),
+                "--description",
+                "the pallets ecosystem",
+                "--repo",
+                str(storage.path),
+            ]
+        )
+        == 0
+    )
+    return path
+
+
+def override(storage: Storage, *args: str) -> int:
+    return main(["override", "--understanding", "pallets", "--repo", str(storage.path), *args])
+
+
+def test_registering_commits_a_registration_the_server_reads(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = tomlcodec.loads(
+        storage.read(storage.resolve(None), "understandings/pallets.toml") or b"", where="x"
+    )
+    assert document["repository"] == str(understanding)
+    assert (
+        main(
+            [
+                "understanding",
+                "add",
+                "pallets",
+                "--repository",
+                str(understanding),
+                "--description",
+                "again",
+                "--repo",
+                str(storage.path),
+            ]
+        )
+        == 2
+    )
+    assert "registered already" in capsys.readouterr().err
+
+
+def test_an_override_lands_on_a_new_branch_and_leaves_the_work_tree_alone(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        override(
+            storage,
+            "flask",
+            "--versions",
+            "==1.1.4",
+            "--relax",
+            "click",
+            "--reason",
+            "works with click 8",
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    branch = "override/flask/relax-click-1-1-4"
+    assert f"on branch {branch}" in out
+    assert f"git -C {understanding} push origin {branch}" in out
+    assert git(understanding, "status", "--porcelain") == ""
+    assert git(understanding, "branch", "--show-current").strip() == "main"
+    assert not (understanding / "fl").exists()
+    written = Storage(understanding).read(Storage(understanding).resolve(branch), RULE_PATH)
+    assert written is not None
+    rules = RuleFile.from_toml(tomlcodec.loads(written, where="x"), "x")
+    assert rules.project == "Flask"
+    assert [(r.id, str(r.versions), r.relax, r.reason) for r in rules.rules] == [
+        ("relax-click-1-1-4", "==1.1.4", ("click",), "works with click 8")
+    ]
+
+
+def test_a_second_override_merges_into_the_projects_file(
+    storage: Storage, understanding: Path
+) -> None:
+    assert (
+        override(storage, "flask", "--versions", "==1.1.4", "--relax", "click", "--reason", "a")
+        == 0
+    )
+    git(understanding, "merge", "-q", "override/flask/relax-click-1-1-4")
+    assert (
+        override(
+            storage,
+            "Flask",
+            "--versions",
+            ">=2.0,<2.1",
+            "--replace",
+            "Werkzeug>=2.0,<2.1",
+            "--reason",
+            "b",
+            "--branch",
+            "cap",
+        )
+        == 0
+    )
+    written = Storage(understanding).read(Storage(understanding).resolve("cap"), RULE_PATH)
+    rules = RuleFile.from_toml(tomlcodec.loads(written or b"", where="x"), "x")
+    assert [r.reason for r in rules.rules] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["flask", "--versions", "==9.9", "--relax", "click"], "select no release"),
+        (["flask", "--versions", ">=1", "--relax", "click"], "no upper bound"),
+        (["flask", "--versions", "==1.1.4", "--replace", "click>>8"], "Expected"),
+        (["flask", "--versions", "nonsense", "--relax", "click"], "Invalid specifier"),
+        (["nope", "--versions", "==1", "--relax", "click"], "unknown project 'nope'"),
+        (["flask", "--versions", "==1.1.4"], "one of the arguments"),
+    ],
+)
+def test_a_bad_override_is_one_line_exit_2_and_writes_nothing(
+    storage: Storage,
+    understanding: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    assert override(storage, *args, "--reason", "r") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert message in error
+    assert git(understanding, "branch", "--list").split() == ["*", "main"]
+
+
+def test_an_open_ended_override_is_allowed_when_it_says_so(
+    storage: Storage, understanding: Path
+) -> None:
+    assert (
+        override(
+            storage, "flask", "--versions", ">=2", "--yank", "no", "--reason", "r", "--open-ended"
+        )
+        == 0
+    )
+
+
+def test_check_validates_and_prints_the_effective_change(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        override(storage, "flask", "--versions", "==1.1.4", "--relax", "click", "--reason", "a")
+        == 0
+    )
+    git(understanding, "checkout", "-q", "override/flask/relax-click-1-1-4")
+    capsys.readouterr()
+    assert main(["check", str(understanding), "--repo", str(storage.path), "--base", "main"]) == 0
+    out = capsys.readouterr().out
+    assert "effective change against main: 1 field(s)" in out
+    assert (
+        "Flask 1.1.4: requires-dist ['Werkzeug<2.0', 'click<8.0'] -> ['Werkzeug<2.0', 'click']"
+        in out
+    )
+
+
+def test_check_reports_every_problem_as_file_and_line(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = understanding / RULE_PATH
+    target.parent.mkdir(parents=True)
+    target.write_text(
+        'format = 1\nproject = "Flask"\n\n[[rules]]\nid = "forever"\nversions = ">=1"\n'
+        'yank = "x"\nreason = "r"\n\n[[rules]]\nid = "nothing"\nversions = "==9"\n'
+        'yank = "y"\nreason = "r"\n'
+    )
+    broken = understanding / rule_path("", normalize_name("click"))
+    broken.parent.mkdir(parents=True)
+    broken.write_text("format = [\n")
+    git(understanding, "add", ".")
+    git(understanding, "commit", "-q", "-m", "bad")
+    assert main(["check", str(understanding), "--repo", str(storage.path)]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert any(
+        e.startswith(f"{RULE_PATH}:5: rule 'forever': versions '>=1' have no upper") for e in errors
+    )
+    assert any(
+        e.startswith(f"{RULE_PATH}:11: rule 'nothing': versions '==9' select no release")
+        for e in errors
+    )
+    assert f"{rule_path('', normalize_name('click'))}:2: invalid TOML: Invalid value" in errors

@@ -1,0 +1,240 @@
+"""How rules change a release: one rule, rules in order, understandings in client order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from packaging.specifiers import SpecifierSet
+
+from metasrv.errors import InvalidData
+from metasrv.model import Release
+from metasrv.overrides import Layer, apply_layers, relax_specifier
+from metasrv.rules import Rule, RuleFile
+from tests.builders import make_file
+
+BASE_RULE: dict[str, Any] = {"id": "r", "versions": "<3", "reason": "because"}
+
+
+def rule(**fields: Any) -> Rule:
+    return Rule.from_toml({**BASE_RULE, **fields}, "test")
+
+
+def layer(*rules: Rule, name: str = "u") -> Layer:
+    return Layer(name, "c" * 40, "x/fl/b8/flask.toml", RuleFile("Flask", rules))
+
+
+def flask(version: str = "2.2.5", *files_deps: list[str]) -> Release:
+    deps = files_deps or (["Werkzeug>=2.2.2", "Jinja2>=3.0", "click>=8.0"],)
+    files = tuple(
+        make_file(
+            f"Flask-{version}-{['py3', 'py2'][i]}-none-any.whl",
+            requires_dist=d,
+            requires_python=">=3.7",
+        )
+        for i, d in enumerate(deps)
+    )
+    return Release.from_files(
+        version,
+        (
+            *files,
+            make_file(f"flask-{version}.tar.gz", requires_dist=deps[0], requires_python=">=3.7"),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("specifier", "relaxed"),
+    [
+        (">=2.0,<3", ">=2.0"),
+        ("<=2.5", ""),
+        ("==2.*", ">=2"),
+        ("==2.1", ">=2.1"),
+        ("~=2.1", ">=2.1"),
+        (">=1,!=1.5,<2", "!=1.5,>=1"),
+    ],
+)
+def test_relaxing_drops_upper_bounds_only(specifier: str, relaxed: str) -> None:
+    assert relax_specifier(SpecifierSet(specifier)) == SpecifierSet(relaxed)
+
+
+def test_replace_keeps_the_marker_and_records_provenance() -> None:
+    release = flask("2.2.5", ["Werkzeug>=2.2.2; python_version >= '3.7'", "click>=8.0"])
+    patched = apply_layers(
+        release, [layer(rule(replace=["werkzeug>=2.2.2,<3"], versions=">=2.2,<2.3"))]
+    )
+    assert patched.release.metadata is not None
+    assert (
+        patched.release.metadata.requires_dist[0] == 'werkzeug<3,>=2.2.2; python_version >= "3.7"'
+    )
+    assert patched.release.metadata.requires_dist[1] == "click>=8.0"
+    assert patched.original == release
+    (patch,) = patched.patches
+    assert patch.to_json() == {
+        "field": "requires-dist",
+        "dependency": "werkzeug",
+        "before": "Werkzeug>=2.2.2; python_version >= '3.7'",
+        "after": 'werkzeug<3,>=2.2.2; python_version >= "3.7"',
+        "understanding": "u",
+        "commit": "c" * 40,
+        "file": "x/fl/b8/flask.toml",
+        "rule": "r",
+        "reason": "because",
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "requires_dist", "requires_python", "yanked"),
+    [
+        ({"relax": ["Werkzeug"]}, ("Werkzeug>=2.2.2", "Jinja2>=3.0", "click>=8.0"), ">=3.7", False),
+        ({"remove": ["jinja2"]}, ("Werkzeug>=2.2.2", "click>=8.0"), ">=3.7", False),
+        (
+            {"add": ["blinker>=1.6"]},
+            ("Werkzeug>=2.2.2", "Jinja2>=3.0", "click>=8.0", "blinker>=1.6"),
+            ">=3.7",
+            False,
+        ),
+        (
+            {"requires-python": ">=3.8"},
+            ("Werkzeug>=2.2.2", "Jinja2>=3.0", "click>=8.0"),
+            ">=3.8",
+            False,
+        ),
+        ({"yank": "broken"}, ("Werkzeug>=2.2.2", "Jinja2>=3.0", "click>=8.0"), ">=3.7", "broken"),
+    ],
+)
+def test_each_action_changes_its_field(
+    fields: dict[str, Any], requires_dist: tuple[str, ...], requires_python: str, yanked: object
+) -> None:
+    release = (
+        flask("2.2.5", ["Werkzeug>=2.2.2,<3", "Jinja2>=3.0", "click>=8.0"])
+        if "relax" in fields
+        else flask()
+    )
+    patched = apply_layers(release, [layer(rule(**fields))]).release
+    assert patched.metadata is not None
+    assert patched.metadata.requires_dist == requires_dist
+    assert patched.metadata.requires_python == requires_python
+    assert all(f.requires_python == requires_python for f in patched.files)
+    assert patched.yanked == yanked
+
+
+def test_a_rule_selects_by_version_file_kind_tag_and_upload_time() -> None:
+    release = flask()
+    only_sdists = apply_layers(release, [layer(rule(files="sdists", yank="x"))]).release
+    assert [bool(f.yanked) for f in only_sdists.files] == [False, True]
+    only_py3 = apply_layers(release, [layer(rule(files="py3-none-any", yank="x"))]).release
+    assert [bool(f.yanked) for f in only_py3.files] == [True, False]
+    before_upload = apply_layers(
+        release, [layer(rule(**{"uploaded-before": "2024-01-01T00:00:00+00:00", "yank": "x"}))]
+    )
+    assert before_upload.patches == ()
+    after_upload = apply_layers(
+        release, [layer(rule(**{"uploaded-before": "2025-01-01T00:00:00+00:00", "yank": "x"}))]
+    )
+    assert after_upload.release.yanked == "x"
+    other_version = apply_layers(release, [layer(rule(versions="<2", yank="x"))])
+    assert other_version.release == release
+    assert other_version.patches == ()
+
+
+def test_rules_of_one_understanding_apply_in_file_order() -> None:
+    first = rule(id="a", replace=["werkzeug>=2.2.2,<3"])
+    second = rule(id="b", relax=["werkzeug"])
+    patched = apply_layers(flask(), [layer(first, second)])
+    assert patched.release.metadata is not None
+    assert patched.release.metadata.requires_dist[0] == "werkzeug>=2.2.2"
+    assert [p.rule for p in patched.patches] == ["a", "b"]
+    assert patched.conflicts == ()
+
+
+def test_later_understandings_win_per_field_and_the_conflict_is_reported() -> None:
+    tighten = layer(rule(replace=["werkzeug>=2.2.2,<3"]), name="audit")
+    loosen = layer(rule(replace=["werkzeug>=2.2.2"]), name="pallets")
+    patched = apply_layers(flask(), [tighten, loosen])
+    assert patched.release.metadata is not None
+    assert patched.release.metadata.requires_dist[0] == "werkzeug>=2.2.2"
+    (conflict,) = patched.conflicts
+    assert conflict.to_json() == {
+        "field": "requires-dist",
+        "dependency": "werkzeug",
+        "understandings": ["audit", "pallets"],
+        "winner": "pallets",
+    }
+    reversed_order = apply_layers(flask(), [loosen, tighten]).release
+    assert reversed_order.metadata is not None
+    assert reversed_order.metadata.requires_dist[0] == "werkzeug<3,>=2.2.2"
+
+
+def test_files_with_their_own_metadata_are_patched_on_their_own() -> None:
+    release = flask("2.2.5", ["Werkzeug>=2.2.2"], ["Werkzeug>=1.0", "futures"])
+    patched = apply_layers(release, [layer(rule(remove=["futures"]))]).release
+    py2 = next(f for f in patched.files if "py2" in f.filename)
+    assert py2.metadata is not None
+    assert py2.metadata.requires_dist == ("Werkzeug>=1.0",)
+
+
+requirement_lists = st.lists(
+    st.sampled_from(["a>=1", "b<2; python_version < '3.12'", "c[x]>=1,<3", "Werkzeug>=2"]),
+    max_size=4,
+)
+
+
+@given(requirement_lists, st.sampled_from(["1.0", "2.2.5", "3.0rc1"]))
+def test_an_empty_understanding_changes_nothing(deps: list[str], version: str) -> None:
+    release = flask(version, deps)
+    empty = Layer("u", "c" * 40, "p", RuleFile("Flask", ()))
+    absent = Layer("v", "c" * 40, "p", None)
+    patched = apply_layers(release, [empty, absent])
+    assert patched.release == release
+    assert patched.patches == ()
+
+
+@given(requirement_lists)
+def test_relaxing_never_adds_a_bound_and_is_idempotent(deps: list[str]) -> None:
+    once = apply_layers(
+        flask("2.0", deps), [layer(rule(relax=["a", "b", "c", "werkzeug"]))]
+    ).release
+    twice = apply_layers(once, [layer(rule(relax=["a", "b", "c", "werkzeug"]))])
+    assert twice.patches == ()
+    assert once.metadata is not None
+    assert not any("<" in requirement.split(";")[0] for requirement in once.metadata.requires_dist)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"versions": "not a spec"}, "Invalid specifier"),
+        ({"replace": ["werkzeug>>3"]}, "Expected"),
+        ({"relax": ["not a name!"]}, "invalid project name"),
+        ({}, "changes nothing"),
+        ({"yank": "x", "files": "eggs"}, "'files' must be"),
+        ({"yank": "x", "uploaded-before": "yesterday"}, "not an ISO 8601 time"),
+        ({"yank": "x", "open-ended": "yes"}, "'open-ended' must be a boolean"),
+        ({"yank": "x", "colour": "blue"}, "unknown key 'colour'"),
+    ],
+)
+def test_malformed_rules_name_the_problem(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidData, match=message):
+        Rule.from_toml({**BASE_RULE, **fields}, "test")
+
+
+def test_two_rules_with_one_id_are_rejected() -> None:
+    document = {"format": 1, "project": "Flask", "rules": [{**BASE_RULE, "yank": "x"}] * 2}
+    with pytest.raises(InvalidData, match="two rules have the id 'r'"):
+        RuleFile.from_toml(document, "f.toml")
+
+
+def test_rule_files_round_trip() -> None:
+    rules = RuleFile(
+        "Flask",
+        (
+            rule(
+                replace=["werkzeug>=2.2.2,<3"], **{"uploaded-before": "2023-10-01T00:00:00+00:00"}
+            ),
+            rule(id="s", versions=">=1", **{"open-ended": True}, files="sdists", yank="old"),
+        ),
+    )
+    assert RuleFile.from_toml(rules.to_toml(), "x") == rules
