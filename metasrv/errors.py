@@ -48,3 +48,9 @@ class InvalidArchive(MetasrvError):
     """An archive or metadata file that is corrupt, truncated, oversized or lies about itself."""
 
     http_status = 422
+
+
+class NotAcceptable(MetasrvError):
+    """An Accept header or ?format= that names no representation we serve."""
+
+    http_status = 406

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,8 @@ class Rule:
     add: tuple[Requirement, ...] = ()
     requires_python: SpecifierSet | None = None
     yank: str | None = None
+    # How the file spelled its specifiers and requirements, written back as they were.
+    spelled: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def is_bounded(self) -> bool:
@@ -78,6 +80,9 @@ class Rule:
             add=add,
             requires_python=requires_python,
             yank=reader.optional_string("yank"),
+            spelled={
+                k: table[k] for k in ("versions", "replace", "add", "requires-python") if k in table
+            },
         )
         reader.reject_unknown()
         if not any(table.get(action) for action in ACTIONS):
@@ -88,7 +93,10 @@ class Rule:
 
     def to_toml(self) -> dict[str, Any]:
         """Return the canonical ``[[rules]]`` table."""
-        table: dict[str, Any] = {"id": self.id, "versions": str(self.versions)}
+        table: dict[str, Any] = {
+            "id": self.id,
+            "versions": self._spelled("versions", self.versions),
+        }
         if self.uploaded_before is not None:
             table["uploaded-before"] = self.uploaded_before.isoformat()
         if self.files is not None:
@@ -97,18 +105,24 @@ class Rule:
             table["open-ended"] = True
         for key, values in (
             ("relax", self.relax),
-            ("replace", [str(r) for r in self.replace]),
+            ("replace", self._spelled("replace", [str(r) for r in self.replace])),
             ("remove", self.remove),
-            ("add", [str(r) for r in self.add]),
+            ("add", self._spelled("add", [str(r) for r in self.add])),
         ):
             if values:
                 table[key] = list(values)
         if self.requires_python is not None:
-            table["requires-python"] = str(self.requires_python)
+            table["requires-python"] = self._spelled("requires-python", self.requires_python)
         if self.yank is not None:
             table["yank"] = self.yank
         table["reason"] = self.reason
         return table
+
+    def _spelled(self, key: str, value: Any) -> Any:
+        spelled = self.spelled.get(key)
+        return (
+            spelled if spelled is not None else (value if isinstance(value, list) else str(value))
+        )
 
 
 def _requirement(text: str, where: str) -> Requirement:

@@ -17,6 +17,8 @@ from metasrv.catalog import Catalog
 from metasrv.errors import MetasrvError
 from metasrv.hotpath import HotPath, etag_matches
 from metasrv.readapi import Answer, ReadApi, encode
+from metasrv.simpleapi import SimpleApi, WheelCache
+from metasrv.simpleserver import SimpleRoutes
 from metasrv.storage import Storage
 from metasrv.understandings import Understandings
 
@@ -58,7 +60,10 @@ def create_app(
     """
     storage = Storage(repo_path)
     understandings = Understandings(storage, mirrors or storage.path / "metasrv-mirrors")
-    read_api = ReadApi(Catalog(storage), understandings)
+    catalog = Catalog(storage)
+    read_api = ReadApi(catalog, understandings)
+    wheels = WheelCache(storage.path / "metasrv-wheels")
+    simple_routes = SimpleRoutes(SimpleApi(catalog, understandings, wheels))
 
     async def root(request: Request) -> Response:
         return _respond(request, read_api.root(request.query_params.get("at")))
@@ -105,6 +110,7 @@ def create_app(
         Route("/v1/projects/{name}/{version}", release),
         Route("/v1/understandings", understanding_list),
         Route("/v1/understandings/{name}", understanding),
+        *simple_routes.routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -30,6 +30,10 @@ _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/-]|/$|\.lo
 pygit2.settings.cache_object_limit(ObjectType.TREE, 4 * 1024 * 1024)
 pygit2.settings.cache_object_limit(ObjectType.COMMIT, 64 * 1024)
 pygit2.settings.cache_max_size(128 * 1024 * 1024)
+# Pack files are read through mmap windows (1 GiB each, 8 GiB in all by default on 64-bit); every
+# touched page counts in RSS, so reading all of a large repository once would map all of it.
+pygit2.settings.mwindow_size = 32 * 1024 * 1024
+pygit2.settings.mwindow_mapped_limit = 96 * 1024 * 1024
 
 _DEFAULT_SIGNATURE = ("metasrv", "metasrv@localhost")
 

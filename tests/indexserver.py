@@ -91,6 +91,17 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 body = b"<<<not a page>>>"
             self._send(status, body, content_type, extra)
 
+        def do_HEAD(self) -> None:
+            body, content_type, status, extra = self._route()
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            if index.behaviour.ranges:
+                self.send_header("accept-ranges", "bytes")
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+
         def _route(self) -> tuple[bytes, str, int, dict[str, str]]:
             path = self.path.split("?")[0]
             behaviour = index.behaviour

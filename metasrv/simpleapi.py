@@ -1,0 +1,229 @@
+"""What installers read: project pages with understandings applied, metadata files, wheels."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from packaging.utils import NormalizedName
+
+from metasrv.catalog import Catalog
+from metasrv.errors import InvalidInput, NotFound, SourceError
+from metasrv.model import CoreMetadata, DistFile, Project, Release
+from metasrv.overrides import apply_layers
+from metasrv.simple import SimpleFile, project_page
+from metasrv.storage import CommitId
+from metasrv.understandings import Pinned, Understandings
+from metasrv.wheels import render_metadata_file, rewrite_wheel
+
+# A wheel an understanding changed is downloaded and rewritten once; larger ones are refused.
+MAX_PATCHED_WHEEL_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One view installers read: a data commit and the understandings applied, all pinned."""
+
+    commit_id: CommitId
+    pinned: tuple[Pinned, ...]
+    immutable: bool
+    root: str  # where the app is mounted (ASGI root_path)
+
+    @property
+    def data_prefix(self) -> str:
+        """Return the pinned URL prefix of files no understanding changed."""
+        return f"{self.root}/at/{self.commit_id}"
+
+    @property
+    def prefix(self) -> str:
+        """Return the pinned URL prefix of this whole view."""
+        if not self.pinned:
+            return self.data_prefix
+        spec = ",".join(f"{p.registration.name}@{p.commit}" for p in self.pinned)
+        return f"{self.data_prefix}/u/{quote(spec, safe='@,')}"
+
+    @property
+    def key(self) -> str:
+        """Return a string that changes whenever what this view shows may change."""
+        return hashlib.sha256(self.prefix.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """A rewritten wheel on disk, its sha256, and its METADATA."""
+
+    path: Path
+    sha256: str
+    metadata: bytes
+
+
+class WheelCache:
+    """Rewritten wheels, computed on first request and kept on disk by what they are made of."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    async def get(self, dist_file: DistFile, metadata: CoreMetadata) -> Rewritten:
+        """Return ``dist_file`` rewritten with ``metadata``, downloading it the first time."""
+        original = dist_file.hashes.get("sha256")
+        if original is None:
+            raise SourceError(f"{dist_file.filename}: no sha256 to verify the original against")
+        recipe = json.dumps(
+            [original, metadata.requires_dist, metadata.requires_python, metadata.provides_extra]
+        )
+        key = hashlib.sha256(recipe.encode()).hexdigest()
+        wheel_path = self.folder / f"{key}.whl"
+        metadata_path = self.folder / f"{key}.metadata"
+        if not (wheel_path.exists() and metadata_path.exists()):
+            content = await _download(dist_file.url, original)
+            rewritten, new_metadata = await asyncio.to_thread(rewrite_wheel, content, metadata)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _write_atomically(metadata_path, new_metadata)
+            _write_atomically(wheel_path, rewritten)
+        data = wheel_path.read_bytes()
+        return Rewritten(wheel_path, hashlib.sha256(data).hexdigest(), metadata_path.read_bytes())
+
+
+async def _download(url: str, sha256: str) -> bytes:
+    async with httpx.AsyncClient(follow_redirects=True, timeout=60) as client:
+        try:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise SourceError(f"{url}: HTTP {response.status_code}")
+                chunks, total = [], 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                    if total > MAX_PATCHED_WHEEL_BYTES:
+                        raise SourceError(f"{url}: larger than {MAX_PATCHED_WHEEL_BYTES} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise SourceError(f"{url}: {type(exc).__name__}") from None
+    content = b"".join(chunks)
+    if hashlib.sha256(content).hexdigest() != sha256:
+        raise SourceError(f"{url}: the downloaded wheel's sha256 is not the one on record")
+    return content
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(content)
+    temporary.replace(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Located:
+    project: Project
+    release: Release
+    original: DistFile
+    patched: DistFile
+
+    @property
+    def changed(self) -> bool:
+        return self.original.metadata != self.patched.metadata
+
+
+class SimpleApi:
+    """The simple API over a catalog, with understandings and rewritten wheels."""
+
+    def __init__(
+        self, catalog: Catalog, understandings: Understandings, wheels: WheelCache
+    ) -> None:
+        self.catalog = catalog
+        self.understandings = understandings
+        self.wheels = wheels
+
+    def mount(self, at: str | None, spec: str | None, root: str = "") -> Mount:
+        """Resolve a view: ``at`` (None: the served branch now) and an understanding list."""
+        storage = self.catalog.storage
+        commit_id = storage.resolve(at)
+        if at is not None and not at:
+            raise InvalidInput("empty commit in the URL")
+        pinned = tuple(self.understandings.pin(commit_id, spec)) if spec is not None else ()
+        immutable = at is not None and at == commit_id and all(p.immutable for p in pinned)
+        return Mount(commit_id, pinned, immutable, root)
+
+    def names(self, mount: Mount) -> dict[NormalizedName, str]:
+        """Return every project of the view (understandings do not add or remove projects)."""
+        return self.catalog.list_projects(mount.commit_id)
+
+    def _located(self, mount: Mount, name: str) -> Iterator[_Located]:
+        project = self.catalog.get_project(mount.commit_id, name)
+        layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
+        for release in project.releases:
+            patched = apply_layers(release, layers).release if layers else release
+            for original, patched_file in zip(release.files, patched.files, strict=True):
+                yield _Located(project, release, original, patched_file)
+
+    async def project(self, mount: Mount, name: str) -> dict[str, Any]:
+        """Return the PEP 691 page of a project as the view shows it."""
+        project = self.catalog.get_project(mount.commit_id, name)
+        files = []
+        for located in self._located(mount, name):
+            files.append(await self._simple_file(mount, located))
+        versions = [release.version_text for release in project.releases]
+        return project_page(project.normalized_name, versions, files)
+
+    async def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile:
+        patched = located.patched
+        prefix = mount.prefix if located.changed else mount.data_prefix
+        url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
+        hashes = dict(patched.hashes)
+        metadata_bytes = await self._metadata_bytes(located)
+        if located.changed and patched.metadata is not None and _is_wheel(patched.filename):
+            rewritten = await self.wheels.get(located.original, patched.metadata)
+            hashes = {"sha256": rewritten.sha256}
+        return SimpleFile(
+            filename=patched.filename,
+            url=url,
+            hashes=hashes,
+            requires_python=patched.requires_python,
+            yanked=patched.yanked,
+            size=patched.size if not (located.changed and _is_wheel(patched.filename)) else None,
+            upload_time=patched.upload_time,
+            metadata_sha256=(
+                hashlib.sha256(metadata_bytes).hexdigest() if metadata_bytes is not None else None
+            ),
+        )
+
+    async def _metadata_bytes(self, located: _Located) -> bytes | None:
+        metadata = located.patched.metadata
+        if metadata is None:
+            return None
+        if located.changed and _is_wheel(located.patched.filename):
+            return (await self.wheels.get(located.original, metadata)).metadata
+        project, release = located.project, located.release
+        return render_metadata_file(project.name, release.version_text, metadata)
+
+    def _find(self, mount: Mount, name: str, filename: str) -> _Located:
+        for located in self._located(mount, name):
+            if located.patched.filename == filename:
+                return located
+        raise NotFound(f"no file {filename!r} of project {name!r}")
+
+    async def metadata_file(self, mount: Mount, name: str, filename: str) -> bytes:
+        """Return a file's PEP 658 metadata as the view shows it."""
+        located = self._find(mount, name, filename)
+        content = await self._metadata_bytes(located)
+        if content is None:
+            raise NotFound(f"the metadata of {filename!r} is not known")
+        return content
+
+    async def file(self, mount: Mount, name: str, filename: str) -> str | Path:
+        """Return where a file's bytes are: the source's URL, or a rewritten wheel on disk."""
+        located = self._find(mount, name, filename)
+        metadata = located.patched.metadata
+        if located.changed and metadata is not None and _is_wheel(filename):
+            return (await self.wheels.get(located.original, metadata)).path
+        return located.original.url
+
+
+def _is_wheel(filename: str) -> bool:
+    return filename.endswith(".whl")

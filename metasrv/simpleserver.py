@@ -1,0 +1,114 @@
+"""Routes of the simple repository API: translate installer requests into SimpleApi calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from metasrv.errors import NotFound
+from metasrv.hotpath import etag_matches
+from metasrv.simple import index_page_chunks, negotiate, render_json, render_project_html
+from metasrv.simpleapi import Mount, SimpleApi
+from metasrv.simplepages import MIME_HTML, MIME_SIMPLE_JSON
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+MOVING = "public, max-age=10"
+METADATA_SUFFIX = ".metadata"  # PEP 658
+# Each view is reachable plainly, with understandings, pinned, or both.
+PREFIXES = ("", "/u/{understandings}", "/at/{commit}", "/at/{commit}/u/{understandings}")
+
+
+def _media_type(content_type: str) -> str:
+    return f"{content_type}; charset=utf-8" if content_type == MIME_HTML else content_type
+
+
+class SimpleRoutes:
+    """The simple API's endpoints over one SimpleApi."""
+
+    def __init__(self, simple_api: SimpleApi) -> None:
+        self.api = simple_api
+        # The root page at PyPI scale is ~40 MB; it is built once per commit and content type.
+        self._index_cache: dict[tuple[str, str], bytes] = {}
+
+    def routes(self) -> list[Route]:
+        """Return the route table: index, project page and files under every prefix."""
+        table = []
+        for prefix in PREFIXES:
+            table += [
+                Route(f"{prefix}/simple/", self.index),
+                Route(f"{prefix}/simple/{{project}}/", self.project),
+                Route(f"{prefix}/files/{{project}}/{{filename}}", self.file),
+            ]
+        return table
+
+    def _mount(self, request: Request) -> Mount:
+        return self.api.mount(
+            request.path_params.get("commit"),
+            request.path_params.get("understandings"),
+            request.scope.get("root_path", ""),
+        )
+
+    def _headers(self, mount: Mount, etag: str, content_type: str | None = None) -> dict[str, str]:
+        headers = {
+            "Cache-Control": IMMUTABLE if mount.immutable else MOVING,
+            "ETag": f'"{etag}"',
+            "X-Metasrv-At": mount.commit_id,
+        }
+        if content_type is not None:
+            headers["Vary"] = "Accept"
+        return headers
+
+    async def index(self, request: Request) -> Response:
+        mount = self._mount(request)
+        content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
+        headers = self._headers(mount, f"{mount.commit_id}-{content_type}", content_type)
+        if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        key = (mount.commit_id, content_type)
+        body = self._index_cache.get(key)
+        if body is None:
+            body = b"".join(index_page_chunks(self.api.names(mount), content_type))
+            self._index_cache = {key: body}  # one commit's pages at a time bound the memory
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 1 << 20):
+                yield body[start : start + (1 << 20)]
+
+        return StreamingResponse(chunks(), media_type=_media_type(content_type), headers=headers)
+
+    async def project(self, request: Request) -> Response:
+        mount = self._mount(request)
+        content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
+        name = request.path_params["project"]
+        normalized_name, blob_id = self.api.catalog.project_blob(mount.commit_id, name)
+        if name != normalized_name:
+            # PEP 503: the canonical URL uses the normalized name.
+            target = request.url.path.replace(f"/simple/{name}/", f"/simple/{normalized_name}/")
+            return RedirectResponse(target, status_code=301)
+        headers = self._headers(mount, f"{mount.key}-{blob_id}-{content_type}", content_type)
+        if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        page = await self.api.project(mount, name)
+        body = render_json(page) if content_type == MIME_SIMPLE_JSON else render_project_html(page)
+        return Response(body, media_type=_media_type(content_type), headers=headers)
+
+    async def file(self, request: Request) -> Response:
+        mount = self._mount(request)
+        name, filename = request.path_params["project"], request.path_params["filename"]
+        if filename.endswith(METADATA_SUFFIX):
+            content = await self.api.metadata_file(mount, name, filename[: -len(METADATA_SUFFIX)])
+            return Response(
+                content,
+                media_type="text/plain; charset=utf-8",
+                headers={"Cache-Control": IMMUTABLE},
+            )
+        target = await self.api.file(mount, name, filename)
+        if isinstance(target, Path):
+            return FileResponse(target, media_type="application/octet-stream", filename=filename)
+        if not target:
+            raise NotFound(f"no URL for {filename!r}")
+        return RedirectResponse(target, status_code=302)

@@ -1,0 +1,174 @@
+"""The simple API: negotiation, pages, metadata files and rewritten wheels."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.metadata import parse_email
+
+from metasrv.errors import NotAcceptable
+from metasrv.model import CoreMetadata
+from metasrv.simple import negotiate
+from metasrv.simplepages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
+from metasrv.storage import Storage
+from metasrv.wheels import rewrite_wheel
+from tests.builders import commit_projects, make_project
+from tests.conftest import AsgiClient
+from tests.distributions import build_wheel
+
+JSON, HTML, SIMPLE_HTML = MIME_SIMPLE_JSON, MIME_HTML, MIME_SIMPLE_HTML
+
+
+@pytest.mark.parametrize(
+    ("accept", "format_param", "chosen"),
+    [
+        (None, None, HTML),
+        ("", None, HTML),
+        ("*/*", None, HTML),
+        (f"*/*;q=0.5, {JSON}", None, JSON),
+        ("text/html", None, HTML),
+        (f"{JSON}, {SIMPLE_HTML};q=0.2, text/html;q=0.01", None, JSON),
+        (f"{JSON};q=0.1, text/html", None, HTML),
+        ("application/vnd.pypi.simple.latest+json", None, JSON),
+        ("application/vnd.pypi.simple.latest+html", None, SIMPLE_HTML),
+        (f"text/html, {JSON}", None, JSON),
+        ("text/html", JSON, JSON),
+        (None, "text/html", HTML),
+    ],
+)
+def test_negotiation_picks_by_format_then_quality_then_preference(
+    accept: str | None, format_param: str | None, chosen: str
+) -> None:
+    assert negotiate(accept, format_param) == chosen
+
+
+@pytest.mark.parametrize(
+    ("accept", "format_param"),
+    [("application/xml", None), (f"{JSON};q=0", None), (None, "application/yaml")],
+)
+def test_nothing_acceptable_is_406(accept: str | None, format_param: str | None) -> None:
+    with pytest.raises(NotAcceptable):
+        negotiate(accept, format_param)
+
+
+PATCHED = CoreMetadata("2.1", ("alpha>=1", 'beta ; extra == "b"'), ">=3.9", ("b",))
+
+
+def test_a_rewritten_wheel_is_deterministic_and_consistent(tmp_path: Path) -> None:
+    original = build_wheel(
+        tmp_path, "gamma", "1.0", requires_dist=["alpha<1"], padding=5000
+    ).read_bytes()
+    first, metadata = rewrite_wheel(original, PATCHED)
+    second, _ = rewrite_wheel(original, PATCHED)
+    assert first == second
+    with (
+        zipfile.ZipFile(io.BytesIO(first)) as rewritten,
+        zipfile.ZipFile(io.BytesIO(original)) as old,
+    ):
+        assert rewritten.testzip() is None
+        assert rewritten.namelist() == old.namelist()
+        new_metadata = rewritten.read("gamma-1.0.dist-info/METADATA")
+        assert new_metadata == metadata
+        raw, _ = parse_email(new_metadata)
+        assert raw["requires_dist"] == ["alpha>=1", 'beta ; extra == "b"']
+        assert raw["requires_python"] == ">=3.9"
+        assert raw["provides_extra"] == ["b"]
+        assert raw["name"] == "gamma"
+        record = rewritten.read("gamma-1.0.dist-info/RECORD").decode()
+        digest = (
+            base64.urlsafe_b64encode(hashlib.sha256(new_metadata).digest()).rstrip(b"=").decode()
+        )
+        assert f"gamma-1.0.dist-info/METADATA,sha256={digest},{len(new_metadata)}" in record
+        for info in old.infolist():
+            if info.filename.endswith(("METADATA", "RECORD")):
+                assert rewritten.getinfo(info.filename).compress_type == zipfile.ZIP_STORED
+                continue
+            new_info = rewritten.getinfo(info.filename)
+            assert (new_info.compress_type, new_info.compress_size, new_info.CRC) == (
+                info.compress_type,
+                info.compress_size,
+                info.CRC,
+            )
+            assert rewritten.read(info.filename) == old.read(info.filename)
+
+
+def test_the_index_page_lists_every_project_as_html_or_json(client: AsgiClient) -> None:
+    html = client.get("/simple/")
+    assert html.headers["content-type"] == "text/html; charset=utf-8"
+    assert html.headers["vary"] == "Accept"
+    assert '<a href="flask/">Flask</a>' in html.text
+    listing = client.get("/simple/", headers={"Accept": JSON}).json()
+    assert listing["meta"] == {"api-version": "1.1"}
+    assert [p["name"] for p in listing["projects"]] == ["click", "Flask", "Werkzeug"]
+
+
+def test_a_project_page_links_pinned_files_with_metadata_hashes(
+    client: AsgiClient, storage: Storage
+) -> None:
+    sha = storage.resolve(None)
+    page = client.get("/simple/flask/", headers={"Accept": JSON})
+    assert page.headers["cache-control"] == "public, max-age=10"
+    document = page.json()
+    assert document["name"] == "flask"
+    assert document["versions"] == ["1.1.4", "2.0.0"]
+    wheel = document["files"][1]
+    assert wheel["url"] == f"/at/{sha}/files/flask/Flask-2.0.0-py3-none-any.whl"
+    assert wheel["hashes"] == {
+        "sha256": hashlib.sha256(b"Flask-2.0.0-py3-none-any.whl").hexdigest()
+    }
+    assert wheel["upload-time"] == "2024-01-02T03:04:05Z"
+    metadata = client.get(wheel["url"] + ".metadata")
+    assert hashlib.sha256(metadata.content).hexdigest() == wheel["core-metadata"]["sha256"]
+    assert wheel["dist-info-metadata"] == wheel["core-metadata"]
+    raw, _ = parse_email(metadata.content)
+    assert (raw["name"], raw["version"], raw["requires_dist"]) == (
+        "Flask",
+        "2.0.0",
+        ["Werkzeug>=2.0"],
+    )
+    download = client.get(wheel["url"])
+    assert download.status_code == 302
+    assert download.headers["location"] == "https://files.test/Flask-2.0.0-py3-none-any.whl"
+
+
+def test_a_pinned_page_is_immutable_and_shows_that_commit(
+    client: AsgiClient, storage: Storage
+) -> None:
+    old = storage.resolve(None)
+    commit_projects(storage, make_project("Flask", ["3.0"]))
+    pinned = client.get(f"/at/{old}/simple/flask/", headers={"Accept": JSON})
+    assert pinned.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert pinned.json()["versions"] == ["1.1.4", "2.0.0"]
+    assert client.get("/simple/flask/", headers={"Accept": JSON}).json()["versions"] == ["3.0"]
+
+
+def test_html_project_pages_carry_pep_503_592_658_attributes(client: AsgiClient) -> None:
+    html = client.get("/simple/flask/").text
+    assert "<h1>Links for flask</h1>" in html
+    assert 'data-core-metadata="sha256=' in html
+    assert 'data-dist-info-metadata="sha256=' in html
+    assert "#sha256=" in html
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "status"),
+    [
+        ("/simple/FLASK/", {}, 301),
+        ("/simple/nope/", {}, 404),
+        ("/simple/flask/", {"Accept": "application/xml"}, 406),
+        ("/simple/flask/?format=application/yaml", {}, 406),
+        ("/at/HEAD~1/simple/flask/", {}, 400),
+        ("/at/" + "0" * 40 + "/simple/", {}, 404),
+        ("/u/nope/simple/flask/", {}, 404),
+        ("/simple/flask", {}, 307),
+    ],
+)
+def test_bad_simple_requests_get_the_right_status(
+    client: AsgiClient, url: str, headers: dict[str, str], status: int
+) -> None:
+    assert client.get(url, headers=headers).status_code == status

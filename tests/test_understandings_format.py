@@ -1,0 +1,50 @@
+"""understandings/README.md's examples and the bundled samples follow the format."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from metasrv import tomlcodec
+from metasrv.authoring import check_rule_file
+from metasrv.model import Project
+from metasrv.names import name_from_path, project_path
+from metasrv.rules import Registration, RuleFile
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "understandings"
+EXAMPLES = re.findall(r"```toml\n(.*?)```", (FOLDER / "README.md").read_text(), flags=re.DOTALL)
+REGISTRATIONS = sorted(FOLDER.glob("*.toml"))
+RULE_FILES = sorted(FOLDER.glob("*/*/*/*.toml"))
+
+
+def test_the_readme_examples_are_a_registration_and_a_rule_file() -> None:
+    registration, rules = EXAMPLES
+    parsed = Registration.from_toml(tomlcodec.loads(registration, where="README"), "README")
+    assert tomlcodec.dumps(parsed.to_toml()).decode() == registration
+    rule_file = RuleFile.from_toml(tomlcodec.loads(rules, where="README"), "README")
+    assert tomlcodec.dumps(rule_file.to_toml()).decode() == rules
+
+
+def test_at_least_two_samples_are_registered() -> None:
+    names = [
+        Registration.from_toml(tomlcodec.loads(p.read_bytes(), where=p.name), p.name).name
+        for p in REGISTRATIONS
+    ]
+    assert names == [p.stem for p in REGISTRATIONS]
+    assert len(names) >= 2
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.relative_to(FOLDER).as_posix())
+def test_every_bundled_rule_file_is_valid_against_the_sample_data(path: Path) -> None:
+    text = path.read_bytes()
+    where = path.relative_to(ROOT).as_posix()
+    rules = RuleFile.from_toml(tomlcodec.loads(text, where=where), where)
+    normalized_name = name_from_path("/".join(path.relative_to(FOLDER).parts[1:]))
+    assert normalized_name is not None
+    data = ROOT / "data" / project_path(normalized_name)
+    canonical = Project.from_toml(tomlcodec.loads(data.read_bytes(), where="data"), "data")
+    assert check_rule_file(rules, where, canonical, text) == []
+    assert tomlcodec.dumps(rules.to_toml()) == text
