@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from metasrv.authoring import (
 )
 from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput
-from metasrv.names import normalize_name
+from metasrv.markers import SETS_FOLDER, MarkerSet, MarkerSets, generate_environments, parse_date
+from metasrv.names import normalize_name, validate_label
 from metasrv.rules import Registration, Rule, validate_understanding_name
 from metasrv.storage import Storage
 from metasrv.understandings import Understandings, registration_path
@@ -65,6 +67,18 @@ def add_parsers(commands: Any) -> None:
     override.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     override.add_argument("--workdir", type=Path, default=Path(), help="where URLs are cloned")
     override.set_defaults(handler=_override)
+
+    markers = commands.add_parser("markers", help="known marker sets")
+    marker_actions = markers.add_subparsers(required=True, metavar="ACTION")
+    generate = marker_actions.add_parser("generate", help="write a marker set from the facts")
+    generate.add_argument("name")
+    generate.add_argument("--platforms", required=True, help="comma list: linux,macos,windows")
+    generate.add_argument("--months", type=int, required=True, help="support window in months")
+    generate.add_argument("--as-of", help="YYYY-MM-DD (default: today)")
+    generate.add_argument("--implementations", default="cpython", help="comma list: cpython,pypy")
+    generate.add_argument("--description", help="one line (default: derived)")
+    generate.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
+    generate.set_defaults(handler=_markers_generate)
 
     check = commands.add_parser("check", help="validate an understanding and show its effect")
     check.add_argument("folder", nargs="?", type=Path, default=Path(), help="its rules' folder")
@@ -150,6 +164,42 @@ def _rule_from_args(args: argparse.Namespace) -> Rule:
         document["uploaded-before"] = args.uploaded_before
     # Round-trip through the file format so the CLI accepts exactly what a file may hold.
     return Rule.from_toml(document, "the command line")
+
+
+def _markers_generate(args: argparse.Namespace) -> int:
+    meta = open_repository(args.repo)
+    name = validate_label(args.name, "marker set name")
+    if args.months < 0:
+        raise InvalidInput("--months must not be negative")
+    as_of = parse_date(args.as_of, "--as-of") if args.as_of else date.today()
+    families = [f.strip() for f in args.platforms.split(",") if f.strip()]
+    implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
+    pythons, platforms = MarkerSets(meta).facts(meta.resolve(None))
+    environments = generate_environments(
+        pythons,
+        platforms,
+        families=families,
+        months=args.months,
+        as_of=as_of,
+        implementations=implementations,
+    )
+    description = args.description or (
+        f"Every {'/'.join(families)} environment of {'/'.join(implementations)} versions "
+        f"supported at any time in the {args.months} months up to {as_of.isoformat()}."
+    )
+    generator = {
+        "platforms": families,
+        "months": args.months,
+        "implementations": implementations,
+        "as-of": as_of.isoformat(),
+    }
+    marker_set = MarkerSet(name, description, generator, tuple(environments))
+    path = f"{SETS_FOLDER}/{name}.toml"
+    meta.commit(
+        meta.head_branch(), {path: tomlcodec.dumps(marker_set.to_toml())}, f"Marker set {name}"
+    )
+    print(f"wrote {path}: {len(environments)} environments")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from metasrv.storage import CommitId, Storage
 # Metadata that could not be fetched is retried by the next sync; other errors belong to the bytes.
 FETCH_FAILED = "fetch failed: "
 MAX_ARCHIVE_BYTES = archives.MAX_SDIST_BYTES
+WHEELS_GIVE_METADATA = "not read: the release's wheels give its metadata"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,18 +194,28 @@ async def _sync_project(
     if page is None:
         return None
     known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
-    read = await asyncio.gather(
+    files = [f for f in page.files if archives.version_of_filename(f.filename) is not None]
+    wheels = [f for f in files if archives.is_wheel(f.filename)]
+    read = await asyncio.gather(*(_read_file(source, f, known.get(f.filename)) for f in wheels))
+    # Metadata in order: PEP 658, then wheels, then sdists; an sdist is read (often a whole
+    # download) only for releases whose wheels gave none.
+    covered = {Version(_version(d.filename)) for d, _, _ in read if d.metadata is not None}
+    read += await asyncio.gather(
         *(
-            _read_file(source, source_file, known.get(source_file.filename))
-            for source_file in page.files
-            if archives.version_of_filename(source_file.filename) is not None
+            _read_file(
+                source,
+                f,
+                known.get(f.filename),
+                skip=Version(_version(f.filename)) in covered and not f.core_metadata,
+            )
+            for f in files
+            if not archives.is_wheel(f.filename)
         )
     )
     by_version: dict[str, list[DistFile]] = {v: [] for v in page.versions if _is_version(v)}
     newest_name: tuple[Version, str] | None = None
     for dist_file, stated_name, failed in read:
-        version_text = archives.version_of_filename(dist_file.filename)
-        assert version_text is not None
+        version_text = _version(dist_file.filename)
         # Files name versions normalized; PEP 700 may spell one differently (2.0 vs 2.0.0).
         version = Version(version_text)
         version_text = next((v for v in by_version if Version(v) == version), version_text)
@@ -231,6 +242,12 @@ async def _sync_project(
     return project
 
 
+def _version(filename: str) -> str:
+    version_text = archives.version_of_filename(filename)
+    assert version_text is not None
+    return version_text
+
+
 def _is_version(text: str) -> bool:
     try:
         Version(text)
@@ -247,7 +264,11 @@ def _same_project(stated: str, normalized_name: NormalizedName) -> bool:
 
 
 async def _read_file(
-    source: IndexSource | FolderSource, source_file: SourceFile, previous: DistFile | None
+    source: IndexSource | FolderSource,
+    source_file: SourceFile,
+    previous: DistFile | None,
+    *,
+    skip: bool = False,
 ) -> tuple[DistFile, str | None, bool]:
     """Return a file with its core metadata, the Name it states, and whether reading it failed.
 
@@ -272,6 +293,8 @@ async def _read_file(
             dist_file, metadata=previous.metadata, metadata_error=previous.metadata_error
         )
         return reused, None, False
+    if skip:
+        return replace(dist_file, metadata_error=WHEELS_GIVE_METADATA), None, False
     try:
         read = await _read_metadata(source, source_file)
     except SourceError as exc:

@@ -323,6 +323,11 @@ class TableReader:
             raise InvalidData(f"{self._where}: {key!r} must be a table of strings")
         return dict(table)
 
+    def value(self, key: str) -> Any:
+        """Return a key's raw value (None when absent) for the caller to validate."""
+        self._seen.add(key)
+        return self._table.get(key)
+
     def boolean(self, key: str, default: bool) -> bool:
         value = self._get(key, bool, "a boolean", required=False)
         return default if value is None else bool(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 from packaging.utils import InvalidName, NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -13,6 +14,7 @@ from metasrv.errors import InvalidInput
 MAX_NAME_LENGTH = 200
 MAX_VERSION_LENGTH = 100
 PROJECT_SUFFIX = ".toml"
+_LABEL = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def normalize_name(name: str) -> NormalizedName:
@@ -59,3 +61,16 @@ def name_from_path(path: str) -> NormalizedName | None:
     if canonicalize_name(stem) != stem or project_path(NormalizedName(stem)) != path:
         return None
     return NormalizedName(stem)
+
+
+def validate_label(name: str, what: str) -> str:
+    """Return ``name`` if it can name an understanding or a marker set, else InvalidInput.
+
+    Lowercase ASCII letters, digits, ``-`` and ``_``, starting with a letter or digit, at most
+    64 characters: safe in URLs, file names and TOML keys alike.
+    """
+    if not _LABEL.fullmatch(name):
+        raise InvalidInput(
+            f"invalid {what} {name[:80]!r}: use lowercase letters, digits, - and _ (at most 64)"
+        )
+    return name

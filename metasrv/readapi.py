@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,13 @@ from metasrv import api, tomlcodec
 from metasrv.bytecache import ByteCache
 from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput, MetasrvError, NotFound
+from metasrv.markers import (
+    MarkerSets,
+    annotate_requirements,
+    evaluate,
+    parse_marker,
+    parse_requirement,
+)
 from metasrv.model import MetaConfig
 from metasrv.names import normalize_name, parse_version
 from metasrv.overrides import apply_layers
@@ -56,9 +64,12 @@ class Answer:
 class ReadApi:
     """The read API over one catalog, with encoded bodies cached by object id."""
 
-    def __init__(self, catalog: Catalog, understandings: Understandings) -> None:
+    def __init__(
+        self, catalog: Catalog, understandings: Understandings, marker_sets: MarkerSets
+    ) -> None:
         self.catalog = catalog
         self.understandings = understandings
+        self.marker_sets = marker_sets
         self.bodies = ByteCache(BODY_CACHE_BYTES)
 
     def pin(self, at: str | None) -> Pin:
@@ -87,6 +98,9 @@ class ReadApi:
                 "projects": "/v1/projects",
                 "project": "/v1/projects/{name}",
                 "release": "/v1/projects/{name}/{version}",
+                "understandings": "/v1/understandings",
+                "marker-sets": "/v1/markers",
+                "simple": "/simple/",
             },
         }
         return Answer(pin, f"root-{pin.commit_id}", encode(body))
@@ -173,6 +187,74 @@ class ReadApi:
             }
         body = encode(document)
         return Answer(pin, f"understanding-{pin.commit_id}-{_state_key(body)}", body)
+
+    def marker_set_list(self, at: str | None) -> Answer:
+        """List the marker sets with their descriptions and sizes."""
+        pin = self.pin(at)
+        sets = [
+            self.marker_sets.get(pin.commit_id, n) for n in self.marker_sets.names(pin.commit_id)
+        ]
+        body = encode(
+            {
+                "marker-sets": [
+                    {
+                        "name": s.name,
+                        "description": s.description,
+                        "environments": len(s.environments),
+                    }
+                    for s in sets
+                ]
+            }
+        )
+        return Answer(pin, f"markers-{pin.commit_id}", body)
+
+    def marker_set(self, at: str | None, name: str) -> Answer:
+        """Return one marker set with its environments and how it was made."""
+        pin = self.pin(at)
+        marker_set = self.marker_sets.get(pin.commit_id, name)
+        return Answer(pin, f"marker-set-{pin.commit_id}-{name}", encode(marker_set.to_toml()))
+
+    def evaluate(
+        self, at: str | None, name: str, marker: str | None, requirement: str | None
+    ) -> Answer:
+        """Return the environments of a set that a marker (or a requirement's marker) holds in."""
+        pin = self.pin(at)
+        marker_set = self.marker_sets.get(pin.commit_id, name)
+        if (marker is None) == (requirement is None):
+            raise InvalidInput("give exactly one of 'marker' and 'requirement'")
+        if marker is not None:
+            ids = evaluate(parse_marker(marker), marker_set.environments)
+            document: dict[str, Any] = {"marker": marker, "environments": ids}
+        else:
+            assert requirement is not None
+            # The extras a requirement can apply under are the ones its marker names.
+            named = re.findall(r'extra == "([^"]+)"', str(parse_requirement(requirement).marker))
+            (annotated,) = annotate_requirements([requirement], named, marker_set.environments)
+            document = {"requirement": requirement, **annotated}
+        document["set"] = marker_set.name
+        key = hashlib.sha256(repr((marker, requirement)).encode()).hexdigest()[:16]
+        return Answer(pin, f"evaluate-{pin.commit_id}-{name}-{key}", encode(document))
+
+    def annotated_release(
+        self, at: str | None, name: str, version_text: str, markers: str, understanding: str | None
+    ) -> Answer:
+        """Return a release (patched when asked) with each requirement's environments."""
+        answer = (
+            self.patched_release(at, name, version_text, understanding)
+            if understanding is not None
+            else self.release(at, name, version_text)
+        )
+        marker_set = self.marker_sets.get(answer.pin.commit_id, markers)
+        document = json.loads(answer.body)
+        document["markers"] = {
+            "set": marker_set.name,
+            "requirements": annotate_requirements(
+                document["requires-dist"] or [],
+                document["provides-extra"] or [],
+                marker_set.environments,
+            ),
+        }
+        return Answer(answer.pin, f"{answer.etag}-{markers}", encode(document))
 
     def _registration(self, pin: Pin, registration: Registration) -> dict[str, Any]:
         try:

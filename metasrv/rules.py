@@ -13,7 +13,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from metasrv.errors import InvalidData, InvalidInput
 from metasrv.model import FORMAT_VERSION, TableReader
-from metasrv.names import normalize_name, project_path
+from metasrv.names import normalize_name, project_path, validate_label
 
 FILE_FILTERS = ("wheels", "sdists")
 ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank")
@@ -232,13 +232,5 @@ class Registration:
 
 
 def validate_understanding_name(name: str) -> str:
-    """Return ``name`` if it can name an understanding: lowercase letters, digits, - and _."""
-    if (
-        not name
-        or len(name) > 64
-        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
-    ):
-        raise InvalidInput(f"invalid understanding name {name!r}: use letters, digits, - and _")
-    if name != name.lower() or not name[0].isalnum():
-        raise InvalidInput(f"invalid understanding name {name!r}: lowercase, starting alphanumeric")
-    return name
+    """Return ``name`` if it can name an understanding."""
+    return validate_label(name, "understanding name")

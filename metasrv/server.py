@@ -16,6 +16,7 @@ from starlette.routing import Route
 from metasrv.catalog import Catalog
 from metasrv.errors import MetasrvError
 from metasrv.hotpath import HotPath, etag_matches
+from metasrv.markers import MarkerSets
 from metasrv.readapi import Answer, ReadApi, encode
 from metasrv.simpleapi import SimpleApi, WheelCache
 from metasrv.simpleserver import SimpleRoutes
@@ -61,7 +62,7 @@ def create_app(
     storage = Storage(repo_path)
     understandings = Understandings(storage, mirrors or storage.path / "metasrv-mirrors")
     catalog = Catalog(storage)
-    read_api = ReadApi(catalog, understandings)
+    read_api = ReadApi(catalog, understandings, MarkerSets(storage))
     wheels = WheelCache(storage.path / "metasrv-wheels")
     simple_routes = SimpleRoutes(SimpleApi(catalog, understandings, wheels))
 
@@ -79,10 +80,29 @@ def create_app(
     async def release(request: Request) -> Response:
         query = request.query_params
         name, version = request.path_params["name"], request.path_params["version"]
-        understanding = query.get("understanding")
-        if understanding is None:
-            return _respond(request, read_api.release(query.get("at"), name, version))
-        answer = read_api.patched_release(query.get("at"), name, version, understanding)
+        understanding, markers = query.get("understanding"), query.get("markers")
+        if markers is not None:
+            answer = read_api.annotated_release(
+                query.get("at"), name, version, markers, understanding
+            )
+        elif understanding is not None:
+            answer = read_api.patched_release(query.get("at"), name, version, understanding)
+        else:
+            answer = read_api.release(query.get("at"), name, version)
+        return _respond(request, answer)
+
+    async def marker_set_list(request: Request) -> Response:
+        return _respond(request, read_api.marker_set_list(request.query_params.get("at")))
+
+    async def marker_set(request: Request) -> Response:
+        name = request.path_params["name"]
+        return _respond(request, read_api.marker_set(request.query_params.get("at"), name))
+
+    async def evaluate(request: Request) -> Response:
+        query, name = request.query_params, request.path_params["name"]
+        answer = read_api.evaluate(
+            query.get("at"), name, query.get("marker"), query.get("requirement")
+        )
         return _respond(request, answer)
 
     async def understanding_list(request: Request) -> Response:
@@ -110,6 +130,9 @@ def create_app(
         Route("/v1/projects/{name}/{version}", release),
         Route("/v1/understandings", understanding_list),
         Route("/v1/understandings/{name}", understanding),
+        Route("/v1/markers", marker_set_list),
+        Route("/v1/markers/{name}", marker_set),
+        Route("/v1/markers/{name}/evaluate", evaluate),
         *simple_routes.routes(),
     ]
     app = Starlette(

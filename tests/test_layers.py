@@ -22,6 +22,7 @@ LAYERS = [
     "archives",
     "sources",
     "ingest",
+    "markers",
     "rules",
     "overrides",
     "understandings",
