@@ -11,7 +11,6 @@ import json
 import os
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,18 +20,13 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.servers import free_port, nginx
 from benchmarks.synthetic import build_repository, project_names
 from metasrv.catalog import Catalog
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 CONNECTIONS = 32
-NGINX_CONF = """
-user root; worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
-events {{ worker_connections 1024; }}
-http {{ access_log off; default_type application/json;
-  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
-"""
 
 
 def main() -> None:
@@ -106,14 +100,6 @@ def start_metasrv(repo_path: Path, probe: str) -> tuple[subprocess.Popen[bytes],
     raise SystemExit("metasrv did not answer within 30 s")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cold_latencies(url: str, paths: list[str]) -> list[float]:
     """Return milliseconds per first request of each path, one connection."""
     latencies = []
@@ -172,24 +158,8 @@ def _wrk_latency(output: str, label: str) -> float:
 
 def run_nginx(static_root: Path, paths: list[str], seconds: int) -> dict[str, float]:
     """Serve the same bodies as static files with one nginx worker and run the same wrk."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp())
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, port=port, root=static_root))
-    nginx = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}{paths[0]}")
-                break
-            except httpx.TransportError:
-                time.sleep(0.005)
-        return run_wrk(f"http://127.0.0.1:{port}", paths, seconds)
-    finally:
-        nginx.terminate()
-        nginx.wait()
-        shutil.rmtree(work)
+    with nginx(static_root, default_type="application/json") as url:
+        return run_wrk(url, paths, seconds)
 
 
 def touch_all_projects(url: str, count: int) -> None:

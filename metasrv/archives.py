@@ -75,17 +75,6 @@ def is_wheel(filename: str) -> bool:
     return filename.endswith(".whl")
 
 
-def validate_filename(filename: str) -> None:
-    """Raise InvalidArchive unless the name is a wheel's or an sdist's (PEP 427 / PEP 625)."""
-    try:
-        if is_wheel(filename):
-            parse_wheel_filename(filename)
-        else:
-            parse_sdist_filename(filename)
-    except (InvalidWheelFilename, InvalidSdistFilename) as exc:
-        raise InvalidArchive(f"not a distribution filename: {exc}") from None
-
-
 class _Missing(Exception):
     """A read of bytes that have not been fetched yet."""
 
@@ -219,25 +208,26 @@ def sdist_metadata_from_bytes(filename: str, content: bytes) -> ReadMetadata:
         raise InvalidArchive(f"corrupt sdist: {exc}") from None
 
 
-def project_of_filename(filename: str) -> str | None:
-    """Return the normalized project name a wheel or sdist filename carries, or None."""
+def _parse_filename(filename: str) -> tuple[str, str] | None:
     try:
         if is_wheel(filename):
-            return str(parse_wheel_filename(filename)[0])
-        if filename.endswith((".tar.gz", ".zip")):
-            return str(parse_sdist_filename(filename)[0])
+            name, version, _build, _tags = parse_wheel_filename(filename)
+        elif filename.endswith((".tar.gz", ".zip")):
+            name, version = parse_sdist_filename(filename)
+        else:
+            return None
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
-    return None
+    return str(name), str(version)
+
+
+def project_of_filename(filename: str) -> str | None:
+    """Return the normalized project name a wheel or sdist filename carries, or None."""
+    parsed = _parse_filename(filename)
+    return None if parsed is None else parsed[0]
 
 
 def version_of_filename(filename: str) -> str | None:
     """Return the (normalized) version a wheel or sdist filename carries, or None."""
-    try:
-        if is_wheel(filename):
-            return str(parse_wheel_filename(filename)[1])
-        if filename.endswith((".tar.gz", ".zip")):
-            return str(parse_sdist_filename(filename)[1])
-    except (InvalidWheelFilename, InvalidSdistFilename):
-        return None
-    return None
+    parsed = _parse_filename(filename)
+    return None if parsed is None else parsed[1]

@@ -71,6 +71,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--fetch-interval", type=float, default=10.0, help="seconds between mirror fetches"
+    )
+    serve.add_argument("--mirrors", type=Path, help="where understandings are mirrored")
     serve.set_defaults(handler=_serve)
 
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
@@ -116,7 +120,11 @@ def _serve(args: argparse.Namespace) -> int:
     from metasrv.server import create_app
 
     storage = open_repository(args.repo)
-    app = create_app(storage.workdir or storage.path)
+    if args.fetch_interval <= 0:
+        raise InvalidInput("--fetch-interval must be positive")
+    app = create_app(
+        storage.workdir or storage.path, mirrors=args.mirrors, fetch_interval=args.fetch_interval
+    )
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="info", access_log=False, server_header=False
     )
@@ -149,6 +157,8 @@ def _sync(args: argparse.Namespace) -> int:
     summary = sync(storage, source, args.projects, options, progress)
     if terminal:
         print(file=sys.stderr)
+    for failure in summary.failed_projects:
+        print(f"not synced: {failure}", file=sys.stderr)
     print(
         f"synced {summary.projects} projects from {source}: {summary.changed} changed, "
         f"{summary.removed} removed, {summary.releases_added} releases added, "

@@ -32,10 +32,6 @@ class HotPath:
         self.read_api = read_api
         self.app = app
 
-    def __getattr__(self, name: str) -> Any:
-        # Tests and uvicorn reach the wrapped Starlette app's attributes (state, routes).
-        return getattr(self.app, name)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = self._answer(scope) if scope["type"] == "http" else None
         if answer is None:

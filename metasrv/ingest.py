@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
 from metasrv import archives
 from metasrv.catalog import DATA_ROOT, Catalog
-from metasrv.errors import InvalidArchive, InvalidInput, MetasrvError, NotFound, SourceError
+from metasrv.errors import (
+    InvalidData,
+    InvalidInput,
+    MetasrvError,
+    NotFound,
+    SourceError,
+)
+from metasrv.filemetadata import read_metadata
 from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name, project_path
 from metasrv.projectfile import write_project
-from metasrv.simplepages import SourceFile
+from metasrv.simplepages import ProjectPage, SourceFile
 from metasrv.sources import (
     Fetcher,
     FetchOptions,
@@ -32,7 +35,6 @@ from metasrv.storage import CommitId, Storage
 
 # Metadata that could not be fetched is retried by the next sync; other errors belong to the bytes.
 FETCH_FAILED = "fetch failed: "
-MAX_ARCHIVE_BYTES = archives.MAX_SDIST_BYTES
 WHEELS_GIVE_METADATA = "not read: the release's wheels give its metadata"
 
 
@@ -59,6 +61,7 @@ class SyncSummary:
     commits: list[CommitId] = field(default_factory=list)
     requests: int = 0
     bytes_fetched: int = 0
+    failed_projects: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -172,19 +175,7 @@ async def _sync_project(
     summary: SyncSummary,
     named: bool,
 ) -> Project | None:
-    existing = None
-    if parent is not None:
-        try:
-            existing = catalog.get_project(parent, normalized_name)
-        except NotFound:
-            existing = None
-    state = existing.source_state if existing is not None else SourceState()
-    if existing is not None and any(
-        (f.metadata_error or "").startswith(FETCH_FAILED)
-        for r in existing.releases
-        for f in r.files
-    ):
-        state = SourceState()  # files whose fetch failed are read again even if the page is not new
+    existing, state = _existing(catalog, parent, normalized_name)
     try:
         page = await source.project_page(normalized_name, state)
     except NotFound:
@@ -194,9 +185,71 @@ async def _sync_project(
     if page is None:
         return None
     known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
+    read = await _read_page_files(source, page, known)
+    # One release per PEP 440 version, spelled as the index first lists it: files name versions
+    # normalized, and old PyPI releases may spell one version twice ("0.12.01" and "0.12.1").
+    by_version: dict[Version, tuple[str, list[DistFile]]] = {}
+    for text in page.versions:
+        if _is_version(text):
+            by_version.setdefault(Version(text), (text, []))
+    newest_name: tuple[Version, str] | None = None
+    for dist_file, stated_name, failed in read:
+        version = Version(_version(dist_file.filename))
+        by_version.setdefault(version, (_version(dist_file.filename), []))[1].append(dist_file)
+        if stated_name and (newest_name is None or version >= newest_name[0]):
+            newest_name = (version, stated_name)
+        previous = known.get(dist_file.filename)
+        if previous is None:
+            summary.files_added += 1
+        elif previous != dist_file:
+            summary.files_changed += 1
+        summary.errors += failed
+    name = registered.get(normalized_name) or (
+        newest_name[1] if newest_name and _same_project(newest_name[1], normalized_name) else None
+    )
+    name = name or (existing.name if existing is not None else page.name)
+    releases = [Release.from_files(text, tuple(files)) for text, files in by_version.values()]
+    try:
+        project = Project.create(name, releases, page.state)
+    except InvalidData as exc:
+        # One project the model cannot hold must not stop a mirror of thousands; it is counted.
+        summary.errors += 1
+        summary.failed_projects.append(f"{normalized_name}: {exc.message}")
+        return None
+    if existing is not None and project == existing:
+        return None
+    old_versions = {r.version for r in existing.releases} if existing else set()
+    summary.releases_added += sum(1 for r in project.releases if r.version not in old_versions)
+    summary.changed += 1
+    return project
+
+
+def _existing(
+    catalog: Catalog, parent: CommitId | None, normalized_name: NormalizedName
+) -> tuple[Project | None, SourceState]:
+    """Return the project as mirrored so far, and the state to ask the source with."""
+    if parent is None:
+        return None, SourceState()
+    try:
+        existing = catalog.get_project(parent, normalized_name)
+    except NotFound:
+        return None, SourceState()
+    errors = (f.metadata_error or "" for r in existing.releases for f in r.files)
+    if any(error.startswith(FETCH_FAILED) for error in errors):
+        # Files whose fetch failed are read again, though the page itself may not be new.
+        return existing, SourceState()
+    return existing, existing.source_state
+
+
+async def _read_page_files(
+    source: IndexSource | FolderSource, page: ProjectPage, known: dict[str, DistFile]
+) -> list[tuple[DistFile, str | None, bool]]:
+    """Read the metadata of a page's files: wheels first, then the sdists still needed."""
     files = [f for f in page.files if archives.version_of_filename(f.filename) is not None]
     wheels = [f for f in files if archives.is_wheel(f.filename)]
-    read = await asyncio.gather(*(_read_file(source, f, known.get(f.filename)) for f in wheels))
+    read = list(
+        await asyncio.gather(*(_read_file(source, f, known.get(f.filename)) for f in wheels))
+    )
     # Metadata in order: PEP 658, then wheels, then sdists; an sdist is read (often a whole
     # download) only for releases whose wheels gave none.
     covered = {Version(_version(d.filename)) for d, _, _ in read if d.metadata is not None}
@@ -212,34 +265,7 @@ async def _sync_project(
             if not archives.is_wheel(f.filename)
         )
     )
-    by_version: dict[str, list[DistFile]] = {v: [] for v in page.versions if _is_version(v)}
-    newest_name: tuple[Version, str] | None = None
-    for dist_file, stated_name, failed in read:
-        version_text = _version(dist_file.filename)
-        # Files name versions normalized; PEP 700 may spell one differently (2.0 vs 2.0.0).
-        version = Version(version_text)
-        version_text = next((v for v in by_version if Version(v) == version), version_text)
-        by_version.setdefault(version_text, []).append(dist_file)
-        if stated_name and (newest_name is None or Version(version_text) >= newest_name[0]):
-            newest_name = (Version(version_text), stated_name)
-        previous = known.get(dist_file.filename)
-        if previous is None:
-            summary.files_added += 1
-        elif previous != dist_file:
-            summary.files_changed += 1
-        summary.errors += failed
-    name = registered.get(normalized_name) or (
-        newest_name[1] if newest_name and _same_project(newest_name[1], normalized_name) else None
-    )
-    name = name or (existing.name if existing is not None else page.name)
-    releases = [Release.from_files(v, tuple(files)) for v, files in by_version.items()]
-    project = Project.create(name, releases, page.state)
-    if existing is not None and project == existing:
-        return None
-    old_versions = {r.version for r in existing.releases} if existing else set()
-    summary.releases_added += sum(1 for r in project.releases if r.version not in old_versions)
-    summary.changed += 1
-    return project
+    return read
 
 
 def _version(filename: str) -> str:
@@ -296,88 +322,10 @@ async def _read_file(
     if skip:
         return replace(dist_file, metadata_error=WHEELS_GIVE_METADATA), None, False
     try:
-        read = await _read_metadata(source, source_file)
+        read = await read_metadata(source, source_file)
     except SourceError as exc:
         return replace(dist_file, metadata_error=FETCH_FAILED + exc.message), None, True
     except MetasrvError as exc:
         return replace(dist_file, metadata_error=exc.message), None, True
     read_file = replace(dist_file, metadata=read.metadata, metadata_error=read.unknown_reason)
     return read_file, read.name, False
-
-
-async def _read_metadata(
-    source: IndexSource | FolderSource, source_file: SourceFile
-) -> archives.ReadMetadata:
-    if isinstance(source, FolderSource):
-        return _from_whole_file(source_file, _read_local(source_file.url))
-    fetcher = source.fetcher
-    if source_file.core_metadata:
-        response = await fetcher.get(
-            source_file.url + ".metadata", max_bytes=archives.MAX_METADATA_BYTES
-        )
-        if response.status_code == 200:
-            expected = source_file.core_metadata
-            if (
-                isinstance(expected, dict)
-                and "sha256" in expected
-                and hashlib.sha256(response.content).hexdigest() != expected["sha256"]
-            ):
-                raise InvalidArchive("hash mismatch: PEP 658 metadata file")
-            return archives.parse_metadata(response.content)
-    if archives.is_wheel(source_file.filename):
-        return await _read_wheel_by_ranges(fetcher, source_file)
-    head_range = {
-        "range": f"bytes=0-{archives.SDIST_HEAD_BYTES - 1}",
-        "accept-encoding": "identity",
-    }
-    response = await fetcher.get(source_file.url, head_range, max_bytes=MAX_ARCHIVE_BYTES)
-    if response.status_code == 206:
-        read = archives.sdist_metadata_from_head(source_file.filename, response.content)
-        if read is not None:
-            return read
-        response = await fetcher.get(source_file.url, max_bytes=MAX_ARCHIVE_BYTES)
-    _require_ok(response.status_code, source_file.url)
-    return _from_whole_file(source_file, response.content)
-
-
-async def _read_wheel_by_ranges(fetcher: Fetcher, source_file: SourceFile) -> archives.ReadMetadata:
-    """Read a wheel's METADATA with HTTP range requests, as pip and uv do."""
-    headers = {"range": f"bytes=-{archives.WHEEL_TAIL_BYTES}", "accept-encoding": "identity"}
-    response = await fetcher.get(source_file.url, headers, max_bytes=MAX_ARCHIVE_BYTES)
-    if response.status_code == 200:
-        return _from_whole_file(source_file, response.content)
-    _require_ok(response.status_code, source_file.url, expected=206)
-    total = response.headers.get("content-range", "").rpartition("/")[2]
-    if not total.isdigit():
-        raise InvalidArchive(f"{source_file.url}: 206 without a Content-Range total")
-
-    async def read_range(start: int, end: int) -> bytes:
-        ranged = await fetcher.get(
-            source_file.url,
-            {"range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"},
-            max_bytes=end - start,
-        )
-        _require_ok(ranged.status_code, source_file.url, expected=206)
-        if len(ranged.content) != end - start:
-            raise InvalidArchive(f"{source_file.url}: range answer has the wrong length")
-        return ranged.content
-
-    return await archives.wheel_metadata(int(total), response.content, read_range)
-
-
-def _from_whole_file(source_file: SourceFile, content: bytes) -> archives.ReadMetadata:
-    expected = source_file.hashes.get("sha256")
-    if expected is not None and hashlib.sha256(content).hexdigest() != expected:
-        raise InvalidArchive("hash mismatch: the file's sha256 is not the one the index lists")
-    if archives.is_wheel(source_file.filename):
-        return archives.wheel_metadata_from_bytes(content)
-    return archives.sdist_metadata_from_bytes(source_file.filename, content)
-
-
-def _read_local(url: str) -> bytes:
-    return Path(url2pathname(urlsplit(url).path)).read_bytes()
-
-
-def _require_ok(status: int, url: str, expected: int = 200) -> None:
-    if status != expected:
-        raise SourceError(f"{url}: HTTP {status}")

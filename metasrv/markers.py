@@ -78,8 +78,7 @@ def parse_date(text: Any, where: str) -> date:
 def load_pythons(document: Mapping[str, Any]) -> list[PythonRelease]:
     """Read ``markers/facts/pythons.toml``."""
     reader = TableReader(document, FACTS_PYTHONS)
-    if reader.integer("format") != FORMAT_VERSION:
-        raise InvalidData(f"{FACTS_PYTHONS}: unsupported format")
+    reader.require_format()
     releases = []
     for index, table in enumerate(reader.tables("releases")):
         where = f"{FACTS_PYTHONS}: releases[{index}]"
@@ -102,8 +101,7 @@ def load_pythons(document: Mapping[str, Any]) -> list[PythonRelease]:
 def load_platforms(document: Mapping[str, Any]) -> list[Platform]:
     """Read ``markers/facts/platforms.toml``."""
     reader = TableReader(document, FACTS_PLATFORMS)
-    if reader.integer("format") != FORMAT_VERSION:
-        raise InvalidData(f"{FACTS_PLATFORMS}: unsupported format")
+    reader.require_format()
     platforms = []
     for index, table in enumerate(reader.tables("platforms")):
         row = TableReader(table, f"{FACTS_PLATFORMS}: platforms[{index}]")
@@ -258,8 +256,7 @@ class MarkerSet:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MarkerSet:
         """Build from a parsed set file; every environment must give every marker a value."""
         reader = TableReader(document, where)
-        if reader.integer("format") != FORMAT_VERSION:
-            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        reader.require_format()
         environments = []
         for index, table in enumerate(reader.tables("environments")):
             missing = [

@@ -195,8 +195,7 @@ class Project:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
         """Build from a parsed project file; ``where`` names it in errors."""
         reader = TableReader(document, where)
-        if reader.integer("format") != FORMAT_VERSION:
-            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        reader.require_format()
         name = reader.string("name")
         source_state = SourceState(
             etag=reader.optional_string("source-etag"),
@@ -323,6 +322,11 @@ class TableReader:
             raise InvalidData(f"{self._where}: {key!r} must be a table of strings")
         return dict(table)
 
+    def require_format(self) -> None:
+        """Raise InvalidData unless the document says it is in this format version."""
+        if self.integer("format") != FORMAT_VERSION:
+            raise InvalidData(f"{self._where}: unsupported format {self._table.get('format')!r}")
+
     def value(self, key: str) -> Any:
         """Return a key's raw value (None when absent) for the caller to validate."""
         self._seen.add(key)
@@ -352,8 +356,7 @@ class MetaConfig:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
         """Build from a parsed ``metasrv.toml``."""
         reader = TableReader(document, where)
-        if reader.integer("format") != FORMAT_VERSION:
-            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        reader.require_format()
         source = TableReader(reader.optional_table("source") or {}, f"{where}: source")
         config = cls(source_url=source.optional_string("url"))
         source.reject_unknown()

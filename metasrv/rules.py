@@ -156,8 +156,7 @@ class RuleFile:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> RuleFile:
         """Build from a parsed rule file; rule ids must be unique within it."""
         reader = TableReader(document, where)
-        if reader.integer("format") != FORMAT_VERSION:
-            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        reader.require_format()
         project = reader.string("project")
         rules = tuple(
             Rule.from_toml(table, f"{where}: rules[{index}]")
@@ -204,8 +203,7 @@ class Registration:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Registration:
         """Build from a parsed ``understandings/NAME.toml``."""
         reader = TableReader(document, where)
-        if reader.integer("format") != FORMAT_VERSION:
-            raise InvalidData(f"{where}: unsupported format {document.get('format')!r}")
+        reader.require_format()
         registration = cls(
             name=reader.string("name"),
             description=reader.string("description"),

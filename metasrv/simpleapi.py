@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from packaging.utils import NormalizedName
 
 from metasrv.catalog import Catalog
@@ -20,6 +19,7 @@ from metasrv.errors import InvalidInput, NotFound, SourceError
 from metasrv.model import CoreMetadata, DistFile, Project, Release
 from metasrv.overrides import apply_layers
 from metasrv.simple import SimpleFile, project_page
+from metasrv.sources import Fetcher, FetchOptions, make_client
 from metasrv.storage import CommitId
 from metasrv.understandings import Pinned, Understandings
 from metasrv.wheels import render_metadata_file, rewrite_wheel
@@ -93,23 +93,14 @@ class WheelCache:
 
 
 async def _download(url: str, sha256: str) -> bytes:
-    async with httpx.AsyncClient(follow_redirects=True, timeout=60) as client:
-        try:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise SourceError(f"{url}: HTTP {response.status_code}")
-                chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > MAX_PATCHED_WHEEL_BYTES:
-                        raise SourceError(f"{url}: larger than {MAX_PATCHED_WHEEL_BYTES} bytes")
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise SourceError(f"{url}: {type(exc).__name__}") from None
-    content = b"".join(chunks)
-    if hashlib.sha256(content).hexdigest() != sha256:
+    options = FetchOptions(timeout_seconds=60)
+    async with make_client(options) as client:
+        response = await Fetcher(client, options).get(url, max_bytes=MAX_PATCHED_WHEEL_BYTES)
+    if response.status_code != 200:
+        raise SourceError(f"{url}: HTTP {response.status_code}")
+    if hashlib.sha256(response.content).hexdigest() != sha256:
         raise SourceError(f"{url}: the downloaded wheel's sha256 is not the one on record")
-    return content
+    return response.content
 
 
 def _write_atomically(path: Path, content: bytes) -> None:

@@ -161,16 +161,6 @@ class Storage:
         reference = self._repo.references.get(f"refs/heads/{branch}")
         return None if reference is None else CommitId(str(reference.target))
 
-    def is_ancestor(self, ancestor: CommitId, descendant: CommitId) -> bool:
-        """Return whether ``ancestor`` is reachable from ``descendant`` (or is it)."""
-        if ancestor == descendant:
-            return True
-        return bool(self._repo.descendant_of(descendant, ancestor))
-
-    def commit_time(self, commit_id: CommitId) -> int:
-        """Return a commit's committer time in seconds since the epoch."""
-        return int(self._commit(commit_id).commit_time)
-
     def blob_id(self, commit_id: CommitId, path: str) -> BlobId | None:
         """Return the id of the blob at ``path`` in a commit, or None when there is none."""
         try:

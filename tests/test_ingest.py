@@ -362,3 +362,18 @@ def test_the_cli_syncs_from_the_configured_source_and_summarises(
     assert "synced 3 projects" in out
     assert "3 changed" in out
     assert "0 errors, 1 commits" in out
+
+
+def test_two_spellings_of_one_version_become_one_release(meta: Storage, tmp_path: Path) -> None:
+    folder = tmp_path / "spellings"
+    folder.mkdir()
+    build_wheel(folder, "old", "0.12.01")
+    build_wheel(folder, "old", "0.12.1", requires_dist=["alpha"])
+    with serve_index(folder) as index:
+        summary = sync(meta, index.simple_url, ["old"], FAST)
+    assert summary.exit_code == 0
+    (release,) = _head_project(meta, "old").releases
+    assert sorted(f.filename for f in release.files) == [
+        "old-0.12.01-py3-none-any.whl",
+        "old-0.12.1-py3-none-any.whl",
+    ]

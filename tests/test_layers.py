@@ -21,6 +21,7 @@ LAYERS = [
     "simplepages",
     "archives",
     "sources",
+    "filemetadata",
     "ingest",
     "markers",
     "rules",

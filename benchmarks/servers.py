@@ -1,0 +1,64 @@
+"""Servers the benchmarks start on 127.0.0.1: nginx over a folder, readiness by polling."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+NGINX_CONF = """
+user root; worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ {access_log}; types {{ text/html html; }} default_type {default_type};
+  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+"""
+
+
+def free_port() -> int:
+    """Return a port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, seconds: float = 30) -> None:
+    """Poll ``url`` until it answers at all, or give up."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url)
+            return
+        except httpx.TransportError:
+            time.sleep(0.005)  # polling a port we just started, with a deadline
+    raise SystemExit(f"{url} did not answer within {seconds} s")
+
+
+@contextmanager
+def nginx(
+    root: Path, *, default_type: str = "application/octet-stream", access_log: Path | None = None
+) -> Iterator[str]:
+    """Serve ``root`` with one nginx worker; yield its base URL."""
+    port = free_port()
+    work = Path(tempfile.mkdtemp())
+    log = f"access_log {access_log}" if access_log is not None else "access_log off"
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(
+            work=work, port=port, root=root, default_type=default_type, access_log=log
+        )
+    )
+    process = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf")])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait()
+        shutil.rmtree(work)

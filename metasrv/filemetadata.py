@@ -1,0 +1,94 @@
+"""Core metadata of one source file: its PEP 658 file, else its wheel by ranges, else its sdist."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from metasrv import archives
+from metasrv.errors import InvalidArchive, SourceError
+from metasrv.simplepages import SourceFile
+from metasrv.sources import Fetcher, FolderSource, IndexSource
+
+MAX_ARCHIVE_BYTES = archives.MAX_SDIST_BYTES
+
+
+async def read_metadata(
+    source: IndexSource | FolderSource, source_file: SourceFile
+) -> archives.ReadMetadata:
+    """Return a file's core metadata: its PEP 658 file, its wheel by ranges, or its sdist."""
+    if isinstance(source, FolderSource):
+        return _from_whole_file(source_file, _read_local(source_file.url))
+    fetcher = source.fetcher
+    if source_file.core_metadata:
+        response = await fetcher.get(
+            source_file.url + ".metadata", max_bytes=archives.MAX_METADATA_BYTES
+        )
+        if response.status_code == 200:
+            expected = source_file.core_metadata
+            if (
+                isinstance(expected, dict)
+                and "sha256" in expected
+                and hashlib.sha256(response.content).hexdigest() != expected["sha256"]
+            ):
+                raise InvalidArchive("hash mismatch: PEP 658 metadata file")
+            return archives.parse_metadata(response.content)
+    if archives.is_wheel(source_file.filename):
+        return await _read_wheel_by_ranges(fetcher, source_file)
+    head_range = {
+        "range": f"bytes=0-{archives.SDIST_HEAD_BYTES - 1}",
+        "accept-encoding": "identity",
+    }
+    response = await fetcher.get(source_file.url, head_range, max_bytes=MAX_ARCHIVE_BYTES)
+    if response.status_code == 206:
+        read = archives.sdist_metadata_from_head(source_file.filename, response.content)
+        if read is not None:
+            return read
+        response = await fetcher.get(source_file.url, max_bytes=MAX_ARCHIVE_BYTES)
+    _require_ok(response.status_code, source_file.url)
+    return _from_whole_file(source_file, response.content)
+
+
+async def _read_wheel_by_ranges(fetcher: Fetcher, source_file: SourceFile) -> archives.ReadMetadata:
+    """Read a wheel's METADATA with HTTP range requests, as pip and uv do."""
+    headers = {"range": f"bytes=-{archives.WHEEL_TAIL_BYTES}", "accept-encoding": "identity"}
+    response = await fetcher.get(source_file.url, headers, max_bytes=MAX_ARCHIVE_BYTES)
+    if response.status_code == 200:
+        return _from_whole_file(source_file, response.content)
+    _require_ok(response.status_code, source_file.url, expected=206)
+    total = response.headers.get("content-range", "").rpartition("/")[2]
+    if not total.isdigit():
+        raise InvalidArchive(f"{source_file.url}: 206 without a Content-Range total")
+
+    async def read_range(start: int, end: int) -> bytes:
+        ranged = await fetcher.get(
+            source_file.url,
+            {"range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"},
+            max_bytes=end - start,
+        )
+        _require_ok(ranged.status_code, source_file.url, expected=206)
+        if len(ranged.content) != end - start:
+            raise InvalidArchive(f"{source_file.url}: range answer has the wrong length")
+        return ranged.content
+
+    return await archives.wheel_metadata(int(total), response.content, read_range)
+
+
+def _from_whole_file(source_file: SourceFile, content: bytes) -> archives.ReadMetadata:
+    expected = source_file.hashes.get("sha256")
+    if expected is not None and hashlib.sha256(content).hexdigest() != expected:
+        raise InvalidArchive("hash mismatch: the file's sha256 is not the one the index lists")
+    if archives.is_wheel(source_file.filename):
+        return archives.wheel_metadata_from_bytes(content)
+    return archives.sdist_metadata_from_bytes(source_file.filename, content)
+
+
+def _read_local(url: str) -> bytes:
+    return Path(url2pathname(urlsplit(url).path)).read_bytes()
+
+
+def _require_ok(status: int, url: str, expected: int = 200) -> None:
+    if status != expected:
+        raise SourceError(f"{url}: HTTP {status}")
