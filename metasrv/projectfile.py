@@ -37,24 +37,82 @@ def read_release(document: bytes, where: str, version: Version) -> tuple[str, Re
     """
     head = _head(document)
     head_table = tomlcodec.loads(head, where=where)
-    sections = None if "releases" in head_table else _release_sections(document)
-    if sections is not None:
-        for version_text, (start, end) in sections.items():
-            try:
-                matches = parse_version(version_text) == version
-            except InvalidInput:
-                break
-            if matches:
-                partial = Project.from_toml(
-                    tomlcodec.loads(head + b"\n" + document[start:end], where=where), where
-                )
-                if len(partial.releases) == 1:
-                    return partial.name, partial.releases[0]
-                break
-        else:
-            return TableReader(head_table, where).string("name"), None
+    span = None if "releases" in head_table else _find_span(document, version)
+    if span is _ABSENT:
+        return TableReader(head_table, where).string("name"), None
+    if span is not None:
+        start, end = span
+        partial = Project.from_toml(
+            tomlcodec.loads(head + b"\n" + document[start:end], where=where), where
+        )
+        if len(partial.releases) == 1:
+            return partial.name, partial.releases[0]
     project = read_project(document, where)
     return project.name, project.find_release(version)
+
+
+_ABSENT = (-1, -1)
+
+
+def _find_span(document: bytes, version: Version) -> tuple[int, int] | None:
+    """Return the byte span of a release's tables, ``_ABSENT``, or None when only a whole parse
+    can tell (the file is not in the canonical shape, or a key is no version)."""
+    # Every table header a release's (C-level counts; a regex over megabytes costs ~10 ms).
+    headers = document.count(b"\n[")
+    if document.startswith(b"[") or headers != document.count(b"\n[releases.") + document.count(
+        b"\n[[releases."
+    ):
+        return None
+    exact = _exact_span(document, str(version))
+    if exact is not None:
+        return exact
+    sections = _release_sections(document)
+    if sections is None:
+        return None
+    try:
+        return _span_of(sections, version) or _ABSENT
+    except InvalidInput:
+        return None
+
+
+def _exact_span(document: bytes, version_text: str) -> tuple[int, int] | None:
+    """Return the span of the release keyed exactly ``version_text``, if its tables are one run.
+
+    A few ``find`` calls instead of indexing every release: botocore has ~2,000 of them.
+    """
+    quoted = b'"' + version_text.encode() + b'"'
+    starts = [
+        position + 1
+        for marker in (b"\n[releases." + quoted, b"\n[[releases." + quoted)
+        if (position := document.find(marker)) >= 0
+    ]
+    if not starts:
+        return None
+    first = min(starts)
+    end = len(document)
+    position = document.find(b"\n[", first)
+    while position >= 0:
+        header = _RELEASE_HEADER.match(document, position + 1)
+        if header is None or (header.group(1) or header.group(2)) != version_text.encode():
+            end = position + 1
+            break
+        position = document.find(b"\n[", position + 1)
+    later = (
+        document.find(b"\n[releases." + quoted, end),
+        document.find(b"\n[[releases." + quoted, end),
+    )
+    return None if max(later) >= 0 else (first, end)
+
+
+def _span_of(sections: dict[str, tuple[int, int]], version: Version) -> tuple[int, int] | None:
+    """Return the span of the release equal to ``version``: its canonical spelling first."""
+    exact = sections.get(str(version))
+    if exact is not None:
+        return exact
+    for version_text, span in sections.items():
+        if parse_version(version_text) == version:
+            return span
+    return None
 
 
 def _release_sections(document: bytes) -> dict[str, tuple[int, int]] | None:

@@ -15,7 +15,9 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 def test_reading_one_release_equals_reading_the_whole_file(path: Path) -> None:
     document = path.read_bytes()
     project = read_project(document, path.name)
-    for release in project.releases:
+    # Every release of small projects; 60 spread over large ones (botocore has ~2,000).
+    step = max(1, len(project.releases) // 60)
+    for release in (*project.releases[::step], project.releases[-1]):
         assert read_release(document, path.name, release.version) == (project.name, release)
 
 
