@@ -160,6 +160,10 @@ def _rule_from_args(args: argparse.Namespace) -> Rule:
         open_ended=args.open_ended,
         **fields,
     ).to_toml()
+    # The file keeps the contributor's spelling, as a hand-written rule would.
+    document["versions"] = args.versions
+    if action in ("replace", "add", "requires_python"):
+        document[action.replace("_", "-")] = value if action == "requires_python" else [value]
     if args.uploaded_before:
         document["uploaded-before"] = args.uploaded_before
     # Round-trip through the file format so the CLI accepts exactly what a file may hold.

@@ -138,6 +138,9 @@ def test_a_second_override_merges_into_the_projects_file(
     written = Storage(understanding).read(Storage(understanding).resolve("cap"), RULE_PATH)
     rules = RuleFile.from_toml(tomlcodec.loads(written or b"", where="x"), "x")
     assert [r.reason for r in rules.rules] == ["a", "b"]
+    # The file keeps the contributor's spelling, not packaging's normal form.
+    assert 'versions = ">=2.0,<2.1"' in (written or b"").decode()
+    assert '"Werkzeug>=2.0,<2.1",' in (written or b"").decode()
 
 
 @pytest.mark.parametrize(
