@@ -82,7 +82,7 @@ def write_override(
     branch = branch or f"override/{normalized_name}/{rule.id}"
     if repository.branch_commit(branch) is not None:
         raise InvalidInput(f"branch {branch!r} exists already; pass another --branch")
-    message = f"{canonical.name} {rule.versions}: {rule.reason}"
+    message = f"{canonical.name} {rule.spelled.get('versions', rule.versions)}: {rule.reason}"
     commit_id = repository.commit(
         branch,
         {path: tomlcodec.dumps(updated.to_toml())},
@@ -241,9 +241,13 @@ def _effect(
         new = apply_layers(release, [Layer("head", "", path, after)]).release
         old_view = {"yanked": old.yanked, **render_metadata(old.metadata)}
         new_view = {"yanked": new.yanked, **render_metadata(new.metadata)}
-        for key in ("requires-dist", "requires-python", "yanked"):
+        where = f"{canonical.name} {release.version_text}"
+        old_requirements, new_requirements = old_view["requires-dist"], new_view["requires-dist"]
+        if old_requirements != new_requirements:
+            # Reviewers read what changed, not the whole list.
+            removed = [r for r in old_requirements or () if r not in (new_requirements or ())]
+            added = [r for r in new_requirements or () if r not in (old_requirements or ())]
+            yield f"{where}: requires-dist {removed!r} -> {added!r}"
+        for key in ("requires-python", "yanked"):
             if old_view[key] != new_view[key]:
-                yield (
-                    f"{canonical.name} {release.version_text}: {key} "
-                    f"{old_view[key]!r} -> {new_view[key]!r}"
-                )
+                yield f"{where}: {key} {old_view[key]!r} -> {new_view[key]!r}"
