@@ -191,10 +191,7 @@ def test_check_validates_and_prints_the_effective_change(
     assert main(["check", str(understanding), "--repo", str(storage.path), "--base", "main"]) == 0
     out = capsys.readouterr().out
     assert "effective change against main: 1 field(s)" in out
-    assert (
-        "Flask 1.1.4: requires-dist ['Werkzeug<2.0', 'click<8.0'] -> ['Werkzeug<2.0', 'click']"
-        in out
-    )
+    assert "Flask 1.1.4: requires-dist ['click<8.0'] -> ['click']" in out
 
 
 def test_check_reports_every_problem_as_file_and_line(
