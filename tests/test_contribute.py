@@ -22,6 +22,23 @@ def git(repository: Path, *args: str) -> str:
     ).stdout
 
 
+def register_pallets(storage: Storage, repository: Path) -> int:
+    """Run `metasrv understanding add pallets` against ``repository``."""
+    return main(
+        [
+            "understanding",
+            "add",
+            "pallets",
+            "--repository",
+            str(repository),
+            "--description",
+            "the pallets ecosystem",
+            "--repo",
+            str(storage.path),
+        ]
+    )
+
+
 @pytest.fixture
 def understanding(tmp_path: Path, storage: Storage) -> Path:
     """Return a checked-out understanding repository registered as 'pallets'."""
@@ -31,22 +48,7 @@ def understanding(tmp_path: Path, storage: Storage) -> Path:
     (path / "README.md").write_text("pallets understanding\n")
     git(path, "add", "README.md")
     git(path, "commit", "-q", "-m", "start")
-    assert (
-        main(
-            [
-                "understanding",
-                "add",
-                "pallets",
-                "--repository",
-                str(path),
-                "--description",
-                "the pallets ecosystem",
-                "--repo",
-                str(storage.path),
-            ]
-        )
-        == 0
-    )
+    assert register_pallets(storage, path) == 0
     return path
 
 
@@ -61,22 +63,7 @@ def test_registering_commits_a_registration_the_server_reads(
         storage.read(storage.resolve(None), "understandings/pallets.toml") or b"", where="x"
     )
     assert document["repository"] == str(understanding)
-    assert (
-        main(
-            [
-                "understanding",
-                "add",
-                "pallets",
-                "--repository",
-                str(understanding),
-                "--description",
-                "again",
-                "--repo",
-                str(storage.path),
-            ]
-        )
-        == 2
-    )
+    assert register_pallets(storage, understanding) == 2
     assert "registered already" in capsys.readouterr().err
 
 
