@@ -62,14 +62,20 @@ class Rewritten:
 
     path: Path
     sha256: str
+    size: int
     metadata: bytes
 
 
 class WheelCache:
-    """Rewritten wheels, computed on first request and kept on disk by what they are made of."""
+    """Rewritten wheels, computed on first request and kept on disk by what they are made of.
+
+    ``<key>.sha256`` is written last, so its presence means the wheel and its METADATA are
+    complete; the digest is then read, never recomputed.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._known: dict[str, Rewritten] = {}
 
     async def get(self, dist_file: DistFile, metadata: CoreMetadata) -> Rewritten:
         """Return ``dist_file`` rewritten with ``metadata``, downloading it the first time."""
@@ -80,16 +86,26 @@ class WheelCache:
             [original, metadata.requires_dist, metadata.requires_python, metadata.provides_extra]
         )
         key = hashlib.sha256(recipe.encode()).hexdigest()
-        wheel_path = self.folder / f"{key}.whl"
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        wheel_path, digest_path = self.folder / f"{key}.whl", self.folder / f"{key}.sha256"
         metadata_path = self.folder / f"{key}.metadata"
-        if not (wheel_path.exists() and metadata_path.exists()):
+        if not digest_path.exists():
             content = await _download(dist_file.url, original)
             rewritten, new_metadata = await asyncio.to_thread(rewrite_wheel, content, metadata)
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_atomically(metadata_path, new_metadata)
             _write_atomically(wheel_path, rewritten)
-        data = wheel_path.read_bytes()
-        return Rewritten(wheel_path, hashlib.sha256(data).hexdigest(), metadata_path.read_bytes())
+            _write_atomically(digest_path, hashlib.sha256(rewritten).hexdigest().encode())
+        known = Rewritten(
+            wheel_path,
+            digest_path.read_text(),
+            wheel_path.stat().st_size,
+            metadata_path.read_bytes(),
+        )
+        self._known[key] = known
+        return known
 
 
 async def _download(url: str, sha256: str) -> bytes:
@@ -166,32 +182,38 @@ class SimpleApi:
         patched = located.patched
         prefix = mount.prefix if located.changed else mount.data_prefix
         url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
-        hashes = dict(patched.hashes)
-        metadata_bytes = await self._metadata_bytes(located)
-        if located.changed and patched.metadata is not None and _is_wheel(patched.filename):
-            rewritten = await self.wheels.get(located.original, patched.metadata)
-            hashes = {"sha256": rewritten.sha256}
+        hashes, size = dict(patched.hashes), patched.size
+        rewritten = await self._rewritten(located)
+        if rewritten is not None:
+            hashes, size = {"sha256": rewritten.sha256}, rewritten.size
+        metadata_bytes = self._metadata_bytes(located, rewritten)
         return SimpleFile(
             filename=patched.filename,
             url=url,
             hashes=hashes,
             requires_python=patched.requires_python,
             yanked=patched.yanked,
-            size=patched.size if not (located.changed and _is_wheel(patched.filename)) else None,
+            size=size,
             upload_time=patched.upload_time,
             metadata_sha256=(
                 hashlib.sha256(metadata_bytes).hexdigest() if metadata_bytes is not None else None
             ),
         )
 
-    async def _metadata_bytes(self, located: _Located) -> bytes | None:
+    async def _rewritten(self, located: _Located) -> Rewritten | None:
+        """Return the rewritten wheel a file is served as, or None when it is served as is."""
+        metadata = located.patched.metadata
+        if not located.changed or metadata is None or not _is_wheel(located.patched.filename):
+            return None
+        return await self.wheels.get(located.original, metadata)
+
+    def _metadata_bytes(self, located: _Located, rewritten: Rewritten | None) -> bytes | None:
+        if rewritten is not None:
+            return rewritten.metadata
         metadata = located.patched.metadata
         if metadata is None:
             return None
-        if located.changed and _is_wheel(located.patched.filename):
-            return (await self.wheels.get(located.original, metadata)).metadata
-        project, release = located.project, located.release
-        return render_metadata_file(project.name, release.version_text, metadata)
+        return render_metadata_file(located.project.name, located.release.version_text, metadata)
 
     def _find(self, mount: Mount, name: str, filename: str) -> _Located:
         for located in self._located(mount, name):
@@ -202,7 +224,7 @@ class SimpleApi:
     async def metadata_file(self, mount: Mount, name: str, filename: str) -> bytes:
         """Return a file's PEP 658 metadata as the view shows it."""
         located = self._find(mount, name, filename)
-        content = await self._metadata_bytes(located)
+        content = self._metadata_bytes(located, await self._rewritten(located))
         if content is None:
             raise NotFound(f"the metadata of {filename!r} is not known")
         return content
@@ -210,10 +232,8 @@ class SimpleApi:
     async def file(self, mount: Mount, name: str, filename: str) -> str | Path:
         """Return where a file's bytes are: the source's URL, or a rewritten wheel on disk."""
         located = self._find(mount, name, filename)
-        metadata = located.patched.metadata
-        if located.changed and metadata is not None and _is_wheel(filename):
-            return (await self.wheels.get(located.original, metadata)).path
-        return located.original.url
+        rewritten = await self._rewritten(located)
+        return located.original.url if rewritten is None else rewritten.path
 
 
 def _is_wheel(filename: str) -> bool:

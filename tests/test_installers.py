@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
@@ -262,3 +264,17 @@ def test_pypi_simple_reads_every_page_without_warnings(
                     assert package.digests["sha256"]
                     metadata = client.get_package_metadata(package)
                     assert f"Name: {name}" in metadata or "Name:" in metadata
+
+
+def test_a_rewritten_wheel_is_made_once_and_matches_its_listed_hash(world: World) -> None:
+    world.index.requests.clear()
+    with httpx.Client(headers={"Accept": "application/vnd.pypi.simple.v1+json"}) as http:
+        pages = [http.get(world.patched + "mtsv-beta/").json() for _ in range(3)]
+        assert pages[0] == pages[1] == pages[2]
+        (wheel,) = pages[0]["files"]
+        served = http.get(world.server.url + wheel["url"]).content
+    downloads = [p for p, _ in world.index.requests if p == "/files/mtsv_beta-1.0-py3-none-any.whl"]
+    assert len(downloads) <= 1
+    assert hashlib.sha256(served).hexdigest() == wheel["hashes"]["sha256"]
+    assert len(served) == wheel["size"]
+    assert f"/u/relaxed@{world.meta.resolve(None)}/files/" in wheel["url"]
