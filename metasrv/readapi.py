@@ -36,6 +36,8 @@ _FULL_SHA_LENGTH = 40
 
 @dataclass(frozen=True, slots=True)
 class Pin:
+    """A resolved commit, and whether answers read at it may be cached forever."""
+
     commit_id: CommitId
     immutable: bool
 

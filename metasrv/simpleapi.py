@@ -134,6 +134,7 @@ class _Located:
 
     @property
     def changed(self) -> bool:
+        """Return whether an understanding changed the file's metadata."""
         return self.original.metadata != self.patched.metadata
 
 

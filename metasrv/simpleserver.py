@@ -63,6 +63,7 @@ class SimpleRoutes:
         return headers
 
     async def index(self, request: Request) -> Response:
+        """Answer the root page listing every project."""
         mount = self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
         headers = self._headers(mount, f"{mount.commit_id}-{content_type}", content_type)
@@ -81,6 +82,7 @@ class SimpleRoutes:
         return StreamingResponse(chunks(), media_type=_media_type(content_type), headers=headers)
 
     async def project(self, request: Request) -> Response:
+        """Answer a project's page, redirecting other spellings to the normalized one."""
         mount = self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
         name = request.path_params["project"]
@@ -97,6 +99,7 @@ class SimpleRoutes:
         return Response(body, media_type=_media_type(content_type), headers=headers)
 
     async def file(self, request: Request) -> Response:
+        """Answer a file: its .metadata, a rewritten wheel, or a redirect to the source."""
         mount = self._mount(request)
         name, filename = request.path_params["project"], request.path_params["filename"]
         if filename.endswith(METADATA_SUFFIX):
