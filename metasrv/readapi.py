@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from metasrv import api, tomlcodec
@@ -166,6 +166,22 @@ class ReadApi:
         layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
         immutable = pin.immutable and all(p.immutable for p in pinned)
         return Answer(Pin(pin.commit_id, immutable), f"{pin.commit_id}-{blob_id}-{layer_key}", body)
+
+    def patched_project(self, at: str | None, name: str, understanding: str) -> Answer:
+        """Return a project's versions with the listed understandings applied to every release."""
+        pin = self.pin(at)
+        pinned = self.understandings.pin(pin.commit_id, understanding)
+        normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
+        project = self.catalog.parse_project(blob_id, normalized_name)
+        layers = [self.understandings.layer(p, normalized_name) for p in pinned]
+        releases = tuple(apply_layers(release, layers).release for release in project.releases)
+        commits = [(p.registration.name, str(p.commit)) for p in pinned]
+        document = api.render_project(replace(project, releases=releases))
+        document["understandings"] = [{"name": n, "commit": c} for n, c in commits]
+        layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
+        immutable = pin.immutable and all(p.immutable for p in pinned)
+        etag = f"{pin.commit_id}-{blob_id}-{layer_key}"
+        return Answer(Pin(pin.commit_id, immutable), etag, encode(document))
 
     def understanding_list(self, at: str | None) -> Answer:
         """List the registered understandings with their heads and mirror state."""

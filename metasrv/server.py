@@ -74,8 +74,11 @@ def create_app(
         return _respond(request, read_api.projects(query.get("at"), query.get("since")))
 
     async def project(request: Request) -> Response:
-        name = request.path_params["name"]
-        return _respond(request, read_api.project(request.query_params.get("at"), name))
+        query, name = request.query_params, request.path_params["name"]
+        understanding = query.get("understanding")
+        if understanding is None:
+            return _respond(request, read_api.project(query.get("at"), name))
+        return _respond(request, read_api.patched_project(query.get("at"), name, understanding))
 
     async def release(request: Request) -> Response:
         query = request.query_params

@@ -212,3 +212,20 @@ def test_bad_understanding_lists_are_4xx(
     response = client.get(f"/v1/projects/flask/2.0.0?{query}")
     assert response.status_code == status
     assert message in response.json()["error"]
+
+
+def test_the_versions_list_shows_an_understandings_yanks(
+    client: AsgiClient, embedded: Storage
+) -> None:
+    add_rules(
+        embedded,
+        "understandings/pallets",
+        "Flask",
+        RELAX_CLICK,
+        {"id": "bad", "versions": "==2.0.0", "yank": "broken", "reason": "it breaks"},
+    )
+    plain = client.get("/v1/projects/flask").json()
+    patched = client.get("/v1/projects/flask?understanding=pallets").json()
+    assert [v["yanked"] for v in plain["versions"]] == [False, False]
+    assert [v["yanked"] for v in patched["versions"]] == [False, "broken"]
+    assert patched["understandings"] == [{"name": "pallets", "commit": embedded.resolve(None)}]
