@@ -9,14 +9,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from metasrv import api, tomlcodec
+from metasrv import tomlcodec
 from metasrv.catalog import Catalog
 from metasrv.cli_contribute import add_parsers, open_repository
-from metasrv.errors import InvalidInput, MetasrvError, NotFound
-from metasrv.model import MetaConfig, Project, Release
-from metasrv.names import parse_version
-from metasrv.storage import CommitId, Storage
+from metasrv.errors import InvalidInput, MetasrvError
+from metasrv.markers import MarkerSets
+from metasrv.model import MetaConfig
+from metasrv.readapi import ReadApi
+from metasrv.storage import Storage
+from metasrv.understandings import Understandings
 
 FOLDER_README = (
     "# {folder}/\n\nThis folder of a metasrv meta repository holds {what}; its format is "
@@ -93,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     show.add_argument("--at", help="commit sha, branch or tag (default: HEAD's branch)")
     show.add_argument("--json", action="store_true", help="print the read API's JSON")
+    show.add_argument("--understanding", help="apply understandings: name[@commit],...")
     show.set_defaults(handler=_show)
     add_parsers(commands)
     return parser
@@ -182,57 +186,70 @@ def _configured_source(storage: Storage) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     storage = open_repository(args.repo)
-    catalog = Catalog(storage)
-    commit_id = storage.resolve(args.at)
-    project = catalog.get_project(commit_id, args.project)
+    # The terminal shows exactly what the read API answers, computed by the same code.
+    read_api = ReadApi(
+        Catalog(storage),
+        Understandings(storage, storage.path / "metasrv-mirrors"),
+        MarkerSets(storage),
+    )
     if args.version is None:
-        document = api.render_project(project)
-        text = _format_project(project, commit_id)
+        answer = (
+            read_api.patched_project(args.at, args.project, args.understanding)
+            if args.understanding
+            else read_api.project(args.at, args.project)
+        )
+    elif args.understanding:
+        answer = read_api.patched_release(args.at, args.project, args.version, args.understanding)
     else:
-        release = project.find_release(parse_version(args.version))
-        if release is None:
-            raise NotFound(f"unknown version {args.version!r} of {project.name!r}")
-        document = api.render_release(project.name, project.normalized_name, release)
-        text = _format_release(project, release, commit_id)
+        answer = read_api.release(args.at, args.project, args.version)
+    document = json.loads(answer.content())
     if args.json:
-        print(json.dumps({"at": commit_id, **document}, indent=2))
+        print(json.dumps(document, indent=2))
+    elif args.version is None:
+        print(_format_project(document))
     else:
-        print(text)
+        print(_format_release(document))
     return 0
 
 
-def _format_project(project: Project, commit_id: CommitId) -> str:
-    lines = [f"{project.name} ({project.normalized_name}) at {commit_id[:12]}"]
-    width = max((len(release.version_text) for release in project.releases), default=0)
-    for release in project.releases:
-        notes = [f"{len(release.files)} file{'s' if len(release.files) != 1 else ''}"]
-        if release.requires_python:
-            notes.append(f"requires-python {release.requires_python}")
-        if release.yanked:
-            notes.append("yanked" if release.yanked is True else f"yanked: {release.yanked}")
-        lines.append(f"  {release.version_text:<{width}}  {', '.join(notes)}")
+def _format_project(document: dict[str, Any]) -> str:
+    lines = [f"{document['name']} ({document['normalized-name']}) at {document['at'][:12]}"]
+    versions = document["versions"]
+    width = max((len(v["version"]) for v in versions), default=0)
+    for version in versions:
+        notes = [f"{version['files']} file{'s' if version['files'] != 1 else ''}"]
+        if version["requires-python"]:
+            notes.append(f"requires-python {version['requires-python']}")
+        if version["yanked"]:
+            yanked = version["yanked"]
+            notes.append("yanked" if yanked is True else f"yanked: {yanked}")
+        lines.append(f"  {version['version']:<{width}}  {', '.join(notes)}")
     return "\n".join(lines)
 
 
-def _format_release(project: Project, release: Release, commit_id: CommitId) -> str:
-    lines = [f"{project.name} {release.version_text} at {commit_id[:12]}"]
-    if release.yanked:
-        lines.append(f"yanked: {release.yanked}")
-    metadata = release.metadata
-    if metadata is None:
-        reasons = sorted({f.metadata_error for f in release.files if f.metadata_error})
+def _format_release(document: dict[str, Any]) -> str:
+    lines = [f"{document['name']} {document['version']} at {document['at'][:12]}"]
+    if document["yanked"]:
+        lines.append(f"yanked: {document['yanked']}")
+    if document["requires-dist"] is None:
+        reasons = sorted({f["metadata-error"] for f in document["files"] if "metadata-error" in f})
         lines.append(f"core metadata: unknown ({'; '.join(reasons) or 'no files'})")
     else:
-        lines.append(f"requires-python: {metadata.requires_python or '(any)'}")
-        lines.append(f"provides-extra: {', '.join(metadata.provides_extra) or '(none)'}")
-        lines.append("requires-dist:" + ("" if metadata.requires_dist else " (none)"))
-        lines.extend(f"  {requirement}" for requirement in metadata.requires_dist)
+        lines.append(f"requires-python: {document['requires-python'] or '(any)'}")
+        lines.append(f"provides-extra: {', '.join(document['provides-extra']) or '(none)'}")
+        lines.append("requires-dist:" + ("" if document["requires-dist"] else " (none)"))
+        lines.extend(f"  {requirement}" for requirement in document["requires-dist"])
+    for patch in document.get("patches", ()):
+        lines.append(
+            f"patched by {patch['understanding']} ({patch['rule']}): {patch['field']} "
+            f"{patch['before']!r} -> {patch['after']!r}; {patch['reason']}"
+        )
     lines.append("files:")
-    for dist_file in release.files:
-        differs = ""
-        if dist_file.metadata is None and metadata is not None:
-            differs = f" (metadata unknown: {dist_file.metadata_error})"
-        elif dist_file.metadata != metadata:
-            differs = " (own metadata)"
-        lines.append(f"  {dist_file.filename}  {dist_file.size or '?'} bytes{differs}")
+    for dist_file in document["files"]:
+        note = ""
+        if "metadata-error" in dist_file:
+            note = f" (metadata unknown: {dist_file['metadata-error']})"
+        elif "metadata" in dist_file:
+            note = " (own metadata)"
+        lines.append(f"  {dist_file['filename']}  {dist_file['size'] or '?'} bytes{note}")
     return "\n".join(lines)

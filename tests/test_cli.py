@@ -88,3 +88,19 @@ def test_a_folder_that_is_not_a_repository_is_a_usage_error(
 ) -> None:
     assert main(["show", "flask", "--repo", str(tmp_path)]) == 2
     assert "is not a git repository" in capsys.readouterr().err
+
+
+def test_show_applies_understandings_as_the_api_does(
+    storage: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_understandings import RELAX_CLICK, add_rules, register
+
+    register(storage, "pallets", ".", "understandings/pallets")
+    add_rules(storage, "understandings/pallets", "Flask", RELAX_CLICK)
+    repo = ["--repo", str(storage.path)]
+    assert main(["show", "flask", "1.1.4", "--understanding", "pallets", *repo]) == 0
+    out = capsys.readouterr().out
+    assert "requires-dist:\n  Werkzeug<2.0\n  click\n" in out
+    assert "patched by pallets (relax-click): requires-dist 'click<8.0' -> 'click'" in out
+    assert main(["show", "flask", "--understanding", "nope", *repo]) == 2
+    assert "unknown understanding 'nope'" in capsys.readouterr().err
