@@ -9,6 +9,7 @@ import pytest
 from metasrv.cli import main
 from metasrv.storage import Storage
 from tests.builders import commit_projects, make_project
+from tests.test_understandings import RELAX_CLICK, add_rules, register
 
 
 def test_init_creates_a_committed_meta_repository_with_a_clean_work_tree(tmp_path: Path) -> None:
@@ -93,8 +94,6 @@ def test_a_folder_that_is_not_a_repository_is_a_usage_error(
 def test_show_applies_understandings_as_the_api_does(
     storage: Storage, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_understandings import RELAX_CLICK, add_rules, register
-
     register(storage, "pallets", ".", "understandings/pallets")
     add_rules(storage, "understandings/pallets", "Flask", RELAX_CLICK)
     repo = ["--repo", str(storage.path)]
