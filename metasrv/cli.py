@@ -123,9 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from metasrv.server import create_app
 
-    storage = open_repository(args.repo)
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"--port {args.port} is not a TCP port (0 to 65535)")
+    storage = open_repository(args.repo)
     app = create_app(
         storage.workdir or storage.path, mirrors=args.mirrors, fetch_interval=args.fetch_interval
     )

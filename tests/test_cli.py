@@ -70,6 +70,8 @@ def test_show_json_matches_the_read_api(
         (["show", "flask", "--at", "HEAD~1"], "invalid ref"),
         (["show"], "the following arguments are required: project"),
         (["frobnicate"], "invalid choice"),
+        (["serve", "--port", "99999"], "is not a TCP port"),
+        (["serve", "--fetch-interval", "0"], "--fetch-interval must be positive"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(
