@@ -21,6 +21,15 @@ from metasrv.storage import Storage
 from tests.builders import create_meta_repository, make_project
 
 STARTUP_DEADLINE_SECONDS = 30
+SIGNATURE = ("metasrv tests", "tests@metasrv.invalid")
+# Tests that run the git CLI must not depend on the machine having a git identity.
+for variable, value in (
+    ("GIT_AUTHOR_NAME", SIGNATURE[0]),
+    ("GIT_AUTHOR_EMAIL", SIGNATURE[1]),
+    ("GIT_COMMITTER_NAME", SIGNATURE[0]),
+    ("GIT_COMMITTER_EMAIL", SIGNATURE[1]),
+):
+    os.environ.setdefault(variable, value)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from metasrv.names import normalize_name, project_path
 from metasrv.storage import Storage
 from tests.builders import commit_projects, make_project
-from tests.conftest import AsgiClient
+from tests.conftest import SIGNATURE, AsgiClient
 
 
 def test_the_root_names_the_source_branch_commit_and_endpoints(
@@ -181,7 +181,12 @@ def test_a_commit_whose_data_folder_is_gone_lists_nothing(
     raw = pygit2.Repository(str(storage.path))
     empty_tree = raw.TreeBuilder().write()
     commit_id = raw.create_commit(
-        "refs/heads/empty", raw.default_signature, raw.default_signature, "e", empty_tree, []
+        "refs/heads/empty",
+        pygit2.Signature(*SIGNATURE),
+        pygit2.Signature(*SIGNATURE),
+        "e",
+        empty_tree,
+        [],
     )
     assert client.get(f"/v1/projects?at={commit_id}").json()["projects"] == []
     assert client.get(f"/v1/projects/flask?at={commit_id}").status_code == 404

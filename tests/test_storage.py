@@ -7,6 +7,7 @@ import pytest
 
 from metasrv.errors import Conflict, InvalidInput, NotFound
 from metasrv.storage import Storage
+from tests.conftest import SIGNATURE
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_refs_resolve_by_sha_short_sha_branch_and_tag(repo: Storage) -> None:
     raw = pygit2.Repository(str(repo.path))
     raw.references.create("refs/tags/v1", first)
     raw.create_tag(
-        "v1-annotated", first, pygit2.enums.ObjectType.COMMIT, raw.default_signature, "m"
+        "v1-annotated", first, pygit2.enums.ObjectType.COMMIT, pygit2.Signature(*SIGNATURE), "m"
     )
     raw.references.create("refs/heads/feature/x", first)
     assert repo.resolve(first) == first
