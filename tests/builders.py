@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from metasrv import tomlcodec
+from metasrv.cli import main
 from metasrv.model import CoreMetadata, DistFile, MetaConfig, Project, Release
 from metasrv.names import project_path
 from metasrv.projectfile import write_project
@@ -78,3 +79,18 @@ def create_meta_repository(path: Path, *projects: Project) -> Storage:
     files["metasrv.toml"] = tomlcodec.dumps(MetaConfig(source_url=SOURCE_URL).to_toml())
     storage.commit("main", files, "Create meta repository")
     return storage
+
+
+FACTS = Path(__file__).resolve().parents[1] / "markers" / "facts"
+
+
+def add_marker_sets(storage: Storage, sets: dict[str, str], months: int = 36) -> None:
+    """Commit the real marker facts and generate ``name -> platforms`` sets with the CLI."""
+    facts: dict[str, bytes | None] = {
+        f"markers/facts/{path.name}": path.read_bytes() for path in FACTS.glob("*.toml")
+    }
+    storage.commit(storage.head_branch(), facts, "marker facts")
+    for name, platforms in sets.items():
+        arguments = ["markers", "generate", name, "--platforms", platforms]
+        arguments += ["--months", str(months), "--as-of", "2026-11-25", "--repo", str(storage.path)]
+        assert main(arguments) == 0

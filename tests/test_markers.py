@@ -24,6 +24,7 @@ from metasrv.markers import (
     supported_in_window,
 )
 from metasrv.storage import Storage
+from tests.builders import add_marker_sets
 from tests.conftest import AsgiClient
 from tests.test_understandings import add_rules, register
 
@@ -110,29 +111,7 @@ def test_linux_macos_windows_36m_holds_every_platform_and_supported_cpython() ->
 @pytest.fixture
 def meta(storage: Storage) -> Storage:
     """Give the test meta repository the real facts and two generated sets."""
-    files: dict[str, bytes | None] = {
-        f"markers/facts/{p.name}": p.read_bytes() for p in FACTS.glob("*.toml")
-    }
-    storage.commit("main", files, "facts")
-    for name, platforms in (("lmw", "linux,macos,windows"), ("lin", "linux")):
-        assert (
-            main(
-                [
-                    "markers",
-                    "generate",
-                    name,
-                    "--platforms",
-                    platforms,
-                    "--months",
-                    "36",
-                    "--as-of",
-                    "2026-11-25",
-                    "--repo",
-                    str(storage.path),
-                ]
-            )
-            == 0
-        )
+    add_marker_sets(storage, {"lmw": "linux,macos,windows", "lin": "linux"})
     return storage
 
 

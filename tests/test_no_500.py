@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metasrv.cli import main
 from metasrv.storage import Storage
+from tests.builders import add_marker_sets
 from tests.conftest import AsgiClient
 from tests.test_understandings import CAP_WERKZEUG, add_rules, register
 
@@ -42,7 +41,6 @@ PARAMETERS = [
     "format",
 ]
 text = st.text(min_size=0, max_size=40)
-FACTS = Path(__file__).resolve().parents[1] / "markers" / "facts"
 
 
 @pytest.fixture
@@ -50,28 +48,7 @@ def rich(storage: Storage) -> Storage:
     """Give the repository an understanding and a marker set for the fuzzer to reach."""
     register(storage, "pallets", ".", "understandings/pallets")
     add_rules(storage, "understandings/pallets", "Flask", CAP_WERKZEUG)
-    facts: dict[str, bytes | None] = {
-        f"markers/facts/{p.name}": p.read_bytes() for p in FACTS.glob("*")
-    }
-    storage.commit("main", facts, "facts")
-    assert (
-        main(
-            [
-                "markers",
-                "generate",
-                "lin",
-                "--platforms",
-                "linux",
-                "--months",
-                "12",
-                "--as-of",
-                "2026-11-25",
-                "--repo",
-                str(storage.path),
-            ]
-        )
-        == 0
-    )
+    add_marker_sets(storage, {"lin": "linux"}, months=12)
     return storage
 
 
