@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import threading
+
 import pygit2
 import pytest
 
+from metasrv.catalog import Catalog
 from metasrv.names import normalize_name, project_path
 from metasrv.storage import Storage
 from tests.builders import commit_projects, make_project
@@ -190,3 +193,39 @@ def test_a_commit_whose_data_folder_is_gone_lists_nothing(
     )
     assert client.get(f"/v1/projects?at={commit_id}").json()["projects"] == []
     assert client.get(f"/v1/projects/flask?at={commit_id}").status_code == 404
+
+
+def test_readers_see_whole_commits_while_a_writer_commits(
+    client: AsgiClient, storage: Storage
+) -> None:
+    writer = Storage(storage.path)  # a handle of its own, as a separate sync process has
+    reading, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        reading.wait()
+        for index in range(30):
+            versions = [f"1.{n}" for n in range(index % 7 + 1)]
+            commit_projects(
+                writer, make_project("Flask", versions), make_project("click", versions)
+            )
+        done.set()
+
+    initial = storage.resolve(None)
+    thread = threading.Thread(target=write)
+    thread.start()
+    catalog = Catalog(Storage(storage.path))
+    seen: set[str] = set()
+    while not done.is_set():
+        body = client.get("/v1/projects/flask").json()
+        reading.set()
+        seen.add(body["at"])
+        expected = catalog.get_project(body["at"], "flask")
+        assert [v["version"] for v in body["versions"]] == [
+            r.version_text for r in expected.releases
+        ]
+        if body["at"] != initial:
+            # The writer's commits give both projects the same versions: never a torn pair.
+            click = client.get(f"/v1/projects/click?at={body['at']}").json()
+            assert click["versions"] == body["versions"]
+    thread.join()
+    assert len(seen) >= 2
