@@ -139,10 +139,16 @@ class ReadApi:
         key = ("release", blob_id, version_text)
         body = self.bodies.get(key)
         if body is None:
+            # Unknown versions are remembered too: in a large file, finding none costs the most.
+            missing = self.bodies.get(("missing", blob_id, version_text))
+            if missing is not None:
+                raise NotFound(missing.decode())
             version = parse_version(version_text)
             name, release = self.catalog.read_release(blob_id, normalized_name, version)
             if release is None:
-                raise NotFound(f"unknown version {version_text!r} of {name!r}")
+                message = f"unknown version {version_text!r} of {name!r}"
+                self.bodies.put(("missing", blob_id, version_text), message.encode())
+                raise NotFound(message)
             body = encode(api.render_release(name, normalized_name, release))
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
