@@ -8,13 +8,15 @@ from functools import lru_cache
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
+from metasrv import tomlcodec
 from metasrv.errors import NotFound
-from metasrv.model import Project, Release
+from metasrv.model import MetaConfig, Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
 from metasrv.projectfile import read_project, read_release, registered_name
 from metasrv.storage import BlobId, CommitId, Storage
 
 DATA_ROOT = "data"
+CONFIG_PATH = "metasrv.toml"
 # A parsed project is ~100 KB of objects; encoded bodies are cached separately and far smaller.
 PARSED_PROJECT_CACHE_SIZE = 256
 
@@ -41,6 +43,13 @@ class Catalog:
         self.storage = storage
         self._listing: _Listing | None = None
         self._parse_project = lru_cache(maxsize=PARSED_PROJECT_CACHE_SIZE)(self._parse_blob)
+
+    def config(self, commit_id: CommitId) -> MetaConfig:
+        """Return the meta repository's ``metasrv.toml`` at a commit (empty when it has none)."""
+        content = self.storage.read(commit_id, CONFIG_PATH)
+        if content is None:
+            return MetaConfig()
+        return MetaConfig.from_toml(tomlcodec.loads(content, where=CONFIG_PATH), CONFIG_PATH)
 
     def project_blob(self, commit_id: CommitId, name: str) -> tuple[NormalizedName, BlobId]:
         """Return the normalized name and blob id of a project's file at a commit."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from metasrv import tomlcodec
-from metasrv.catalog import Catalog
+from metasrv.catalog import CONFIG_PATH, Catalog
 from metasrv.cli_contribute import add_parsers, open_repository
 from metasrv.errors import InvalidInput, MetasrvError
 from metasrv.markers import MarkerSets
@@ -108,7 +108,7 @@ def _init(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{path} exists and is not empty")
     storage = Storage.init(path)
     files: dict[str, bytes | None] = {
-        "metasrv.toml": tomlcodec.dumps(MetaConfig(source_url=args.source).to_toml()),
+        CONFIG_PATH: tomlcodec.dumps(MetaConfig(source_url=args.source).to_toml()),
     }
     for folder, what in FOLDERS.items():
         files[f"{folder}/README.md"] = FOLDER_README.format(folder=folder, what=what).encode()
@@ -175,15 +175,10 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _configured_source(storage: Storage) -> str:
-    config_bytes = storage.read(storage.resolve(None), "metasrv.toml")
-    if config_bytes is None:
-        raise InvalidInput("no --source given and the repository has no metasrv.toml")
-    config = MetaConfig.from_toml(
-        tomlcodec.loads(config_bytes, where="metasrv.toml"), "metasrv.toml"
-    )
-    if config.source_url is None:
-        raise InvalidInput("no --source given and metasrv.toml names no source")
-    return config.source_url
+    source_url = Catalog(storage).config(storage.resolve(None)).source_url
+    if source_url is None:
+        raise InvalidInput(f"no --source given and {CONFIG_PATH} names no source")
+    return source_url
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -191,7 +186,7 @@ def _show(args: argparse.Namespace) -> int:
     # The terminal shows exactly what the read API answers, computed by the same code.
     read_api = ReadApi(
         Catalog(storage),
-        Understandings(storage, storage.path / "metasrv-mirrors"),
+        Understandings(storage),
         MarkerSets(storage),
     )
     if args.version is None:

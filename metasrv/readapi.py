@@ -8,7 +8,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from metasrv import api, tomlcodec
+from packaging.utils import NormalizedName
+
+from metasrv import api
 from metasrv.bytecache import ByteCache
 from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput, MetasrvError, NotFound
@@ -19,19 +21,16 @@ from metasrv.markers import (
     parse_marker,
     parse_requirement,
 )
-from metasrv.model import MetaConfig
 from metasrv.names import normalize_name, parse_version
-from metasrv.overrides import apply_layers
+from metasrv.overrides import Layer, apply_layers
 from metasrv.rules import Registration, rule_path
-from metasrv.storage import CommitId
+from metasrv.storage import BlobId, CommitId
 from metasrv.understandings import Understandings
 
-CONFIG_PATH = "metasrv.toml"
 BODY_CACHE_BYTES = 64 * 1024 * 1024
 IMMUTABLE = b"public, max-age=31536000, immutable"
 # A moving ref may gain a commit at any moment; a short max-age bounds how stale a cache can be.
 MOVING = b"public, max-age=10"
-_FULL_SHA_LENGTH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +62,16 @@ class Answer:
         return b'{"at":"' + self.pin.commit_id.encode() + b'",' + self.body[1:]
 
 
+@dataclass(frozen=True, slots=True)
+class _LayeredView:
+    pin: Pin
+    normalized_name: NormalizedName
+    blob_id: BlobId
+    layers: list[Layer]
+    commits: list[tuple[str, str]]
+    etag: str
+
+
 class ReadApi:
     """The read API over one catalog, with encoded bodies cached by object id."""
 
@@ -81,17 +90,13 @@ class ReadApi:
         if not at:
             raise InvalidInput("'at' is empty: expected a commit sha, a branch or a tag")
         commit_id = self.catalog.storage.resolve(at)
-        return Pin(commit_id, immutable=len(at) == _FULL_SHA_LENGTH and at == commit_id)
+        # Only a full sha names the same commit forever; resolution returns full shas.
+        return Pin(commit_id, immutable=at == commit_id)
 
     def root(self, at: str | None) -> Answer:
         """Describe the server: source repository, branch, commit, endpoints."""
         pin = self.pin(at)
-        config_bytes = self.catalog.storage.read(pin.commit_id, CONFIG_PATH)
-        config = (
-            MetaConfig.from_toml(tomlcodec.loads(config_bytes, where=CONFIG_PATH), CONFIG_PATH)
-            if config_bytes is not None
-            else MetaConfig()
-        )
+        config = self.catalog.config(pin.commit_id)
         body = {
             "api-version": api.API_VERSION,
             "source": config.source_url,
@@ -157,37 +162,42 @@ class ReadApi:
         self, at: str | None, name: str, version_text: str, understanding: str
     ) -> Answer:
         """Return one release with the listed understandings applied, in order, with provenance."""
-        pin = self.pin(at)
-        pinned = self.understandings.pin(pin.commit_id, understanding)
-        normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
+        view = self._layered(at, name, understanding)
         registered, release = self.catalog.read_release(
-            blob_id, normalized_name, parse_version(version_text)
+            view.blob_id, view.normalized_name, parse_version(version_text)
         )
         if release is None:
             raise NotFound(f"unknown version {version_text!r} of {registered!r}")
-        layers = [self.understandings.layer(p, normalized_name) for p in pinned]
-        patched = apply_layers(release, layers)
-        commits = [(p.registration.name, str(p.commit)) for p in pinned]
-        body = encode(api.render_patched_release(registered, normalized_name, patched, commits))
-        layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
-        immutable = pin.immutable and all(p.immutable for p in pinned)
-        return Answer(Pin(pin.commit_id, immutable), f"{pin.commit_id}-{blob_id}-{layer_key}", body)
+        patched = apply_layers(release, view.layers)
+        document = api.render_patched_release(
+            registered, view.normalized_name, patched, view.commits
+        )
+        return Answer(view.pin, view.etag, encode(document))
 
     def patched_project(self, at: str | None, name: str, understanding: str) -> Answer:
         """Return a project's versions with the listed understandings applied to every release."""
+        view = self._layered(at, name, understanding)
+        project = self.catalog.parse_project(view.blob_id, view.normalized_name)
+        releases = tuple(apply_layers(r, view.layers).release for r in project.releases)
+        document = api.render_project(replace(project, releases=releases))
+        document["understandings"] = [{"name": n, "commit": c} for n, c in view.commits]
+        return Answer(view.pin, view.etag, encode(document))
+
+    def _layered(self, at: str | None, name: str, understanding: str) -> _LayeredView:
         pin = self.pin(at)
         pinned = self.understandings.pin(pin.commit_id, understanding)
         normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
-        project = self.catalog.parse_project(blob_id, normalized_name)
-        layers = [self.understandings.layer(p, normalized_name) for p in pinned]
-        releases = tuple(apply_layers(release, layers).release for release in project.releases)
         commits = [(p.registration.name, str(p.commit)) for p in pinned]
-        document = api.render_project(replace(project, releases=releases))
-        document["understandings"] = [{"name": n, "commit": c} for n, c in commits]
         layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
-        immutable = pin.immutable and all(p.immutable for p in pinned)
-        etag = f"{pin.commit_id}-{blob_id}-{layer_key}"
-        return Answer(Pin(pin.commit_id, immutable), etag, encode(document))
+        return _LayeredView(
+            # Cached forever only when the data and every understanding are pinned.
+            pin=Pin(pin.commit_id, pin.immutable and all(p.immutable for p in pinned)),
+            normalized_name=normalized_name,
+            blob_id=blob_id,
+            layers=[self.understandings.layer(p, normalized_name) for p in pinned],
+            commits=commits,
+            etag=f"{pin.commit_id}-{blob_id}-{layer_key}",
+        )
 
     def understanding_list(self, at: str | None) -> Answer:
         """List the registered understandings with their heads and mirror state."""

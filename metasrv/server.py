@@ -60,7 +60,7 @@ def create_app(
     repository's git folder) and fetched at start and every ``fetch_interval`` seconds.
     """
     storage = Storage(repo_path)
-    understandings = Understandings(storage, mirrors or storage.path / "metasrv-mirrors")
+    understandings = Understandings(storage, mirrors)
     catalog = Catalog(storage)
     read_api = ReadApi(catalog, understandings, MarkerSets(storage))
     wheels = WheelCache(storage.path / "metasrv-wheels")

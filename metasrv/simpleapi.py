@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
+from metasrv.archives import is_wheel
 from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput, NotFound, SourceError
 from metasrv.model import CoreMetadata, DistFile, Project, Release
@@ -162,8 +163,7 @@ class SimpleApi:
         """Return every project of the view (understandings do not add or remove projects)."""
         return self.catalog.list_projects(mount.commit_id)
 
-    def _located(self, mount: Mount, name: str) -> Iterator[_Located]:
-        project = self.catalog.get_project(mount.commit_id, name)
+    def _located(self, mount: Mount, project: Project) -> Iterator[_Located]:
         layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
         for release in project.releases:
             patched = apply_layers(release, layers).release if layers else release
@@ -174,7 +174,7 @@ class SimpleApi:
         """Return the PEP 691 page of a project as the view shows it."""
         project = self.catalog.get_project(mount.commit_id, name)
         files = []
-        for located in self._located(mount, name):
+        for located in self._located(mount, project):
             files.append(await self._simple_file(mount, located))
         versions = [release.version_text for release in project.releases]
         return project_page(project.normalized_name, versions, files)
@@ -204,7 +204,7 @@ class SimpleApi:
     async def _rewritten(self, located: _Located) -> Rewritten | None:
         """Return the rewritten wheel a file is served as, or None when it is served as is."""
         metadata = located.patched.metadata
-        if not located.changed or metadata is None or not _is_wheel(located.patched.filename):
+        if not located.changed or metadata is None or not is_wheel(located.patched.filename):
             return None
         return await self.wheels.get(located.original, metadata)
 
@@ -217,7 +217,7 @@ class SimpleApi:
         return render_metadata_file(located.project.name, located.release.version_text, metadata)
 
     def _find(self, mount: Mount, name: str, filename: str) -> _Located:
-        for located in self._located(mount, name):
+        for located in self._located(mount, self.catalog.get_project(mount.commit_id, name)):
             if located.patched.filename == filename:
                 return located
         raise NotFound(f"no file {filename!r} of project {name!r}")
@@ -235,7 +235,3 @@ class SimpleApi:
         located = self._find(mount, name, filename)
         rewritten = await self._rewritten(located)
         return located.original.url if rewritten is None else rewritten.path
-
-
-def _is_wheel(filename: str) -> bool:
-    return filename.endswith(".whl")

@@ -9,14 +9,15 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from metasrv import readapi
 from metasrv.errors import NotFound
 from metasrv.hotpath import etag_matches
 from metasrv.simple import index_page_chunks, negotiate, render_json, render_project_html
 from metasrv.simpleapi import Mount, SimpleApi
 from metasrv.simplepages import MIME_HTML, MIME_SIMPLE_JSON
 
-IMMUTABLE = "public, max-age=31536000, immutable"
-MOVING = "public, max-age=10"
+IMMUTABLE = readapi.IMMUTABLE.decode()
+MOVING = readapi.MOVING.decode()
 METADATA_SUFFIX = ".metadata"  # PEP 658
 # Each view is reachable plainly, with understandings, pinned, or both.
 PREFIXES = ("", "/u/{understandings}", "/at/{commit}", "/at/{commit}/u/{understandings}")

@@ -48,9 +48,9 @@ def registration_path(name: str) -> str:
 class Understandings:
     """The understandings a meta repository registers, read at whichever commit is served."""
 
-    def __init__(self, meta: Storage, mirrors: Path) -> None:
+    def __init__(self, meta: Storage, mirrors: Path | None = None) -> None:
         self.meta = meta
-        self.mirrors = mirrors
+        self.mirrors = mirrors or meta.path / "metasrv-mirrors"
         self.status: dict[str, MirrorStatus] = {}
         self._storages: dict[str, Storage] = {}
         self._registrations = lru_cache(maxsize=64)(self._read_registrations)
