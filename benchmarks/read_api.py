@@ -22,7 +22,7 @@ import httpx
 
 from benchmarks.servers import free_port, nginx
 from benchmarks.synthetic import build_repository, project_names
-from metasrv.catalog import Catalog
+from metasrv.repo.catalog import Catalog
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"

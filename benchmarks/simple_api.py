@@ -26,8 +26,8 @@ from typing import Any
 import uvicorn
 
 from benchmarks.servers import free_port, nginx, wait_until_up
-from metasrv.cli import main as metasrv
-from metasrv.server import create_app
+from metasrv.cli.main import main as metasrv
+from metasrv.http.app import create_app
 from tests.distributions import build_wheel
 
 HERE = Path(__file__).resolve().parent

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from benchmarks.servers import nginx
 from benchmarks.synthetic import build_repository, project_names, synthetic_project
-from metasrv.cli import main as metasrv
-from metasrv.ingest import SyncOptions, sync
+from metasrv.cli.main import main as metasrv
+from metasrv.index.client import FetchOptions
+from metasrv.index.sync import SyncOptions, sync
 from metasrv.names import project_path
-from metasrv.projectfile import write_project
-from metasrv.sources import FetchOptions
-from metasrv.storage import Storage
+from metasrv.repo.projectfile import write_project
+from metasrv.repo.storage import Storage
 from tests.distributions import build_wheel
 
 HERE = Path(__file__).resolve().parent

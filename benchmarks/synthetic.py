@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from metasrv.model import CoreMetadata, DistFile, Project, Release
-from metasrv.storage import Storage
+from metasrv.repo.storage import Storage
 from tests.builders import project_files
 
 SYLLABLES = ["py", "data", "flask", "lib", "net", "aio", "django", "tool", "kit", "ml", "web", "x"]

@@ -1,5 +1,5 @@
 """Run the command line as ``python -m metasrv``."""
 
-from metasrv.cli import run
+from metasrv.cli.main import run
 
 run()

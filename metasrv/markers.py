@@ -12,11 +12,11 @@ from typing import Any
 from packaging.markers import InvalidMarker, Marker, UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 
-from metasrv import tomlcodec
 from metasrv.errors import InvalidData, InvalidInput, NotFound
-from metasrv.model import FORMAT_VERSION, TableReader
 from metasrv.names import validate_label
-from metasrv.storage import BlobId, CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import BlobId, CommitId, Storage
+from metasrv.tables import FORMAT_VERSION, TableReader
 
 MARKERS_ROOT = "markers"
 FACTS_PYTHONS = f"{MARKERS_ROOT}/facts/pythons.toml"

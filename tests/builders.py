@@ -6,12 +6,12 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from metasrv import tomlcodec
-from metasrv.cli import main
+from metasrv.cli.main import main
 from metasrv.model import CoreMetadata, DistFile, MetaConfig, Project, Release
 from metasrv.names import project_path
-from metasrv.projectfile import write_project
-from metasrv.storage import CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.projectfile import write_project
+from metasrv.repo.storage import CommitId, Storage
 
 SOURCE_URL = "https://index.test/simple/"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metasrv.hotpath import ASGIApp
-from metasrv.server import create_app
-from metasrv.storage import Storage
+from metasrv.http.app import create_app
+from metasrv.http.hotpath import ASGIApp
+from metasrv.repo.storage import Storage
 from tests.builders import create_meta_repository, make_project
 
 STARTUP_DEADLINE_SECONDS = 30

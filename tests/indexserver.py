@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
-from metasrv.archives import is_wheel
+from metasrv.index.archives import is_wheel
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metasrv.cli import main
-from metasrv.storage import Storage
+from metasrv.cli.main import main
+from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.test_understandings import RELAX_CLICK, add_rules, register
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from metasrv import tomlcodec
-from metasrv.cli import main
+from metasrv.cli.main import main
 from metasrv.names import normalize_name
-from metasrv.rules import RuleFile, rule_path
-from metasrv.storage import Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import Storage
+from metasrv.understandings.rules import RuleFile, rule_path
 
 RULE_PATH = rule_path("", normalize_name("flask"))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from metasrv import tomlcodec
 from metasrv.model import Project
 from metasrv.names import name_from_path
+from metasrv.repo import tomlcodec
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PROJECT_FILES = sorted(DATA.glob("*/*/*.toml"))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from metasrv.catalog import Catalog
-from metasrv.cli import main
-from metasrv.ingest import SyncOptions, sync
+from metasrv.cli.main import main
+from metasrv.index.client import FetchOptions
+from metasrv.index.sync import SyncOptions, sync
 from metasrv.model import Project
-from metasrv.sources import FetchOptions
-from metasrv.storage import Storage
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
 from tests.distributions import build_sdist, build_wheel, metadata_text
 from tests.indexserver import IndexBehaviour, serve_index
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
-from metasrv.cli import main
-from metasrv.storage import Storage
+from metasrv.cli.main import main
+from metasrv.repo.storage import Storage
 from tests.conftest import RunningServer, running_server
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.markers import Marker
 
-from metasrv import tomlcodec
-from metasrv.cli import main
+from metasrv.cli.main import main
 from metasrv.markers import (
     MarkerSet,
     PythonRelease,
@@ -23,7 +22,8 @@ from metasrv.markers import (
     months_before,
     supported_in_window,
 )
-from metasrv.storage import Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import Storage
 from tests.builders import add_marker_sets
 from tests.conftest import AsgiClient
 from tests.test_understandings import add_rules, register

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metasrv import tomlcodec
 from metasrv.errors import InvalidData
 from metasrv.model import CoreMetadata, Project, Release
-from metasrv.projectfile import registered_name
+from metasrv.repo import tomlcodec
+from metasrv.repo.projectfile import registered_name
 from tests.builders import make_file, make_project
 
 requirement_lists = st.lists(

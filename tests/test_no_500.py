@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metasrv.storage import Storage
+from metasrv.repo.storage import Storage
 from tests.builders import add_marker_sets
 from tests.conftest import AsgiClient
 from tests.test_understandings import CAP_WERKZEUG, add_rules, register

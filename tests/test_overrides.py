@@ -11,8 +11,8 @@ from packaging.specifiers import SpecifierSet
 
 from metasrv.errors import InvalidData
 from metasrv.model import Release
-from metasrv.overrides import Layer, apply_layers, relax_specifier
-from metasrv.rules import Rule, RuleFile
+from metasrv.understandings.overrides import Layer, apply_layers, relax_specifier
+from metasrv.understandings.rules import Rule, RuleFile
 from tests.builders import make_file
 
 BASE_RULE: dict[str, Any] = {"id": "r", "versions": "<3", "reason": "because"}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from metasrv.names import parse_version
-from metasrv.projectfile import read_project, read_release, write_project
+from metasrv.repo.projectfile import read_project, read_release, write_project
 from tests.builders import make_project
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -8,7 +8,7 @@ import httpx
 import pygit2
 import pytest
 
-from metasrv.storage import Storage
+from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import RunningServer, running_server
 

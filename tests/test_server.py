@@ -5,9 +5,9 @@ import threading
 import pygit2
 import pytest
 
-from metasrv.catalog import Catalog
 from metasrv.names import normalize_name, project_path
-from metasrv.storage import Storage
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import SIGNATURE, AsgiClient
 

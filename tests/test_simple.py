@@ -12,11 +12,11 @@ import pytest
 from packaging.metadata import parse_email
 
 from metasrv.errors import NotAcceptable
+from metasrv.http.simplepages import negotiate
+from metasrv.http.wheels import rewrite_wheel
+from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
 from metasrv.model import CoreMetadata
-from metasrv.simple import negotiate
-from metasrv.simplepages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
-from metasrv.storage import Storage
-from metasrv.wheels import rewrite_wheel
+from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import AsgiClient
 from tests.distributions import build_wheel

@@ -6,7 +6,7 @@ import pygit2
 import pytest
 
 from metasrv.errors import Conflict, InvalidInput, NotFound
-from metasrv.storage import Storage
+from metasrv.repo.storage import Storage
 from tests.conftest import SIGNATURE
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from metasrv import tomlcodec
+from metasrv.http.app import create_app
 from metasrv.names import normalize_name
-from metasrv.rules import Registration, rule_path
-from metasrv.server import create_app
-from metasrv.storage import CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import CommitId, Storage
+from metasrv.understandings.rules import Registration, rule_path
 from tests.conftest import AsgiClient
 
 CAP_WERKZEUG = {

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from metasrv import tomlcodec
-from metasrv.authoring import check_rule_file
 from metasrv.model import Project
 from metasrv.names import name_from_path, project_path
-from metasrv.rules import Registration, RuleFile
+from metasrv.repo import tomlcodec
+from metasrv.understandings.authoring import check_rule_file
+from metasrv.understandings.rules import Registration, RuleFile
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "understandings"

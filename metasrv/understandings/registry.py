@@ -10,11 +10,16 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv import tomlcodec
 from metasrv.errors import InvalidData, InvalidInput, NotFound, SourceError
-from metasrv.overrides import Layer
-from metasrv.rules import Registration, RuleFile, rule_path, validate_understanding_name
-from metasrv.storage import BlobId, CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import BlobId, CommitId, Storage
+from metasrv.understandings.overrides import Layer
+from metasrv.understandings.rules import (
+    Registration,
+    RuleFile,
+    rule_path,
+    validate_understanding_name,
+)
 
 UNDERSTANDINGS_ROOT = "understandings"
 MAX_UNDERSTANDINGS_PER_REQUEST = 16

@@ -10,10 +10,9 @@ from typing import Any
 
 from packaging.utils import NormalizedName
 
-from metasrv import api
-from metasrv.bytecache import ByteCache
-from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput, MetasrvError, NotFound
+from metasrv.http import documents
+from metasrv.http.bytecache import ByteCache
 from metasrv.markers import (
     MarkerSets,
     annotate_requirements,
@@ -22,10 +21,11 @@ from metasrv.markers import (
     parse_requirement,
 )
 from metasrv.names import normalize_name, parse_version
-from metasrv.overrides import Layer, apply_layers
-from metasrv.rules import Registration, rule_path
-from metasrv.storage import BlobId, CommitId
-from metasrv.understandings import Understandings
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import BlobId, CommitId
+from metasrv.understandings.overrides import Layer, apply_layers
+from metasrv.understandings.registry import Understandings
+from metasrv.understandings.rules import Registration, rule_path
 
 BODY_CACHE_BYTES = 64 * 1024 * 1024
 IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -98,7 +98,7 @@ class ReadApi:
         pin = self.pin(at)
         config = self.catalog.config(pin.commit_id)
         body = {
-            "api-version": api.API_VERSION,
+            "api-version": documents.API_VERSION,
             "source": config.source_url,
             "branch": at or self.catalog.storage.head_branch(),
             "endpoints": {
@@ -117,12 +117,12 @@ class ReadApi:
         pin = self.pin(at)
         if since is None:
             names = self.catalog.list_projects(pin.commit_id)
-            return Answer(pin, f"list-{pin.commit_id}", encode(api.render_listing(names)))
+            return Answer(pin, f"list-{pin.commit_id}", encode(documents.render_listing(names)))
         if not since:
             raise InvalidInput("'since' is empty: expected a commit sha")
         since_id = self.catalog.storage.resolve(since)
         changes = self.catalog.changed_since(since_id, pin.commit_id)
-        body = encode(api.render_changes(since_id, changes))
+        body = encode(documents.render_changes(since_id, changes))
         return Answer(pin, f"since-{since_id}-{pin.commit_id}", body)
 
     def project(self, at: str | None, name: str) -> Answer:
@@ -133,7 +133,7 @@ class ReadApi:
         body = self.bodies.get(key)
         if body is None:
             project = self.catalog.parse_project(blob_id, normalized_name)
-            body = encode(api.render_project(project))
+            body = encode(documents.render_project(project))
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 
@@ -154,7 +154,7 @@ class ReadApi:
                 message = f"unknown version {version_text!r} of {name!r}"
                 self.bodies.put(("missing", blob_id, version_text), message.encode())
                 raise NotFound(message)
-            body = encode(api.render_release(name, normalized_name, release))
+            body = encode(documents.render_release(name, normalized_name, release))
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 
@@ -169,7 +169,7 @@ class ReadApi:
         if release is None:
             raise NotFound(f"unknown version {version_text!r} of {registered!r}")
         patched = apply_layers(release, view.layers)
-        document = api.render_patched_release(
+        document = documents.render_patched_release(
             registered, view.normalized_name, patched, view.commits
         )
         return Answer(view.pin, view.etag, encode(document))
@@ -179,7 +179,7 @@ class ReadApi:
         view = self._layered(at, name, understanding)
         project = self.catalog.parse_project(view.blob_id, view.normalized_name)
         releases = tuple(apply_layers(r, view.layers).release for r in project.releases)
-        document = api.render_project(replace(project, releases=releases))
+        document = documents.render_project(replace(project, releases=releases))
         document["understandings"] = [{"name": n, "commit": c} for n, c in view.commits]
         return Answer(view.pin, view.etag, encode(document))
 
@@ -296,7 +296,7 @@ class ReadApi:
         except MetasrvError:
             head = None  # an unreachable mirror is reported through its fetch error
         status = self.understandings.status.get(registration.name)
-        return api.render_registration(registration, head, status)
+        return documents.render_registration(registration, head, status)
 
 
 def _state_key(body: bytes) -> str:

@@ -8,12 +8,12 @@ from functools import lru_cache
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from metasrv import tomlcodec
 from metasrv.errors import NotFound
 from metasrv.model import MetaConfig, Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
-from metasrv.projectfile import read_project, read_release, registered_name
-from metasrv.storage import BlobId, CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.projectfile import read_project, read_release, registered_name
+from metasrv.repo.storage import BlobId, CommitId, Storage
 
 DATA_ROOT = "data"
 CONFIG_PATH = "metasrv.toml"

@@ -11,20 +11,20 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from metasrv import tomlcodec
-from metasrv.authoring import (
+from metasrv.errors import InvalidInput
+from metasrv.markers import SETS_FOLDER, MarkerSet, MarkerSets, generate_environments, parse_date
+from metasrv.names import normalize_name, validate_label
+from metasrv.repo import tomlcodec
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
+from metasrv.understandings.authoring import (
     check_rules,
     derive_rule_id,
     open_understanding_repository,
     write_override,
 )
-from metasrv.catalog import Catalog
-from metasrv.errors import InvalidInput
-from metasrv.markers import SETS_FOLDER, MarkerSet, MarkerSets, generate_environments, parse_date
-from metasrv.names import normalize_name, validate_label
-from metasrv.rules import Registration, Rule, validate_understanding_name
-from metasrv.storage import Storage
-from metasrv.understandings import Understandings, registration_path
+from metasrv.understandings.registry import Understandings, registration_path
+from metasrv.understandings.rules import Registration, Rule, validate_understanding_name
 
 ACTION_FLAGS = ("relax", "replace", "remove", "add", "requires_python", "yank")
 

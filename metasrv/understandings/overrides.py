@@ -13,7 +13,7 @@ from packaging.specifiers import Specifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name, parse_wheel_filename
 
 from metasrv.model import DistFile, Release
-from metasrv.rules import Rule, RuleFile
+from metasrv.understandings.rules import Rule, RuleFile
 
 Recorder = Callable[[str, str | None, Any, Any], None]
 

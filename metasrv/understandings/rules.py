@@ -12,8 +12,8 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 
 from metasrv.errors import InvalidData, InvalidInput
-from metasrv.model import FORMAT_VERSION, TableReader
 from metasrv.names import normalize_name, project_path, validate_label
+from metasrv.tables import FORMAT_VERSION, TableReader
 
 FILE_FILTERS = ("wheels", "sdists")
 ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank")

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from metasrv.errors import MetasrvError
-from metasrv.readapi import Answer, ReadApi
+from metasrv.http.readapi import Answer, ReadApi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

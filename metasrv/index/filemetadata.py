@@ -7,10 +7,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from metasrv import archives
 from metasrv.errors import InvalidArchive, SourceError
-from metasrv.simplepages import SourceFile
-from metasrv.sources import Fetcher, FolderSource, IndexSource
+from metasrv.index import archives
+from metasrv.index.client import Fetcher, FolderSource, IndexSource
+from metasrv.index.pages import SourceFile
 
 MAX_ARCHIVE_BYTES = archives.MAX_SDIST_BYTES
 

@@ -13,15 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from metasrv.catalog import Catalog
 from metasrv.errors import MetasrvError
-from metasrv.hotpath import HotPath, etag_matches
+from metasrv.http.hotpath import HotPath, etag_matches
+from metasrv.http.readapi import Answer, ReadApi, encode
+from metasrv.http.simpleroutes import SimpleRoutes
+from metasrv.http.views import SimpleApi, WheelCache
 from metasrv.markers import MarkerSets
-from metasrv.readapi import Answer, ReadApi, encode
-from metasrv.simpleapi import SimpleApi, WheelCache
-from metasrv.simpleserver import SimpleRoutes
-from metasrv.storage import Storage
-from metasrv.understandings import Understandings
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
+from metasrv.understandings.registry import Understandings
 
 MIME_JSON = "application/json"
 

@@ -19,15 +19,15 @@ from urllib.request import url2pathname
 import httpx
 
 from metasrv.errors import InvalidArchive, InvalidInput, NotFound, SourceError
-from metasrv.model import SourceState
-from metasrv.names import normalize_name
-from metasrv.simplepages import (
+from metasrv.index.pages import (
     MIME_SIMPLE_JSON,
     ProjectPage,
     SourceFile,
     parse_html_listing,
     parse_html_project,
 )
+from metasrv.model import SourceState
+from metasrv.names import normalize_name
 
 ACCEPT = f"{MIME_SIMPLE_JSON}, application/vnd.pypi.simple.latest+html;q=0.2, text/html;q=0.1"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -275,7 +275,7 @@ class FolderSource:
 
     def archives(self) -> dict[str, list[Path]]:
         """Return the folder's archives grouped by normalized project name."""
-        from metasrv.archives import project_of_filename
+        from metasrv.index.archives import project_of_filename
 
         grouped: dict[str, list[Path]] = {}
         for path in sorted(self.path.iterdir()):

@@ -8,11 +8,11 @@ from typing import Any
 
 from packaging.utils import NormalizedName
 
-from metasrv.catalog import ProjectChange
-from metasrv.model import CoreMetadata, DistFile, Project, Release
-from metasrv.overrides import PatchedRelease
-from metasrv.rules import Registration
-from metasrv.understandings import MirrorStatus
+from metasrv.model import CoreMetadata, DistFile, Project, Release, render_metadata
+from metasrv.repo.catalog import ProjectChange
+from metasrv.understandings.overrides import PatchedRelease
+from metasrv.understandings.registry import MirrorStatus
+from metasrv.understandings.rules import Registration
 
 API_VERSION = "1.0"
 
@@ -68,25 +68,6 @@ def render_release(name: str, normalized_name: str, release: Release) -> dict[st
         "yanked": release.yanked,
         **render_metadata(release.metadata),
         "files": [render_file(dist_file, release.metadata) for dist_file in release.files],
-    }
-
-
-def render_metadata(metadata: CoreMetadata | None) -> dict[str, Any]:
-    """Return the core metadata fields; all None when the metadata is unknown."""
-    if metadata is None:
-        return {
-            "metadata-version": None,
-            "requires-dist": None,
-            "requires-python": None,
-            "provides-extra": None,
-            "dynamic": None,
-        }
-    return {
-        "metadata-version": metadata.metadata_version,
-        "requires-dist": list(metadata.requires_dist),
-        "requires-python": metadata.requires_python,
-        "provides-extra": list(metadata.provides_extra),
-        "dynamic": list(metadata.dynamic),
     }
 
 

@@ -11,15 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metasrv import tomlcodec
-from metasrv.catalog import CONFIG_PATH, Catalog
-from metasrv.cli_contribute import add_parsers, open_repository
+from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.errors import InvalidInput, MetasrvError
+from metasrv.http.readapi import ReadApi
 from metasrv.markers import MarkerSets
 from metasrv.model import MetaConfig
-from metasrv.readapi import ReadApi
-from metasrv.storage import Storage
-from metasrv.understandings import Understandings
+from metasrv.repo import tomlcodec
+from metasrv.repo.catalog import CONFIG_PATH, Catalog
+from metasrv.repo.storage import Storage
+from metasrv.understandings.registry import Understandings
 
 FOLDER_README = (
     "# {folder}/\n\nThis folder of a metasrv meta repository holds {what}; its format is "
@@ -121,7 +121,7 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from metasrv.server import create_app
+    from metasrv.http.app import create_app
 
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
@@ -138,8 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from metasrv.ingest import SyncOptions, SyncSummary, sync
-    from metasrv.sources import FetchOptions
+    from metasrv.index.client import FetchOptions
+    from metasrv.index.sync import SyncOptions, SyncSummary, sync
 
     storage = open_repository(args.repo)
     source = args.source or _configured_source(storage)

@@ -9,15 +9,14 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv import tomlcodec
-from metasrv.api import render_metadata
-from metasrv.catalog import Catalog
 from metasrv.errors import InvalidData, InvalidInput, NotFound
-from metasrv.model import Project
+from metasrv.model import Project, render_metadata
 from metasrv.names import name_from_path, normalize_name
-from metasrv.overrides import Layer, apply_layers
-from metasrv.rules import Registration, Rule, RuleFile, rule_path
-from metasrv.storage import CommitId, Storage
+from metasrv.repo import tomlcodec
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import CommitId, Storage
+from metasrv.understandings.overrides import Layer, apply_layers
+from metasrv.understandings.rules import Registration, Rule, RuleFile, rule_path
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 from packaging.utils import NormalizedName
 
 from metasrv.errors import NotAcceptable
-from metasrv.simplepages import API_VERSION, MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
+from metasrv.index.pages import API_VERSION, MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
 
 # PEP 691: the "latest" aliases name whatever version the server serves.
 _ALIASES = {

@@ -14,16 +14,16 @@ from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
-from metasrv.archives import is_wheel
-from metasrv.catalog import Catalog
 from metasrv.errors import InvalidInput, NotFound, SourceError
+from metasrv.http.simplepages import SimpleFile, project_page
+from metasrv.http.wheels import render_metadata_file, rewrite_wheel
+from metasrv.index.archives import is_wheel
+from metasrv.index.client import Fetcher, FetchOptions, make_client
 from metasrv.model import CoreMetadata, DistFile, Project, Release
-from metasrv.overrides import apply_layers
-from metasrv.simple import SimpleFile, project_page
-from metasrv.sources import Fetcher, FetchOptions, make_client
-from metasrv.storage import CommitId
-from metasrv.understandings import Pinned, Understandings
-from metasrv.wheels import render_metadata_file, rewrite_wheel
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import CommitId
+from metasrv.understandings.overrides import apply_layers
+from metasrv.understandings.registry import Pinned, Understandings
 
 # A wheel an understanding changed is downloaded and rewritten once; larger ones are refused.
 MAX_PATCHED_WHEEL_BYTES = 200 * 1024 * 1024

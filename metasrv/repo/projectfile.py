@@ -6,10 +6,11 @@ import re
 
 from packaging.version import Version
 
-from metasrv import tomlcodec
 from metasrv.errors import InvalidInput
-from metasrv.model import Project, Release, TableReader
+from metasrv.model import Project, Release
 from metasrv.names import parse_version
+from metasrv.repo import tomlcodec
+from metasrv.tables import TableReader
 
 
 def read_project(document: bytes, where: str) -> Project:

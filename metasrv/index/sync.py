@@ -9,8 +9,6 @@ from dataclasses import dataclass, field, replace
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from metasrv import archives
-from metasrv.catalog import DATA_ROOT, Catalog
 from metasrv.errors import (
     InvalidData,
     InvalidInput,
@@ -18,12 +16,8 @@ from metasrv.errors import (
     NotFound,
     SourceError,
 )
-from metasrv.filemetadata import read_metadata
-from metasrv.model import DistFile, Project, Release, SourceState
-from metasrv.names import normalize_name, project_path
-from metasrv.projectfile import write_project
-from metasrv.simplepages import ProjectPage, SourceFile
-from metasrv.sources import (
+from metasrv.index import archives
+from metasrv.index.client import (
     Fetcher,
     FetchOptions,
     FolderSource,
@@ -31,7 +25,13 @@ from metasrv.sources import (
     make_client,
     open_source,
 )
-from metasrv.storage import CommitId, Storage
+from metasrv.index.filemetadata import read_metadata
+from metasrv.index.pages import ProjectPage, SourceFile
+from metasrv.model import DistFile, Project, Release, SourceState
+from metasrv.names import normalize_name, project_path
+from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.projectfile import write_project
+from metasrv.repo.storage import CommitId, Storage
 
 # Metadata that could not be fetched is retried by the next sync; other errors belong to the bytes.
 FETCH_FAILED = "fetch failed: "

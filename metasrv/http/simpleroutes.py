@@ -9,12 +9,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from metasrv import readapi
 from metasrv.errors import NotFound
-from metasrv.hotpath import etag_matches
-from metasrv.simple import index_page_chunks, negotiate, render_json, render_project_html
-from metasrv.simpleapi import Mount, SimpleApi
-from metasrv.simplepages import MIME_HTML, MIME_SIMPLE_JSON
+from metasrv.http import readapi
+from metasrv.http.hotpath import etag_matches
+from metasrv.http.simplepages import index_page_chunks, negotiate, render_json, render_project_html
+from metasrv.http.views import Mount, SimpleApi
+from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
 
 IMMUTABLE = readapi.IMMUTABLE.decode()
 MOVING = readapi.MOVING.decode()

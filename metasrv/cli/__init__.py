@@ -1,0 +1,1 @@
+"""The ``metasrv`` command: argparse subcommands that translate to the layers below."""

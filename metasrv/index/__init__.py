@@ -1,0 +1,1 @@
+"""A source repository: its HTTP client, its pages, archives and metadata, and sync."""

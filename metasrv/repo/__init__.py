@@ -1,0 +1,1 @@
+"""Git: the only pygit2 user, project files, canonical TOML, and queries at one commit."""

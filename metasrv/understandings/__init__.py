@@ -1,0 +1,1 @@
+"""Understandings: rule files, applying them, registrations and mirrors, override and check."""
