@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -22,6 +23,13 @@ MARKERS_ROOT = "markers"
 FACTS_PYTHONS = f"{MARKERS_ROOT}/facts/pythons.toml"
 FACTS_PLATFORMS = f"{MARKERS_ROOT}/facts/platforms.toml"
 SETS_FOLDER = f"{MARKERS_ROOT}/sets"
+# What a client may ask to evaluate: real requirements are far smaller, and these bounds keep
+# the work linear in the input (evaluations = environments x (1 + extras) x clauses).
+MAX_CLIENT_MARKER_LENGTH = 2048
+MAX_CLIENT_MARKER_CLAUSES = 64
+MAX_CLIENT_MARKER_DEPTH = 16  # packaging parses parentheses recursively
+MAX_CLIENT_MARKER_EXTRAS = 16
+_OPERATOR = re.compile(r"===|==|!=|<=|>=|~=|<|>|\bnot\s+in\b|\bin\b")
 # Every PEP 508 environment marker; a set's environments give each one a value.
 MARKER_VARIABLES = (
     "implementation_name",
@@ -208,13 +216,42 @@ def parse_requirement(text: str) -> Requirement:
         raise InvalidInput(f"invalid requirement {text!r}: {str(exc).splitlines()[0]}") from None
 
 
+def check_client_marker(text: str, what: str) -> str:
+    """Return a client's marker or requirement text if it is small enough to evaluate."""
+    if len(text) > MAX_CLIENT_MARKER_LENGTH:
+        raise InvalidInput(f"{what} is longer than {MAX_CLIENT_MARKER_LENGTH} characters")
+    clauses = len(_OPERATOR.findall(text))
+    if clauses > MAX_CLIENT_MARKER_CLAUSES:
+        raise InvalidInput(f"{what} has {clauses} comparisons; at most {MAX_CLIENT_MARKER_CLAUSES}")
+    depth = deepest = 0
+    for character in text:
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        deepest = max(deepest, depth)
+    if deepest > MAX_CLIENT_MARKER_DEPTH:
+        raise InvalidInput(f"{what} nests parentheses deeper than {MAX_CLIENT_MARKER_DEPTH}")
+    return text
+
+
+def named_extras(requirement: Requirement) -> list[str]:
+    """Return the distinct extras a requirement's marker compares against, at most a bound."""
+    named = list(dict.fromkeys(re.findall(r'extra == "([^"]+)"', str(requirement.marker))))
+    if len(named) > MAX_CLIENT_MARKER_EXTRAS:
+        raise InvalidInput(
+            f"the marker names {len(named)} extras; at most {MAX_CLIENT_MARKER_EXTRAS}"
+        )
+    return named
+
+
 def matches(marker: Marker, environment: Mapping[str, str], extra: str = "") -> bool:
     """Return whether ``marker`` holds in an environment (with ``extra`` requested)."""
     values = {key: environment[key] for key in MARKER_VARIABLES}
     try:
         return bool(marker.evaluate({**values, "extra": extra}))
     except (UndefinedComparison, UndefinedEnvironmentName) as exc:
-        raise InvalidInput(f"marker {str(marker)!r} cannot be evaluated: {exc}") from None
+        raise InvalidInput(f"marker {str(marker)[:200]!r} cannot be evaluated: {exc}") from None
+    except ValueError as exc:
+        # A version literal past Python's int digit limit (4,300) fails inside packaging.
+        raise InvalidInput(f"marker {str(marker)[:200]!r} cannot be evaluated: {exc}") from None
 
 
 def evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import date
 from pathlib import Path
 from urllib.parse import quote
@@ -13,12 +14,15 @@ from hypothesis import strategies as st
 from packaging.markers import Marker
 
 from metasrv.cli.main import main
+from metasrv.errors import InvalidInput
 from metasrv.markers import (
+    MARKER_VARIABLES,
     MarkerSet,
     PythonRelease,
     generate_environments,
     load_platforms,
     load_pythons,
+    matches,
     months_before,
     supported_in_window,
 )
@@ -179,6 +183,23 @@ def test_a_requirement_is_evaluated_with_the_extras_its_marker_names(
     )
 
 
+def test_the_largest_accepted_requirement_is_answered(client: AsgiClient, meta: Storage) -> None:
+    clauses = [f'extra == "e{i}"' for i in range(16)] + ['os_name == "nt"'] * 48
+    requirement = quote("x ; " + " or ".join(clauses))
+    started = time.monotonic()
+    answer = client.get(f"/v1/markers/lmw/evaluate?requirement={requirement}")
+    assert answer.status_code == 200
+    assert sorted(answer.json()["extras"]) == sorted(f"e{i}" for i in range(16))
+    # Not a benchmark: a generous bound only so that a quadratic regression fails loudly.
+    assert time.monotonic() - started < 30
+
+
+def test_a_version_literal_past_the_int_limit_is_bad_input_not_a_crash() -> None:
+    marker = Marker(f'python_version == "{"1" * 4301}"')
+    with pytest.raises(InvalidInput, match="cannot be evaluated"):
+        matches(marker, dict.fromkeys(MARKER_VARIABLES, "3.12"))
+
+
 @pytest.mark.parametrize(
     ("url", "status", "message"),
     [
@@ -187,6 +208,34 @@ def test_a_requirement_is_evaluated_with_the_extras_its_marker_names(
         ("/v1/markers/lmw/evaluate", 400, "exactly one"),
         ("/v1/markers/lmw/evaluate?requirement=x%3E%3E1", 400, "invalid requirement"),
         ("/v1/markers/nope", 404, "unknown marker set 'nope'"),
+        (
+            "/v1/markers/lmw/evaluate?marker=" + quote(f'python_version == "{"1" * 4301}"'),
+            400,
+            "longer than 2048",
+        ),
+        (
+            "/v1/markers/lmw/evaluate?requirement="
+            # 4,000 clauses in the fewest bytes a URL allows (httpx caps URLs at 64 KiB).
+            + quote("x;" + " or ".join(["extra=='a'"] * 4000).replace("' or ", "'or "), safe="'=;"),
+            400,
+            "longer than 2048",
+        ),
+        (
+            "/v1/markers/lmw/evaluate?marker=" + quote(" or ".join(['os_name == "a"'] * 65)),
+            400,
+            "65 comparisons",
+        ),
+        (
+            "/v1/markers/lmw/evaluate?marker=" + quote("(" * 17 + 'os_name == "a"' + ")" * 17),
+            400,
+            "nests parentheses",
+        ),
+        (
+            "/v1/markers/lmw/evaluate?requirement="
+            + quote("x ; " + " or ".join(f'extra == "e{i}"' for i in range(17))),
+            400,
+            "17 extras",
+        ),
         ("/v1/markers/Bad%20Name", 400, "invalid marker set name"),
     ],
 )

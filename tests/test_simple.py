@@ -7,6 +7,7 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from packaging.metadata import parse_email
@@ -172,3 +173,9 @@ def test_bad_simple_requests_get_the_right_status(
     client: AsgiClient, url: str, headers: dict[str, str], status: int
 ) -> None:
     assert client.get(url, headers=headers).status_code == status
+
+
+def test_the_redirect_to_the_normalized_name_keeps_the_query(client: AsgiClient) -> None:
+    response = client.get(f"/simple/FLASK/?format={quote(JSON)}")
+    assert response.status_code == 301
+    assert response.headers["location"] == f"/simple/flask/?format={quote(JSON)}"

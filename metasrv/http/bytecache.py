@@ -1,38 +1,55 @@
-"""A least-recently-used map of encoded response bodies, bounded by their total size."""
+"""A least-recently-used map of encoded response bodies, bounded by what they cost in memory."""
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Hashable
 
+# The ordered dict's slot and links (~50 bytes) and the (body, cost) pair (~90), CPython 3.11.
+ENTRY_OVERHEAD_BYTES = 160
+
+
+def entry_cost(key: Hashable, body: bytes) -> int:
+    """Return what one entry holds in memory: the body, the key and its parts, the slot."""
+    parts = key if isinstance(key, tuple) else ()
+    key_bytes = sys.getsizeof(key) + sum(sys.getsizeof(part) for part in parts)
+    return sys.getsizeof(body) + key_bytes + ENTRY_OVERHEAD_BYTES
+
 
 class ByteCache:
-    """Keep the most recently used bodies whose sizes add up to at most ``max_bytes``."""
+    """Keep the most recently used bodies whose entries cost at most ``max_bytes`` in all.
+
+    Small entries (a remembered unknown version) cost far more than their body's length, so
+    the budget counts the whole entry, not only the bytes.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = 0
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[bytes, int]] = OrderedDict()
 
     def get(self, key: Hashable) -> bytes | None:
         """Return the body stored under ``key`` and mark it recently used."""
-        body = self._entries.get(key)
-        if body is not None:
-            self._entries.move_to_end(key)
-        return body
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
 
     def put(self, key: Hashable, body: bytes) -> None:
         """Store a body, evicting the least recently used ones beyond the budget."""
-        if len(body) > self.max_bytes:
+        cost = entry_cost(key, body)
+        if cost > self.max_bytes:
             return
         previous = self._entries.pop(key, None)
         if previous is not None:
-            self.total_bytes -= len(previous)
-        self._entries[key] = body
-        self.total_bytes += len(body)
+            self.total_bytes -= previous[1]
+        self._entries[key] = (body, cost)
+        self.total_bytes += cost
         while self.total_bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.total_bytes -= len(evicted)
+            _, (_, evicted_cost) = self._entries.popitem(last=False)
+            self.total_bytes -= evicted_cost
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,7 +15,9 @@ from metasrv.http.bytecache import ByteCache
 from metasrv.markers import (
     MarkerSets,
     annotate_requirements,
+    check_client_marker,
     evaluate,
+    named_extras,
     parse_marker,
     parse_requirement,
 )
@@ -257,12 +258,15 @@ class ReadApi:
         if (marker is None) == (requirement is None):
             raise InvalidInput("give exactly one of 'marker' and 'requirement'")
         if marker is not None:
-            ids = evaluate(parse_marker(marker), marker_set.environments)
+            parsed = parse_marker(check_client_marker(marker, "the marker"))
+            ids = evaluate(parsed, marker_set.environments)
             document: dict[str, Any] = {"marker": marker, "environments": ids}
         else:
             assert requirement is not None
             # The extras a requirement can apply under are the ones its marker names.
-            named = re.findall(r'extra == "([^"]+)"', str(parse_requirement(requirement).marker))
+            named = named_extras(
+                parse_requirement(check_client_marker(requirement, "the requirement"))
+            )
             (annotated,) = annotate_requirements([requirement], named, marker_set.environments)
             document = {"requirement": requirement, **annotated}
         document["set"] = marker_set.name

@@ -91,6 +91,8 @@ class SimpleRoutes:
         if name != normalized_name:
             # PEP 503: the canonical URL uses the normalized name.
             target = request.url.path.replace(f"/simple/{name}/", f"/simple/{normalized_name}/")
+            if request.url.query:
+                target += f"?{request.url.query}"  # ?format= must survive the redirect
             return RedirectResponse(target, status_code=301)
         headers = self._headers(mount, f"{mount.key}-{blob_id}-{content_type}", content_type)
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
