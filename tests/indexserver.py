@@ -15,6 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from metasrv.index.archives import is_wheel
+from tests.deadlines import THREAD_DEADLINE_SECONDS
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -73,7 +74,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             faults = index.behaviour.faults.get(self.path.split("?")[0])
             fault = faults.pop(0) if faults else None
             if fault == "hang":
-                index.release.wait()
+                # Bounded: a hung request outlives neither its test nor the deadline.
+                index.release.wait(THREAD_DEADLINE_SECONDS)
                 return
             if fault in ("500", "429"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
@@ -230,4 +232,5 @@ def serve_index(folder: Path, behaviour: IndexBehaviour | None = None) -> Iterat
         index.release.set()
         server.shutdown()
         server.server_close()
-        thread.join()
+        thread.join(THREAD_DEADLINE_SECONDS)
+        assert not thread.is_alive(), "the local index did not shut down"

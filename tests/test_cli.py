@@ -9,6 +9,7 @@ import pytest
 from metasrv.cli.main import main
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 from tests.test_understandings import RELAX_CLICK, add_rules, register
 
 
@@ -23,7 +24,12 @@ def test_init_creates_a_committed_meta_repository_with_a_clean_work_tree(tmp_pat
     for folder in ("data", "understandings", "markers"):
         assert storage.read(commit_id, f"{folder}/README.md") is not None
     status = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True, check=True
+        ["git", "status", "--porcelain"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     )
     assert status.stdout == ""
 

@@ -12,13 +12,19 @@ from metasrv.names import normalize_name
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import Storage
 from metasrv.understandings.rules import RuleFile, rule_path
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 
 RULE_PATH = rule_path("", normalize_name("flask"))
 
 
 def git(repository: Path, *args: str) -> str:
     return subprocess.run(
-        ["git", *args], cwd=repository, capture_output=True, text=True, check=True
+        ["git", *args],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     ).stdout
 
 

@@ -19,6 +19,7 @@ from metasrv.index.sync import SyncOptions, sync
 from metasrv.model import Project
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 from tests.distributions import build_sdist, build_wheel, metadata_text
 from tests.indexserver import IndexBehaviour, serve_index
 
@@ -146,10 +147,13 @@ def test_transient_faults_are_retried(meta: Storage, archives: Path, faults: lis
 
 
 def test_a_hung_request_times_out_and_is_retried(meta: Storage, archives: Path) -> None:
-    options = SyncOptions(fetch=FetchOptions(backoff_seconds=0.01, timeout_seconds=0.3))
+    # Long enough that a loaded runner answers every other request in time; the hang costs this.
+    options = SyncOptions(fetch=FetchOptions(backoff_seconds=0.01, timeout_seconds=2))
     with serve_index(archives, IndexBehaviour(faults={"/simple/alpha/": ["hang"]})) as index:
         summary = sync(meta, index.simple_url, ["alpha"], options)
     assert summary.exit_code == 0
+    assert sum(1 for path, _ in index.requests if path == "/simple/alpha/") == 2
+    assert [v.version_text for v in _head_project(meta, "alpha").releases] == ["1.0", "2.0"]
 
 
 def test_a_file_that_keeps_failing_is_recorded_as_an_error(meta: Storage, archives: Path) -> None:
@@ -312,12 +316,15 @@ def test_a_killed_sync_leaves_the_last_checkpoint_and_the_next_run_completes(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(list(_commits_since(meta, before))) < 2:
-            assert process.poll() is None
-            time.sleep(0.01)  # polling git for the checkpoint commits, with a deadline
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        try:
+            deadline = time.monotonic() + 30
+            while len(_commits_since(meta, before)) < 2:
+                assert process.poll() is None
+                assert time.monotonic() < deadline, "no two checkpoint commits within 30 s"
+                time.sleep(0.01)  # polling git for the checkpoint commits, with a deadline
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=SUBPROCESS_DEADLINE_SECONDS)
         checkpoint = meta.resolve(None)
         assert set(Catalog(meta).list_projects(checkpoint)) == {"alpha", "beta"}
         index.behaviour.faults.clear()
@@ -333,6 +340,7 @@ def _commits_since(storage: Storage, base: str) -> list[str]:
         capture_output=True,
         text=True,
         check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     ).stdout
     return output.split()
 

@@ -19,6 +19,7 @@ from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 from metasrv.cli.main import main
 from metasrv.repo.storage import Storage
 from tests.conftest import RunningServer, running_server
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_understandings import add_rules, register
@@ -94,7 +95,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
         env=_environment(),
         cwd=cwd,
         check=False,
-        timeout=300,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     )
 
 

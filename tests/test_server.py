@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pygit2
 import pytest
@@ -10,6 +11,7 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import SIGNATURE, AsgiClient
+from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, wait_for
 
 
 def test_the_root_names_the_source_branch_commit_and_endpoints(
@@ -199,26 +201,28 @@ def test_readers_see_whole_commits_while_a_writer_commits(
     client: AsgiClient, storage: Storage
 ) -> None:
     writer = Storage(storage.path)  # a handle of its own, as a separate sync process has
-    reading, done = threading.Event(), threading.Event()
+    reading = threading.Event()
+    written: list[str] = []
 
     def write() -> None:
-        reading.wait()
+        wait_for(reading, "the first read")
         for index in range(30):
             versions = [f"1.{n}" for n in range(index % 7 + 1)]
-            commit_projects(
-                writer, make_project("Flask", versions), make_project("click", versions)
+            written.append(
+                commit_projects(
+                    writer, make_project("Flask", versions), make_project("click", versions)
+                )
             )
-        done.set()
 
     initial = storage.resolve(None)
-    thread = threading.Thread(target=write)
+    thread = BoundedThread(write, "writer")
     thread.start()
     catalog = Catalog(Storage(storage.path))
     seen: set[str] = set()
-    while not done.is_set():
+    deadline = time.monotonic() + THREAD_DEADLINE_SECONDS
+
+    def read_whole_commit() -> str:
         body = client.get("/v1/projects/flask").json()
-        reading.set()
-        seen.add(body["at"])
         expected = catalog.get_project(body["at"], "flask")
         assert [v["version"] for v in body["versions"]] == [
             r.version_text for r in expected.releases
@@ -227,5 +231,13 @@ def test_readers_see_whole_commits_while_a_writer_commits(
             # The writer's commits give both projects the same versions: never a torn pair.
             click = client.get(f"/v1/projects/click?at={body['at']}").json()
             assert click["versions"] == body["versions"]
+        return str(body["at"])
+
+    seen.add(read_whole_commit())
+    reading.set()
+    while thread.is_alive() and time.monotonic() < deadline:
+        seen.add(read_whole_commit())
     thread.join()
-    assert len(seen) >= 2
+    # Once the writer is done, the next read serves its last commit, however the two interleaved.
+    assert read_whole_commit() == written[-1]
+    assert seen <= {initial, *written}

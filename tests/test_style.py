@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,5 +29,6 @@ def test_the_code_passes(command: list[str]) -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     )
     assert result.returncode == 0, result.stdout + result.stderr
