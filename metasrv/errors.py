@@ -54,3 +54,9 @@ class NotAcceptable(MetasrvError):
     """An Accept header or ?format= that names no representation we serve."""
 
     http_status = 406
+
+
+class Unverified(MetasrvError):
+    """A commit that an understanding's allowed signers did not sign, asked for by a client."""
+
+    http_status = 403

@@ -20,12 +20,19 @@ REGISTRATIONS = sorted(FOLDER.glob("*.toml"))
 RULE_FILES = sorted(FOLDER.glob("*/*/*/*.toml"))
 
 
-def test_the_readme_examples_are_a_registration_and_a_rule_file() -> None:
-    registration, rules = EXAMPLES
-    parsed = Registration.from_toml(tomlcodec.loads(registration, where="README"), "README")
-    assert tomlcodec.dumps(parsed.to_toml()).decode() == registration
-    rule_file = RuleFile.from_toml(tomlcodec.loads(rules, where="README"), "README")
-    assert tomlcodec.dumps(rule_file.to_toml()).decode() == rules
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda text: text.splitlines()[1])
+def test_the_readme_examples_are_registrations_and_rule_files(example: str) -> None:
+    document = tomlcodec.loads(example, where="README")
+    if "name" in document:
+        parsed: Registration | RuleFile = Registration.from_toml(document, "README")
+    else:
+        parsed = RuleFile.from_toml(document, "README")
+    assert tomlcodec.dumps(parsed.to_toml()).decode() == example
+
+
+def test_the_readme_shows_registrations_and_rule_files() -> None:
+    kinds = {"name" in tomlcodec.loads(example, where="README") for example in EXAMPLES}
+    assert kinds == {True, False}
 
 
 def test_at_least_two_samples_are_registered() -> None:

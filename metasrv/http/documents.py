@@ -13,6 +13,7 @@ from metasrv.repo.catalog import ProjectChange
 from metasrv.understandings.overrides import PatchedRelease
 from metasrv.understandings.registry import MirrorStatus
 from metasrv.understandings.rules import Registration
+from metasrv.understandings.signatures import SignedHead
 
 API_VERSION = "1.0"
 
@@ -92,19 +93,30 @@ def render_file(dist_file: DistFile, common: CoreMetadata | None) -> dict[str, A
 
 
 def render_registration(
-    registration: Registration, head: str | None, status: MirrorStatus | None
+    registration: Registration,
+    head: str | None,
+    status: MirrorStatus | None,
+    signed: SignedHead | None = None,
 ) -> dict[str, Any]:
-    """Return an understanding's registration, its head commit and its mirror's state."""
-    return {
+    """Return an understanding's registration, its served commit and its mirror's state."""
+    document: dict[str, Any] = {
         "name": registration.name,
         "description": registration.description,
         "repository": registration.repository,
         "branch": registration.branch,
         "folder": registration.folder,
+        "gate": registration.gate,
         "head": head,
         "last-fetch": _timestamp(status.last_fetch) if status else None,
         "fetch-error": status.error if status else None,
     }
+    if registration.allowed_signers is not None:
+        document["allowed-signers"] = registration.allowed_signers
+        document["refused"] = [
+            {"commit": verdict.commit, "reason": verdict.reason}
+            for verdict in (signed.refused if signed is not None else ())
+        ]
+    return document
 
 
 def _timestamp(seconds: float | None) -> str | None:

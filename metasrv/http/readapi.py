@@ -296,11 +296,15 @@ class ReadApi:
 
     def _registration(self, pin: Pin, registration: Registration) -> dict[str, Any]:
         try:
+            signed = self.understandings.signed_head(registration, pin.commit_id)
+        except MetasrvError:
+            signed = None
+        try:
             head: str | None = self.understandings.head(registration, pin.commit_id)
         except MetasrvError:
-            head = None  # an unreachable mirror is reported through its fetch error
+            head = None  # an unreachable mirror or no verified commit: reported beside it
         status = self.understandings.status.get(registration.name)
-        return documents.render_registration(registration, head, status)
+        return documents.render_registration(registration, head, status, signed)
 
 
 def _state_key(body: bytes) -> str:

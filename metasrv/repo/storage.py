@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +161,27 @@ class Storage:
         reference = self._repo.references.get(f"refs/heads/{branch}")
         return None if reference is None else CommitId(str(reference.target))
 
+    def commit_signature(self, commit_id: CommitId) -> tuple[bytes, bytes] | None:
+        """Return a commit's signature and the bytes it signs, or None when it is unsigned."""
+        signature, payload = self._commit(commit_id).gpg_signature
+        return None if signature is None or payload is None else (signature, payload)
+
+    def commit_time(self, commit_id: CommitId) -> int:
+        """Return a commit's committer time, in seconds since the epoch."""
+        return self._commit(commit_id).commit_time
+
+    def first_parent(self, commit_id: CommitId) -> CommitId | None:
+        """Return a commit's first parent, or None for a root commit."""
+        parent_ids = self._commit(commit_id).parent_ids
+        return CommitId(str(parent_ids[0])) if parent_ids else None
+
+    def config_value(self, key: str) -> str | None:
+        """Return a git configuration value as the repository sees it, or None when unset."""
+        try:
+            return str(self._repo.config[key])
+        except (KeyError, pygit2.GitError):
+            return None
+
     def blob_id(self, commit_id: CommitId, path: str) -> BlobId | None:
         """Return the id of the blob at ``path`` in a commit, or None when there is none."""
         try:
@@ -236,13 +257,15 @@ class Storage:
         *,
         expected_parent: CommitId | None = None,
         start_point: CommitId | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> CommitId | None:
         """Write ``changes`` (path -> bytes, or None to delete) as one commit on ``branch``.
 
         Only the trees on changed paths are rebuilt. Returns None when nothing changed. Raises
         Conflict when ``expected_parent`` is given and the branch has moved since. A new branch
         starts at ``start_point``. When ``branch`` is checked out, the changed paths of the
-        working tree and index follow, unless they hold edits of their own.
+        working tree and index follow, unless they hold edits of their own. ``sign`` turns the
+        commit object's bytes into the signature stored in it.
         """
         with self._write_lock():
             parent = self.branch_commit(branch) or start_point
@@ -255,9 +278,20 @@ class Storage:
             if base_tree is not None and tree_id == base_tree.id:
                 return None
             signature = self._signature()
-            commit_id = self._repo.create_commit(
-                None, signature, signature, message, tree_id, [parent] if parent else []
-            )
+            parents: list[str | pygit2.Oid] = [parent] if parent else []
+            if sign is None:
+                commit_id = self._repo.create_commit(
+                    None, signature, signature, message, tree_id, parents
+                )
+            else:
+                # Git's commit signature covers the commit object as it would be without it.
+                # pygit2's stubs say Oid; it returns the commit object's text.
+                content = str(
+                    self._repo.create_commit_string(signature, signature, message, tree_id, parents)
+                )
+                commit_id = self._repo.create_commit_with_signature(
+                    content, sign(content.encode()).decode()
+                )
             # The ref update itself goes through libgit2's lockfile, so readers see old or new.
             self._repo.references.create(f"refs/heads/{branch}", commit_id, force=True)
             if self.workdir is not None and parent is not None and self.head_branch() == branch:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidData, InvalidInput, NotFound, SourceError
+from metasrv.errors import InvalidData, InvalidInput, NotFound, SourceError, Unverified
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import BlobId, CommitId, Storage
 from metasrv.understandings.overrides import Layer
@@ -20,6 +20,7 @@ from metasrv.understandings.rules import (
     rule_path,
     validate_understanding_name,
 )
+from metasrv.understandings.signatures import SignedHead, newest_verified, verify_commit
 
 UNDERSTANDINGS_ROOT = "understandings"
 MAX_UNDERSTANDINGS_PER_REQUEST = 16
@@ -60,6 +61,7 @@ class Understandings:
         self._storages: dict[str, Storage] = {}
         self._registrations = lru_cache(maxsize=64)(self._read_registrations)
         self._rule_files = lru_cache(maxsize=1024)(self._parse_rule_file)
+        self._last_verified: dict[tuple[str, bytes], CommitId] = {}
 
     def registrations(self, meta_commit: CommitId) -> dict[str, Registration]:
         """Return every registration at a meta commit, by name."""
@@ -132,10 +134,48 @@ class Understandings:
                 continue
 
     def head(self, registration: Registration, meta_commit: CommitId) -> CommitId:
-        """Return the commit an understanding's branch is at (embedded ones: the meta commit)."""
+        """Return the commit an understanding is served at (embedded ones: the meta commit).
+
+        With allowed signers, that is the newest commit of the branch whose signature verifies.
+        """
         if registration.is_embedded:
             return meta_commit
-        return self.storage_for(registration).resolve(registration.branch)
+        signed = self.signed_head(registration, meta_commit)
+        if signed is None:
+            return self.storage_for(registration).resolve(registration.branch)
+        if signed.commit is None:
+            newest = signed.refused[0]
+            raise SourceError(
+                f"understanding {registration.name!r} has no commit signed by an allowed signer "
+                f"(its head {newest.commit}: {newest.reason})"
+            )
+        return signed.commit
+
+    def allowed_signers(self, registration: Registration, meta_commit: CommitId) -> bytes | None:
+        """Return the allowed-signers file a registration names, read at the meta commit."""
+        if registration.allowed_signers is None:
+            return None
+        content = self.meta.read(meta_commit, registration.allowed_signers)
+        if content is None:
+            raise InvalidData(
+                f"understanding {registration.name!r}: its allowed-signers file "
+                f"{registration.allowed_signers!r} is not in the meta repository"
+            )
+        return content
+
+    def signed_head(self, registration: Registration, meta_commit: CommitId) -> SignedHead | None:
+        """Return the newest verifying commit and the refused ones above it (None: unsigned)."""
+        signers = self.allowed_signers(registration, meta_commit)
+        if signers is None:
+            return None
+        storage = self.storage_for(registration)
+        found = newest_verified(storage, storage.resolve(registration.branch), signers)
+        key = (registration.name, signers)
+        if found.commit is not None:
+            self._last_verified[key] = found.commit
+            return found
+        # A branch rewritten to unverified history: the last verified head keeps serving.
+        return SignedHead(self._last_verified.get(key), found.refused)
 
     def pin(self, meta_commit: CommitId, spec: str) -> list[Pinned]:
         """Resolve ``name[@ref],...`` in client order; an unseen pinned sha triggers a fetch."""
@@ -156,6 +196,7 @@ class Understandings:
                 commit = self.head(registration, meta_commit)
             else:
                 commit = self._resolve_pinned(registration, storage, ref)
+                self._require_verified(registration, meta_commit, storage, commit)
             immutable = registration.is_embedded or is_full_sha(ref)
             pinned.append(Pinned(registration, storage, commit, immutable))
         return pinned
@@ -171,6 +212,19 @@ class Understandings:
             return storage.resolve(ref)
         except NotFound:
             raise NotFound(f"understanding {registration.name!r} has no commit {ref!r}") from None
+
+    def _require_verified(
+        self, registration: Registration, meta_commit: CommitId, storage: Storage, commit: CommitId
+    ) -> None:
+        signers = self.allowed_signers(registration, meta_commit)
+        if signers is None:
+            return
+        verdict = verify_commit(storage, commit, signers)
+        if not verdict.verified:
+            raise Unverified(
+                f"understanding {registration.name!r} commit {commit} is not served: "
+                f"{verdict.reason}"
+            )
 
     def layer(self, pinned: Pinned, normalized_name: NormalizedName) -> Layer:
         """Return an understanding's rules for one project at its pinned commit."""

@@ -193,6 +193,8 @@ class Registration:
     repository: str  # a URL, a local path, or "." for the meta repository itself
     branch: str = "main"
     folder: str = ""
+    allowed_signers: str | None = None  # a path in the meta repository; then commits must verify
+    gate: bool = False  # through it, only files one of its rules approves are listed
 
     @property
     def is_embedded(self) -> bool:
@@ -210,9 +212,14 @@ class Registration:
             repository=reader.string("repository"),
             branch=reader.optional_string("branch") or "main",
             folder=reader.optional_string("folder") or "",
+            allowed_signers=reader.optional_string("allowed-signers"),
+            gate=reader.boolean("gate", default=False),
         )
         reader.reject_unknown()
         validate_understanding_name(registration.name)
+        if registration.allowed_signers is not None and registration.is_embedded:
+            # An embedded understanding is read at the meta commit, which the server trusts anyway.
+            raise InvalidData(f"{where}: 'allowed-signers' needs a repository of its own, not '.'")
         return registration
 
     def to_toml(self) -> dict[str, Any]:
@@ -226,6 +233,10 @@ class Registration:
         }
         if self.folder:
             document["folder"] = self.folder
+        if self.allowed_signers is not None:
+            document["allowed-signers"] = self.allowed_signers
+        if self.gate:
+            document["gate"] = True
         return document
 
 

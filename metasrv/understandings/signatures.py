@@ -1,0 +1,166 @@
+"""Git's SSH commit signatures, verified and made by OpenSSH's ``ssh-keygen -Y``."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+from metasrv.errors import InvalidInput
+from metasrv.repo.storage import CommitId, Storage
+
+SSH_SIGNATURE_HEADER = b"-----BEGIN SSH SIGNATURE-----"
+NAMESPACE = "git"  # the namespace git signs commits in (gpg.ssh)
+SSH_KEYGEN_TIMEOUT_SECONDS = 20
+# How far back a branch is searched for a commit that verifies.
+MAX_UNVERIFIED_COMMITS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a commit's signature verifies against a list of allowed signers, and why not."""
+
+    commit: CommitId
+    signer: str | None  # the principal the signature verified for
+    reason: str | None  # why it does not verify; None when it does
+
+    @property
+    def verified(self) -> bool:
+        """Return whether the signature verified."""
+        return self.reason is None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """The newest commit of a branch that verifies, and the newer ones that were refused."""
+
+    commit: CommitId | None
+    refused: tuple[Verdict, ...]
+
+
+def verify_commit(storage: Storage, commit_id: CommitId, allowed_signers: bytes) -> Verdict:
+    """Verify a commit's SSH signature against an ``allowed_signers`` file's content."""
+    signed = storage.commit_signature(commit_id)
+    if signed is None:
+        return Verdict(commit_id, None, "the commit is not signed")
+    signature, payload = signed
+    if not signature.lstrip().startswith(SSH_SIGNATURE_HEADER):
+        return Verdict(commit_id, None, "the commit is not signed with an SSH key")
+    return _verify(
+        commit_id,
+        signature,
+        payload,
+        allowed_signers,
+        datetime.fromtimestamp(storage.commit_time(commit_id), UTC).strftime("%Y%m%d%H%M%S"),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _verify(
+    commit_id: CommitId, signature: bytes, payload: bytes, allowed_signers: bytes, when: str
+) -> Verdict:
+    # A commit's bytes never change, so one verdict per (commit, signer list) holds forever.
+    with tempfile.TemporaryDirectory(prefix="metasrv-verify-") as folder:
+        signers_path, signature_path = Path(folder) / "allowed_signers", Path(folder) / "sig"
+        signers_path.write_bytes(allowed_signers)
+        signature_path.write_bytes(signature)
+        # Keys in allowed_signers may carry valid-after / valid-before: judge them at commit time,
+        # as git does.
+        found = _ssh_keygen(
+            [
+                "-Y",
+                "find-principals",
+                "-f",
+                str(signers_path),
+                "-s",
+                str(signature_path),
+                f"-Overify-time={when}",
+            ],
+            b"",
+        )
+        principals = found.stdout.decode(errors="replace").split()
+        if found.returncode != 0 or not principals:
+            return Verdict(commit_id, None, "signed by a key that is not an allowed signer")
+        checked = _ssh_keygen(
+            [
+                "-Y",
+                "verify",
+                "-f",
+                str(signers_path),
+                "-I",
+                principals[0],
+                "-n",
+                NAMESPACE,
+                "-s",
+                str(signature_path),
+                f"-Overify-time={when}",
+            ],
+            payload,
+        )
+    if checked.returncode != 0:
+        detail = checked.stderr.decode(errors="replace").strip().splitlines()
+        return Verdict(commit_id, None, f"the signature does not verify: {' '.join(detail[:1])}")
+    return Verdict(commit_id, principals[0], None)
+
+
+def _ssh_keygen(arguments: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            ["ssh-keygen", *arguments],
+            input=stdin,
+            capture_output=True,
+            timeout=SSH_KEYGEN_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        # No verdict is a refusal: an unverifiable commit is never served as if it verified.
+        return subprocess.CompletedProcess(["ssh-keygen"], 255, b"", f"ssh-keygen: {exc}".encode())
+
+
+def newest_verified(storage: Storage, branch_head: CommitId, allowed_signers: bytes) -> SignedHead:
+    """Return the newest commit on a branch's first-parent line that verifies."""
+    refused: list[Verdict] = []
+    commit_id: CommitId | None = branch_head
+    while commit_id is not None and len(refused) < MAX_UNVERIFIED_COMMITS:
+        verdict = verify_commit(storage, commit_id, allowed_signers)
+        if verdict.verified:
+            return SignedHead(commit_id, tuple(refused))
+        refused.append(verdict)
+        commit_id = storage.first_parent(commit_id)
+    return SignedHead(None, tuple(refused))
+
+
+def signing_key(storage: Storage) -> str | None:
+    """Return the SSH key git is configured to sign this repository's commits with, if any."""
+    if (storage.config_value("commit.gpgsign") or "").lower() not in ("true", "yes", "on", "1"):
+        return None
+    if (storage.config_value("gpg.format") or "openpgp").lower() != "ssh":
+        raise InvalidInput(
+            "git is configured to sign commits with GPG; metasrv signs only with SSH keys "
+            "(gpg.format = ssh)"
+        )
+    key = storage.config_value("user.signingkey")
+    if not key:
+        raise InvalidInput("commit.gpgsign is set but user.signingkey names no SSH key")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class SshSigner:
+    """Sign bytes with ``ssh-keygen -Y sign`` in git's namespace."""
+
+    key: str
+
+    def __call__(self, content: bytes) -> bytes:
+        """Return the armored SSH signature of ``content``."""
+        key_path = Path(self.key.removeprefix("key::")).expanduser()
+        if self.key.startswith(("ssh-", "key::")):
+            raise InvalidInput("user.signingkey must name a key file, not a literal key")
+        signed = _ssh_keygen(["-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], content)
+        if signed.returncode != 0 or SSH_SIGNATURE_HEADER not in signed.stdout:
+            detail = signed.stderr.decode(errors="replace").strip().splitlines()
+            raise InvalidInput(f"cannot sign with {key_path}: {' '.join(detail[:1])}")
+        return signed.stdout

@@ -1,0 +1,135 @@
+"""Signed understandings: only commits an allowed signer signed are served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metasrv.http.app import create_app
+from metasrv.repo import tomlcodec
+from metasrv.repo.storage import CommitId, Storage
+from metasrv.understandings.rules import Registration
+from tests.conftest import AsgiClient
+from tests.signing import allowed_signers_line, git, git_commit, make_key
+from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, rule_file
+
+FLASK_RULES = "fl/b8/flask.toml"
+SIGNERS_PATH = "understandings/audit.allowed_signers"
+
+
+class Signed:
+    """A meta repository registering ``audit``, whose commits alice must sign."""
+
+    def __init__(self, tmp_path: Path, meta: Storage) -> None:
+        self.meta = meta
+        self.alice = make_key(tmp_path / "keys", "alice")
+        self.mallory = make_key(tmp_path / "keys", "mallory")
+        self.repository = tmp_path / "audit"
+        self.repository.mkdir()
+        git(self.repository, "init", "-q", "-b", "main")
+        self.mirrors = tmp_path / "mirrors"
+        registration = Registration(
+            "audit", "audited", str(self.repository), "main", "", allowed_signers=SIGNERS_PATH
+        )
+        meta.commit(
+            "main",
+            {
+                "understandings/audit.toml": tomlcodec.dumps(registration.to_toml()),
+                SIGNERS_PATH: allowed_signers_line("alice@example.org", self.alice),
+            },
+            "register audit, signed by alice",
+        )
+
+    def commit(self, key: Path | None, *rules: dict[str, Any]) -> CommitId:
+        """Commit Flask's rules to the understanding, signed with ``key`` when given."""
+        return git_commit(self.repository, {FLASK_RULES: rule_file("Flask", *rules)}, key)
+
+    def client(self) -> AsgiClient:
+        """Return a client of a fresh server, which mirrors the understanding as it is now."""
+        return AsgiClient(create_app(self.meta.path, mirrors=self.mirrors))
+
+
+@pytest.fixture
+def signed(tmp_path: Path, storage: Storage) -> Signed:
+    return Signed(tmp_path, storage)
+
+
+def test_a_head_an_allowed_signer_signed_is_served(signed: Signed) -> None:
+    head = signed.commit(signed.alice, CAP_WERKZEUG)
+    client = signed.client()
+    body = client.get("/v1/projects/flask/2.0.0?understanding=audit").json()
+    assert body["requires-dist"] == ["Werkzeug<2.1,>=2.0"]
+    assert body["understandings"] == [{"name": "audit", "commit": head}]
+    status = client.get("/v1/understandings/audit").json()
+    assert status["head"] == head
+    assert status["allowed-signers"] == SIGNERS_PATH
+    assert status["refused"] == []
+
+
+@pytest.mark.parametrize(
+    ("signer", "reason"),
+    [
+        (None, "the commit is not signed"),
+        ("mallory", "signed by a key that is not an allowed signer"),
+    ],
+)
+def test_a_head_that_does_not_verify_is_refused_while_the_last_verified_serves(
+    signed: Signed, signer: str | None, reason: str
+) -> None:
+    good = signed.commit(signed.alice, CAP_WERKZEUG)
+    bad = signed.commit(signed.mallory if signer else None, CAP_WERKZEUG, RELAX_CLICK)
+    client = signed.client()
+    served = client.get("/v1/projects/flask/1.1.4?understanding=audit").json()
+    assert served["requires-dist"] == ["Werkzeug<2.0", "click<8.0"]  # RELAX_CLICK not applied
+    assert served["understandings"] == [{"name": "audit", "commit": good}]
+    status = client.get("/v1/understandings/audit").json()
+    assert status["head"] == good
+    assert status["refused"] == [{"commit": bad, "reason": reason}]
+    for url in (
+        f"/v1/projects/flask/1.1.4?understanding=audit@{bad}",
+        f"/u/audit@{bad}/simple/flask/",
+    ):
+        pinned = client.get(url)
+        assert pinned.status_code == 403
+        assert pinned.json()["error"] == (
+            f"understanding 'audit' commit {bad} is not served: {reason}"
+        )
+    assert client.get(f"/v1/projects/flask/1.1.4?understanding=audit@{good}").status_code == 200
+
+
+def test_a_branch_rewritten_without_signatures_keeps_the_last_verified_head(
+    signed: Signed,
+) -> None:
+    good = signed.commit(signed.alice, CAP_WERKZEUG)
+    client = signed.client()
+    assert client.get("/v1/understandings/audit").json()["head"] == good
+    git(signed.repository, "checkout", "-q", "--orphan", "rewritten")
+    forced = signed.commit(None, RELAX_CLICK)
+    git(signed.repository, "branch", "-q", "-M", "rewritten", "main")
+    # A pin the mirror has not seen makes it fetch the rewritten branch.
+    assert client.get(f"/v1/projects/flask/2.0.0?understanding=audit@{forced}").status_code == 403
+    status = client.get("/v1/understandings/audit").json()
+    assert status["head"] == good
+    assert status["refused"] == [{"commit": forced, "reason": "the commit is not signed"}]
+    body = client.get("/v1/projects/flask/2.0.0?understanding=audit").json()
+    assert body["requires-dist"] == ["Werkzeug<2.1,>=2.0"]
+
+
+def test_an_understanding_with_no_verified_commit_is_a_502_that_says_why(signed: Signed) -> None:
+    head = signed.commit(None, CAP_WERKZEUG)
+    response = signed.client().get("/v1/projects/flask/2.0.0?understanding=audit")
+    assert response.status_code == 502
+    assert response.json()["error"] == (
+        "understanding 'audit' has no commit signed by an allowed signer "
+        f"(its head {head}: the commit is not signed)"
+    )
+
+
+def test_a_missing_allowed_signers_file_is_a_422(signed: Signed) -> None:
+    signed.commit(signed.alice, CAP_WERKZEUG)
+    signed.meta.commit("main", {SIGNERS_PATH: None}, "lose the signers")
+    response = signed.client().get("/v1/projects/flask/2.0.0?understanding=audit")
+    assert response.status_code == 422
+    assert "allowed-signers file" in response.json()["error"]
