@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
@@ -13,7 +14,7 @@ from packaging.version import Version
 
 from metasrv.errors import InvalidData, InvalidInput
 from metasrv.names import normalize_name, parse_version
-from metasrv.tables import FORMAT_VERSION, TableReader
+from metasrv.tables import DATA_FORMAT_VERSION, FORMAT_VERSION, TableReader
 
 Yanked = bool | str
 """PEP 592 / PEP 691: False, True, or the reason it was yanked."""
@@ -58,6 +59,42 @@ class CoreMetadata:
         return table
 
 
+class MetadataStatus(StrEnum):
+    """Why a file's core metadata is not simply known (data/README.md: "Metadata status")."""
+
+    PENDING = "pending"  # not read yet (pull-through reads it on first request)
+    SKIPPED = "skipped"  # a note: an sdist beside wheels, not read
+    DYNAMIC = "dynamic"  # an sdist that does not declare its metadata statically: needs a build
+    BUILT = "built"  # computed by a sandboxed build; the file has metadata and metadata-built-on
+    BUILD_FAILED = "build-failed"
+    FETCH_FAILED = "fetch-failed"  # the source did not answer; the next sync reads it again
+    UNUSABLE = "unusable"  # corrupt, hash mismatch, oversized; kept while its hash is unchanged
+
+    @property
+    def gives_metadata(self) -> bool:
+        """Return whether a file of this status has core metadata of its own."""
+        return self is MetadataStatus.BUILT
+
+
+# Format 1 wrote one free-text `metadata-error`; these are the texts sync wrote, by status,
+# each with the part of the text that is not the reason.
+_FORMAT_1_PREFIXES = (
+    ("fetch failed: ", MetadataStatus.FETCH_FAILED, "fetch failed: "),
+    ("not read: the release's wheels", MetadataStatus.SKIPPED, "not read: "),
+    ("not read", MetadataStatus.PENDING, ""),
+)
+
+
+def status_of_format_1_error(error: str) -> tuple[MetadataStatus, str]:
+    """Return the status and reason a format 1 ``metadata-error`` text stands for."""
+    for prefix, status, not_reason in _FORMAT_1_PREFIXES:
+        if error.startswith(prefix):
+            return status, error.removeprefix(not_reason)
+    if error.startswith("sdist metadata ") and error.endswith(" does not declare static fields"):
+        return MetadataStatus.DYNAMIC, error
+    return MetadataStatus.UNUSABLE, error
+
+
 @dataclass(frozen=True, slots=True)
 class DistFile:
     """One distribution file of a release, with its own effective core metadata."""
@@ -70,22 +107,35 @@ class DistFile:
     requires_python: str | None = None
     yanked: Yanked = False
     metadata: CoreMetadata | None = None
-    metadata_error: str | None = None
+    metadata_status: MetadataStatus | None = None
+    metadata_reason: str | None = None
+    metadata_built_on: str | None = None
 
     @classmethod
     def from_toml(
-        cls, table: Mapping[str, Any], where: str, inherited: CoreMetadata | None
+        cls,
+        table: Mapping[str, Any],
+        where: str,
+        inherited: CoreMetadata | None,
+        format_version: int = DATA_FORMAT_VERSION,
     ) -> DistFile:
         """Build from a ``files`` entry, inheriting ``inherited`` unless it says otherwise."""
         reader = TableReader(table, where)
-        metadata_error = reader.optional_string("metadata-error")
+        status, reason = _read_status(reader, where, format_version)
+        built_on = reader.optional_string("metadata-built-on")
         own_metadata = reader.optional_table("metadata")
         if own_metadata is not None:
             metadata: CoreMetadata | None = CoreMetadata.from_toml(
                 own_metadata, f"{where}.metadata"
             )
         else:
-            metadata = None if metadata_error is not None else inherited
+            metadata = None if status is not None else inherited
+        if status is MetadataStatus.BUILT and (own_metadata is None or built_on is None):
+            raise InvalidData(f"{where}: a built file needs 'metadata' and 'metadata-built-on'")
+        if status is not None and not status.gives_metadata and own_metadata is not None:
+            raise InvalidData(f"{where}: a file whose metadata is {status} has no 'metadata'")
+        if built_on is not None and status is not MetadataStatus.BUILT:
+            raise InvalidData(f"{where}: 'metadata-built-on' belongs to a built file")
         dist_file = cls(
             filename=reader.string("filename"),
             url=reader.string("url"),
@@ -95,7 +145,9 @@ class DistFile:
             requires_python=reader.optional_string("requires-python"),
             yanked=reader.yanked("yanked"),
             metadata=metadata,
-            metadata_error=metadata_error,
+            metadata_status=status,
+            metadata_reason=reason,
+            metadata_built_on=built_on,
         )
         reader.reject_unknown()
         return dist_file
@@ -112,11 +164,39 @@ class DistFile:
             table["requires-python"] = self.requires_python
         if self.yanked is not False:
             table["yanked"] = self.yanked
-        if self.metadata_error is not None:
-            table["metadata-error"] = self.metadata_error
-        if self.metadata is not None and self.metadata != common:
+        if self.metadata_status is not None:
+            table["metadata-status"] = str(self.metadata_status)
+        if self.metadata_reason is not None:
+            table["metadata-reason"] = self.metadata_reason
+        if self.metadata_built_on is not None:
+            table["metadata-built-on"] = self.metadata_built_on
+        # A built file always states its metadata: a file with a status inherits none.
+        built = self.metadata_status is MetadataStatus.BUILT
+        if self.metadata is not None and (self.metadata != common or built):
             table["metadata"] = self.metadata.to_toml()
         return table
+
+
+def _read_status(
+    reader: TableReader, where: str, format_version: int
+) -> tuple[MetadataStatus | None, str | None]:
+    """Return a file's metadata status and reason; format 1 spelled both as ``metadata-error``."""
+    if format_version == 1:
+        error = reader.optional_string("metadata-error")
+        return (None, None) if error is None else status_of_format_1_error(error)
+    status_text = reader.optional_string("metadata-status")
+    reason = reader.optional_string("metadata-reason")
+    if status_text is None:
+        if reason is not None:
+            raise InvalidData(f"{where}: 'metadata-reason' without 'metadata-status'")
+        return None, None
+    try:
+        return MetadataStatus(status_text), reason
+    except ValueError:
+        known = ", ".join(status.value for status in MetadataStatus)
+        raise InvalidData(
+            f"{where}: unknown metadata-status {status_text!r} (expected one of {known})"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +274,7 @@ class Project:
     def from_toml(cls, document: Mapping[str, Any], where: str) -> Project:
         """Build from a parsed project file; ``where`` names it in errors."""
         reader = TableReader(document, where)
-        reader.require_format()
+        format_version = reader.require_format((1, DATA_FORMAT_VERSION))
         name = reader.string("name")
         source_state = SourceState(
             etag=reader.optional_string("source-etag"),
@@ -214,7 +294,9 @@ class Project:
                 else None
             )
             files = tuple(
-                DistFile.from_toml(file_table, f"{release_where}.files[{index}]", metadata)
+                DistFile.from_toml(
+                    file_table, f"{release_where}.files[{index}]", metadata, format_version
+                )
                 for index, file_table in enumerate(release_reader.tables("files"))
             )
             release_reader.reject_unknown()
@@ -238,7 +320,7 @@ class Project:
                 release_table["metadata"] = release.metadata.to_toml()
             release_table["files"] = [f.to_toml(release.metadata) for f in release.files]
             releases[release.version_text] = release_table
-        document: dict[str, Any] = {"format": FORMAT_VERSION, "name": self.name}
+        document: dict[str, Any] = {"format": DATA_FORMAT_VERSION, "name": self.name}
         for key, value in (
             ("source-etag", self.source_state.etag),
             ("source-last-modified", self.source_state.last_modified),

@@ -8,7 +8,9 @@ from typing import Any
 from metasrv.errors import InvalidData
 
 FORMAT_VERSION = 1
-"""The ``format`` every data, understanding and marker file declares."""
+"""The ``format`` every understanding and marker file and ``metasrv.toml`` declares."""
+DATA_FORMAT_VERSION = 2
+"""The ``format`` a project file under data/ is written in; format 1 files are still read."""
 
 
 class TableReader:
@@ -79,10 +81,12 @@ class TableReader:
             raise InvalidData(f"{self._where}: {key!r} must be a table of strings")
         return dict(table)
 
-    def require_format(self) -> None:
-        """Raise InvalidData unless the document says it is in this format version."""
-        if self.integer("format") != FORMAT_VERSION:
+    def require_format(self, accepted: tuple[int, ...] = (FORMAT_VERSION,)) -> int:
+        """Return the document's format version; raise InvalidData unless it is ``accepted``."""
+        version = self.integer("format")
+        if version not in accepted:
             raise InvalidData(f"{self._where}: unsupported format {self._table.get('format')!r}")
+        return version
 
     def value(self, key: str) -> Any:
         """Return a key's raw value (None when absent) for the caller to validate."""

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from metasrv.cli.main import main
-from metasrv.model import CoreMetadata, DistFile, MetaConfig, Project, Release
+from metasrv.model import CoreMetadata, DistFile, MetaConfig, MetadataStatus, Project, Release
 from metasrv.names import project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.projectfile import write_project
@@ -40,7 +40,7 @@ def make_file(
         requires_python=requires_python,
         yanked=yanked,
         metadata=metadata or None,
-        metadata_error=None if metadata else "not read",
+        metadata_status=None if metadata else MetadataStatus.PENDING,
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metasrv.model import Project
+from metasrv.model import MetadataStatus, Project, status_of_format_1_error
 from metasrv.names import name_from_path
 from metasrv.repo import tomlcodec
 
@@ -41,3 +41,23 @@ def test_the_readme_example_is_a_valid_project_file() -> None:
     for example in examples:
         project = Project.from_toml(tomlcodec.loads(example, where="README"), "README")
         assert tomlcodec.dumps(project.to_toml()).decode() == example
+
+
+def test_the_readme_lists_every_metadata_status_and_no_other() -> None:
+    readme = (DATA / "README.md").read_text()
+    section = readme.split("### Metadata status", 1)[1].split("###", 1)[0]
+    listed = re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.MULTILINE)
+    assert listed[1:] == [status.value for status in MetadataStatus]
+
+
+@pytest.mark.parametrize(
+    "row",
+    re.findall(
+        r"^\| `([^`]+)` \| `([a-z-]+)` \|",
+        (DATA / "README.md").read_text().split("### Format 1", 1)[1],
+        flags=re.MULTILINE,
+    ),
+)
+def test_the_readmes_format_1_examples_read_as_it_says(row: tuple[str, str]) -> None:
+    error, status = row
+    assert status_of_format_1_error(error.replace("...", "x"))[0] == status

@@ -16,7 +16,7 @@ import pytest
 from metasrv.cli.main import main
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, sync
-from metasrv.model import Project
+from metasrv.model import MetadataStatus, Project
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
@@ -103,7 +103,8 @@ def test_synced_data_equals_what_is_inside_the_archives(
     assert wheel.url == f"{index.url}/files/{wheel.filename}"
     # The release's wheel gives its metadata, so its sdist is not downloaded.
     assert sdist.metadata is None
-    assert sdist.metadata_error == "not read: the release's wheels give its metadata"
+    assert sdist.metadata_status is MetadataStatus.SKIPPED
+    assert sdist.metadata_reason == "the release's wheels give its metadata"
 
 
 def test_range_requests_fetch_a_small_part_of_each_wheel(meta: Storage, archives: Path) -> None:
@@ -121,7 +122,8 @@ def test_sdists_are_trusted_only_as_pep_643_allows(meta: Storage, archives: Path
         sync(meta, index.simple_url, ["beta"], FAST)
     old, new = _head_project(meta, "beta").releases
     assert old.metadata is None
-    assert old.files[0].metadata_error == "sdist metadata 2.1 does not declare static fields"
+    assert old.files[0].metadata_status is MetadataStatus.DYNAMIC
+    assert old.files[0].metadata_reason == "sdist metadata 2.1 does not declare static fields"
     assert new.metadata is not None
     assert new.metadata.dynamic == ("Requires-Dist",)
 
@@ -164,9 +166,8 @@ def test_a_file_that_keeps_failing_is_recorded_as_an_error(meta: Storage, archiv
     assert summary.exit_code == 1
     failed = _head_project(meta, "alpha").releases[1].files[0]
     assert failed.metadata is None
-    assert failed.metadata_error is not None
-    assert failed.metadata_error.startswith("fetch failed: ")
-    assert "HTTP 500 after 5 attempts" in failed.metadata_error
+    assert failed.metadata_status is MetadataStatus.FETCH_FAILED
+    assert "HTTP 500 after 5 attempts" in (failed.metadata_reason or "")
     with serve_index(archives, IndexBehaviour(pep658=False)) as index:
         assert sync(meta, index.simple_url, ["alpha"], FAST).exit_code == 0
     assert _head_project(meta, "alpha").releases[1].files[0].metadata is not None
@@ -211,8 +212,8 @@ def test_hostile_archives_are_recorded_as_errors_not_crashes(
     assert summary.exit_code == 1
     dist_file = _head_project(meta, name).releases[0].files[0]
     assert dist_file.metadata is None
-    assert dist_file.metadata_error is not None
-    assert message in dist_file.metadata_error
+    assert dist_file.metadata_status is MetadataStatus.UNUSABLE
+    assert message in (dist_file.metadata_reason or "")
 
 
 @pytest.mark.parametrize("where", ["wheel", "metadata-file"])
@@ -231,7 +232,8 @@ def test_a_hash_mismatch_is_recorded_and_no_metadata_is_trusted(
     assert summary.exit_code == 1
     dist_file = _head_project(meta, "alpha").releases[1].files[0]
     assert dist_file.metadata is None
-    assert (dist_file.metadata_error or "").startswith("hash mismatch")
+    assert dist_file.metadata_status is MetadataStatus.UNUSABLE
+    assert (dist_file.metadata_reason or "").startswith("hash mismatch")
 
 
 def test_a_resync_with_nothing_new_makes_no_commit_and_fetches_no_archive(

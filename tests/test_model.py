@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metasrv.errors import InvalidData
-from metasrv.model import CoreMetadata, Project, Release
+from metasrv.model import CoreMetadata, MetadataStatus, Project, Release
 from metasrv.repo import tomlcodec
 from metasrv.repo.projectfile import registered_name
 from tests.builders import make_file, make_project
@@ -56,7 +57,7 @@ def test_a_file_whose_metadata_could_not_be_read_inherits_nothing() -> None:
     parsed = Project.from_toml(tomllib.loads(tomlcodec.dumps(project.to_toml()).decode()), "x")
     sdist = next(f for f in parsed.releases[0].files if f.filename.endswith(".tar.gz"))
     assert sdist.metadata is None
-    assert sdist.metadata_error == "not read"
+    assert sdist.metadata_status is MetadataStatus.PENDING
 
 
 def test_a_release_is_yanked_only_when_every_file_is() -> None:
@@ -89,10 +90,71 @@ def _document(**overrides: Any) -> dict[str, Any]:
     return document
 
 
+def _file_document(keys: dict[str, Any], format_version: int = 2) -> dict[str, Any]:
+    dist_file = {"filename": "x-1.0.tar.gz", "url": "u", "hashes": {}, **keys}
+    return {"format": format_version, "name": "x", "releases": {"1.0": {"files": [dist_file]}}}
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "reason"),
+    [
+        (
+            "not read: the release's wheels give its metadata",
+            MetadataStatus.SKIPPED,
+            "the release's wheels give its metadata",
+        ),
+        (
+            "sdist metadata 2.1 does not declare static fields",
+            MetadataStatus.DYNAMIC,
+            "sdist metadata 2.1 does not declare static fields",
+        ),
+        (
+            "fetch failed: https://x/f: HTTP 500 after 5 attempts",
+            MetadataStatus.FETCH_FAILED,
+            "https://x/f: HTTP 500 after 5 attempts",
+        ),
+        ("not read yet", MetadataStatus.PENDING, "not read yet"),
+        (
+            "hash mismatch: PEP 658 metadata file",
+            MetadataStatus.UNUSABLE,
+            "hash mismatch: PEP 658 metadata file",
+        ),
+        ("corrupt wheel: bad zip", MetadataStatus.UNUSABLE, "corrupt wheel: bad zip"),
+    ],
+)
+def test_a_format_1_metadata_error_is_read_as_a_status_and_written_as_format_2(
+    error: str, status: MetadataStatus, reason: str
+) -> None:
+    project = Project.from_toml(_file_document({"metadata-error": error}, 1), "x")
+    dist_file = project.releases[0].files[0]
+    assert (dist_file.metadata_status, dist_file.metadata_reason, dist_file.metadata) == (
+        status,
+        reason,
+        None,
+    )
+    rewritten = project.to_toml()
+    assert rewritten["format"] == 2
+    assert rewritten["releases"]["1.0"]["files"][0]["metadata-status"] == status.value
+    assert Project.from_toml(rewritten, "x") == project
+
+
+def test_a_built_file_keeps_its_metadata_even_where_the_release_agrees() -> None:
+    metadata = CoreMetadata("2.4", requires_dist=("a",))
+    built = replace(
+        make_file("x-1.0.tar.gz", metadata=metadata),
+        metadata_status=MetadataStatus.BUILT,
+        metadata_built_on="CPython 3.11.7 linux x86_64",
+    )
+    project = Project.create("x", [Release.from_files("1.0", (built,))])
+    document = project.to_toml()
+    assert document["releases"]["1.0"]["files"][0]["metadata"] == metadata.to_toml()
+    assert Project.from_toml(document, "x") == project
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        (_document(format=2), "unsupported format"),
+        (_document(format=3), "unsupported format"),
         (_document(name=3), "'name' must be a string"),
         (_document(extra="x"), "unknown key 'extra'"),
         (_document(releases={"not a version": {}}), "invalid version"),
@@ -110,6 +172,15 @@ def _document(**overrides: Any) -> dict[str, Any]:
             "missing key 'metadata-version'",
         ),
         ({"name": "x", "releases": {}}, "missing key 'format'"),
+        (_file_document({"metadata-status": "broken"}), "unknown metadata-status 'broken'"),
+        (_file_document({"metadata-reason": "why"}), "'metadata-reason' without"),
+        (_file_document({"metadata-error": "old"}), "unknown key 'metadata-error'"),
+        (_file_document({"metadata-status": "built"}), "a built file needs"),
+        (
+            _file_document({"metadata-status": "skipped", "metadata": {"metadata-version": "2.1"}}),
+            "a file whose metadata is skipped has no 'metadata'",
+        ),
+        (_file_document({"metadata-built-on": "CPython"}), "'metadata-built-on' belongs"),
     ],
 )
 def test_malformed_project_files_name_the_problem(document: dict[str, Any], message: str) -> None:

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pygit2
 import pytest
 
+from metasrv.model import MetadataStatus, Project, Release
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
-from tests.builders import commit_projects, make_project
+from tests.builders import commit_projects, make_file, make_project
 from tests.conftest import SIGNATURE, AsgiClient
 from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, wait_for
 
@@ -56,6 +58,39 @@ def test_any_pep_440_equal_spelling_finds_a_release(client: AsgiClient, spelling
     assert body["requires-dist"] == ["Werkzeug>=2.0"]
     assert body["files"][0]["filename"] == "Flask-2.0.0-py3-none-any.whl"
     assert "metadata" not in body["files"][0]
+
+
+def test_a_note_on_a_file_reads_as_a_status_not_an_error(
+    client: AsgiClient, storage: Storage
+) -> None:
+    wheel = make_file("Flask-3.0-py3-none-any.whl", requires_dist=["Werkzeug>=3"])
+    sdist = replace(
+        make_file("flask-3.0.tar.gz", metadata=False),
+        metadata_status=MetadataStatus.SKIPPED,
+        metadata_reason="the release's wheels give its metadata",
+    )
+    flask = Project.create("Flask", [Release.from_files("3.0", (wheel, sdist))])
+    commit_projects(storage, flask)
+    files = {f["filename"]: f for f in client.get("/v1/projects/flask/3.0").json()["files"]}
+    assert files["Flask-3.0-py3-none-any.whl"]["metadata-status"] == "known"
+    assert files["Flask-3.0-py3-none-any.whl"]["metadata-reason"] is None
+    assert files["flask-3.0.tar.gz"]["metadata-status"] == "skipped"
+    assert files["flask-3.0.tar.gz"]["metadata-reason"] == "the release's wheels give its metadata"
+    assert "metadata-error" not in files["flask-3.0.tar.gz"]
+
+
+def test_a_format_1_file_is_served_with_its_error_read_as_a_status(
+    client: AsgiClient, storage: Storage
+) -> None:
+    old = (
+        'format = 1\nname = "Old"\n\n[[releases."1.0".files]]\nfilename = "old-1.0.tar.gz"\n'
+        'url = "https://files.test/old-1.0.tar.gz"\nhashes = {}\n'
+        'metadata-error = "fetch failed: HTTP 500 after 5 attempts"\n'
+    )
+    storage.commit("main", {f"data/{project_path(normalize_name('old'))}": old.encode()}, "old")
+    dist_file = client.get("/v1/projects/old/1.0").json()["files"][0]
+    assert dist_file["metadata-status"] == "fetch-failed"
+    assert dist_file["metadata-reason"] == "HTTP 500 after 5 attempts"
 
 
 def test_a_commit_made_while_serving_is_served_at_once(

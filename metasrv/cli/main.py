@@ -224,12 +224,17 @@ def _format_project(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _metadata_state(dist_file: dict[str, Any]) -> str:
+    status, reason = dist_file["metadata-status"], dist_file["metadata-reason"]
+    return status if reason is None else f"{status}: {reason}"
+
+
 def _format_release(document: dict[str, Any]) -> str:
     lines = [f"{document['name']} {document['version']} at {document['at'][:12]}"]
     if document["yanked"]:
         lines.append(f"yanked: {document['yanked']}")
     if document["requires-dist"] is None:
-        reasons = sorted({f["metadata-error"] for f in document["files"] if "metadata-error" in f})
+        reasons = sorted({_metadata_state(f) for f in document["files"]})
         lines.append(f"core metadata: unknown ({'; '.join(reasons) or 'no files'})")
     else:
         lines.append(f"requires-python: {document['requires-python'] or '(any)'}")
@@ -244,8 +249,8 @@ def _format_release(document: dict[str, Any]) -> str:
     lines.append("files:")
     for dist_file in document["files"]:
         note = ""
-        if "metadata-error" in dist_file:
-            note = f" (metadata unknown: {dist_file['metadata-error']})"
+        if dist_file["metadata-status"] not in ("known", "built"):
+            note = f" (metadata {_metadata_state(dist_file)})"
         elif "metadata" in dist_file:
             note = " (own metadata)"
         lines.append(f"  {dist_file['filename']}  {dist_file['size'] or '?'} bytes{note}")

@@ -82,9 +82,12 @@ def render_file(dist_file: DistFile, common: CoreMetadata | None) -> dict[str, A
         "upload-time": dist_file.upload_time,
         "requires-python": dist_file.requires_python,
         "yanked": dist_file.yanked,
+        # "known" where the data file has no status: a reader sees a note is not a failure.
+        "metadata-status": str(dist_file.metadata_status or "known"),
+        "metadata-reason": dist_file.metadata_reason,
     }
-    if dist_file.metadata_error is not None:
-        rendered["metadata-error"] = dist_file.metadata_error
+    if dist_file.metadata_built_on is not None:
+        rendered["metadata-built-on"] = dist_file.metadata_built_on
     if dist_file.metadata != common:
         rendered["metadata"] = (
             None if dist_file.metadata is None else render_metadata(dist_file.metadata)

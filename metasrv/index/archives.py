@@ -18,7 +18,7 @@ from packaging.utils import (
 )
 
 from metasrv.errors import InvalidArchive
-from metasrv.model import CoreMetadata
+from metasrv.model import CoreMetadata, MetadataStatus
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -39,7 +39,8 @@ class ReadMetadata:
 
     metadata: CoreMetadata | None
     name: str | None
-    unknown_reason: str | None = None
+    status: MetadataStatus | None = None
+    reason: str | None = None
 
 
 def parse_metadata(content: bytes) -> ReadMetadata:
@@ -66,7 +67,7 @@ def sdist_metadata(content: bytes) -> ReadMetadata:
     version = tuple(int(part) for part in read.metadata.metadata_version.split(".")[:2])
     if version < STATIC_SDIST_METADATA:
         reason = f"sdist metadata {read.metadata.metadata_version} does not declare static fields"
-        return ReadMetadata(None, read.name, reason)
+        return ReadMetadata(None, read.name, MetadataStatus.DYNAMIC, reason)
     return read
 
 

@@ -27,15 +27,13 @@ from metasrv.index.client import (
 )
 from metasrv.index.filemetadata import read_metadata
 from metasrv.index.pages import ProjectPage, SourceFile
-from metasrv.model import DistFile, Project, Release, SourceState
+from metasrv.model import DistFile, MetadataStatus, Project, Release, SourceState
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import CommitId, Storage
 
-# Metadata that could not be fetched is retried by the next sync; other errors belong to the bytes.
-FETCH_FAILED = "fetch failed: "
-WHEELS_GIVE_METADATA = "not read: the release's wheels give its metadata"
+WHEELS_GIVE_METADATA = "the release's wheels give its metadata"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +232,8 @@ def _existing(
         existing = catalog.get_project(parent, normalized_name)
     except NotFound:
         return None, SourceState()
-    errors = (f.metadata_error or "" for r in existing.releases for f in r.files)
-    if any(error.startswith(FETCH_FAILED) for error in errors):
+    statuses = (f.metadata_status for r in existing.releases for f in r.files)
+    if MetadataStatus.FETCH_FAILED in statuses:
         # Files whose fetch failed are read again, though the page itself may not be new.
         return existing, SourceState()
     return existing, existing.source_state
@@ -313,19 +311,31 @@ async def _read_file(
         previous is not None
         and previous.hashes == dist_file.hashes
         and dist_file.hashes
-        and not (previous.metadata_error or "").startswith(FETCH_FAILED)
+        and previous.metadata_status is not MetadataStatus.FETCH_FAILED
     ):
+        # Metadata that could not be fetched is read again; other states belong to the bytes.
         reused = replace(
-            dist_file, metadata=previous.metadata, metadata_error=previous.metadata_error
+            dist_file,
+            metadata=previous.metadata,
+            metadata_status=previous.metadata_status,
+            metadata_reason=previous.metadata_reason,
+            metadata_built_on=previous.metadata_built_on,
         )
         return reused, None, False
     if skip:
-        return replace(dist_file, metadata_error=WHEELS_GIVE_METADATA), None, False
+        skipped = replace(
+            dist_file, metadata_status=MetadataStatus.SKIPPED, metadata_reason=WHEELS_GIVE_METADATA
+        )
+        return skipped, None, False
     try:
         read = await read_metadata(source, source_file)
     except SourceError as exc:
-        return replace(dist_file, metadata_error=FETCH_FAILED + exc.message), None, True
+        failed = MetadataStatus.FETCH_FAILED
+        return replace(dist_file, metadata_status=failed, metadata_reason=exc.message), None, True
     except MetasrvError as exc:
-        return replace(dist_file, metadata_error=exc.message), None, True
-    read_file = replace(dist_file, metadata=read.metadata, metadata_error=read.unknown_reason)
+        unusable = MetadataStatus.UNUSABLE
+        return replace(dist_file, metadata_status=unusable, metadata_reason=exc.message), None, True
+    read_file = replace(
+        dist_file, metadata=read.metadata, metadata_status=read.status, metadata_reason=read.reason
+    )
     return read_file, read.name, False
