@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("", ["errors", "names", "tables", "model"]),
     ("repo", ["tomlcodec", "projectfile", "storage", "catalog"]),
     ("index", ["pages", "archives", "client", "filemetadata", "sync"]),
-    ("understandings", ["rules", "overrides", "signatures", "registry", "authoring"]),
+    ("understandings", ["rules", "overrides", "cooldown", "signatures", "registry", "authoring"]),
     ("", ["markers"]),
     (
         "http",

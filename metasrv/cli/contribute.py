@@ -25,8 +25,9 @@ from metasrv.understandings.authoring import (
 )
 from metasrv.understandings.registry import Understandings, registration_path
 from metasrv.understandings.rules import Registration, Rule, validate_understanding_name
+from metasrv.understandings.signatures import SshSigner, signing_key, unverified_commits
 
-ACTION_FLAGS = ("relax", "replace", "remove", "add", "requires_python", "yank")
+ACTION_FLAGS = ("relax", "replace", "remove", "add", "requires_python", "yank", "approve")
 
 
 def open_repository(path: Path | None) -> Storage:
@@ -58,6 +59,12 @@ def add_parsers(commands: Any) -> None:
     changes.add_argument("--add", metavar="REQ", help="add a requirement")
     changes.add_argument("--requires-python", metavar="SPEC", help="set Requires-Python")
     changes.add_argument("--yank", metavar="REASON", help="yank the releases")
+    changes.add_argument(
+        "--approve",
+        action="store_const",
+        const=True,
+        help="approve the releases' files (the understanding must be a gate)",
+    )
     override.add_argument("--reason", required=True)
     override.add_argument("--id", help="rule id (default: derived from the change)")
     override.add_argument("--uploaded-before", help="select only files uploaded before (ISO 8601)")
@@ -84,6 +91,9 @@ def add_parsers(commands: Any) -> None:
     check.add_argument("folder", nargs="?", type=Path, default=Path(), help="its rules' folder")
     check.add_argument("--repo", type=Path, help="meta repository with the canonical data")
     check.add_argument("--base", help="ref to compare against (e.g. origin/main)")
+    check.add_argument(
+        "--understanding", help="its registration in --repo: commits must verify if it says so"
+    )
     check.set_defaults(handler=_check)
 
 
@@ -117,7 +127,12 @@ def _override(args: argparse.Namespace) -> int:
     understandings = Understandings(meta, args.workdir)
     registration = understandings.get(meta_commit, args.understanding)
     rule = _rule_from_args(args)
+    if rule.approve and not registration.gate:
+        raise InvalidInput(
+            f"understanding {registration.name!r} is not a gate, so --approve would change nothing"
+        )
     repository = open_understanding_repository(registration, meta, args.workdir)
+    key = signing_key(repository)
     written = write_override(
         registration,
         repository,
@@ -126,8 +141,10 @@ def _override(args: argparse.Namespace) -> int:
         rule=rule,
         project=args.project,
         branch=args.branch,
+        sign=SshSigner(key) if key is not None else None,
     )
-    print(f"committed {written.commit[:12]} on branch {written.branch} ({written.path})")
+    signed = f", signed with {key}" if key is not None else ""
+    print(f"committed {written.commit[:12]} on branch {written.branch} ({written.path}){signed}")
     print(f"in {written.repository}; nothing was pushed. To propose it:")
     print(f"  git -C {written.repository} push origin {written.branch}")
     print(f"  then open a pull request of {written.branch} against {written.base_branch}")
@@ -136,7 +153,7 @@ def _override(args: argparse.Namespace) -> int:
 
 def _rule_from_args(args: argparse.Namespace) -> Rule:
     action = next(flag for flag in ACTION_FLAGS if getattr(args, flag) is not None)
-    value: str = getattr(args, action)
+    value: str = args.project if action == "approve" else getattr(args, action)
     try:
         versions = SpecifierSet(args.versions)
         fields: dict[str, Any] = {
@@ -146,6 +163,7 @@ def _rule_from_args(args: argparse.Namespace) -> Rule:
             "add": (Requirement(value),) if action == "add" else (),
             "requires_python": SpecifierSet(value) if action == "requires_python" else None,
             "yank": value if action == "yank" else None,
+            "approve": action == "approve",
         }
     except InvalidSpecifier as exc:
         raise InvalidInput(str(exc)) from None
@@ -219,6 +237,11 @@ def _check(args: argparse.Namespace) -> int:
     report = check_rules(
         repository, folder, head=head, base=base, catalog=Catalog(meta), meta_commit=meta_commit
     )
+    if args.understanding:
+        registration = Understandings(meta).get(meta_commit, args.understanding)
+        signers = Understandings(meta).allowed_signers(registration, meta_commit)
+        if signers is not None:
+            report.problems.extend(unverified_commits(repository, head, base, signers))
     for problem in report.problems:
         print(problem, file=sys.stderr)
     against = f"against {args.base}" if args.base else "against no rules"

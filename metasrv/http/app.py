@@ -75,21 +75,26 @@ def create_app(
 
     async def project(request: Request) -> Response:
         query, name = request.query_params, request.path_params["name"]
-        understanding = query.get("understanding")
-        if understanding is None:
+        understanding, cooldown = query.get("understanding"), query.get("cooldown")
+        if understanding is None and cooldown is None:
             return _respond(request, read_api.project(query.get("at"), name))
-        return _respond(request, read_api.patched_project(query.get("at"), name, understanding))
+        return _respond(
+            request, read_api.patched_project(query.get("at"), name, understanding, cooldown)
+        )
 
     async def release(request: Request) -> Response:
         query = request.query_params
         name, version = request.path_params["name"], request.path_params["version"]
         understanding, markers = query.get("understanding"), query.get("markers")
+        cooldown = query.get("cooldown")
         if markers is not None:
             answer = read_api.annotated_release(
                 query.get("at"), name, version, markers, understanding
             )
-        elif understanding is not None:
-            answer = read_api.patched_release(query.get("at"), name, version, understanding)
+        elif understanding is not None or cooldown is not None:
+            answer = read_api.patched_release(
+                query.get("at"), name, version, understanding, cooldown
+            )
         else:
             answer = read_api.release(query.get("at"), name, version)
         return _respond(request, answer)

@@ -139,5 +139,11 @@ def render_patched_release(
     }
     document["patches"] = [patch.to_json() for patch in patched.patches]
     document["conflicts"] = [conflict.to_json() for conflict in patched.conflicts]
+    # Hidden, not yanked: a gate has not approved it, or a cooldown holds it back.
+    hidden = patched.hidden_reasons
+    document["hidden"] = patched.hidden_release
+    for rendered in document["files"]:
+        rendered["hidden"] = hidden.get(rendered["filename"])
+    document["approvals"] = [approval.to_json() for approval in patched.approvals]
     document["understandings"] = [{"name": n, "commit": c} for n, c in pinned]
     return document

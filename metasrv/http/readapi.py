@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from packaging.utils import NormalizedName
@@ -21,10 +22,12 @@ from metasrv.markers import (
     parse_marker,
     parse_requirement,
 )
+from metasrv.model import Release
 from metasrv.names import normalize_name, parse_version
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import BlobId, CommitId
-from metasrv.understandings.overrides import Layer, apply_layers
+from metasrv.understandings.cooldown import Cooldown, apply_cooldown
+from metasrv.understandings.overrides import Layer, PatchedRelease, apply_layers
 from metasrv.understandings.registry import Understandings
 from metasrv.understandings.rules import Registration, rule_path
 
@@ -71,6 +74,15 @@ class _LayeredView:
     layers: list[Layer]
     commits: list[tuple[str, str]]
     etag: str
+    cooldown: Cooldown | None
+    commit_time: datetime
+
+    def apply(self, release: Release) -> PatchedRelease:
+        """Return a release as this view shows it: understandings applied, then the cooldown."""
+        patched = apply_layers(release, self.layers)
+        if self.cooldown is None:
+            return patched
+        return apply_cooldown(patched, self.cooldown, self.commit_time)
 
 
 class ReadApi:
@@ -160,36 +172,50 @@ class ReadApi:
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 
     def patched_release(
-        self, at: str | None, name: str, version_text: str, understanding: str
+        self,
+        at: str | None,
+        name: str,
+        version_text: str,
+        understanding: str | None,
+        cooldown: str | None = None,
     ) -> Answer:
         """Return one release with the listed understandings applied, in order, with provenance."""
-        view = self._layered(at, name, understanding)
+        view = self._layered(at, name, understanding, cooldown)
         registered, release = self.catalog.read_release(
             view.blob_id, view.normalized_name, parse_version(version_text)
         )
         if release is None:
             raise NotFound(f"unknown version {version_text!r} of {registered!r}")
-        patched = apply_layers(release, view.layers)
+        patched = view.apply(release)
         document = documents.render_patched_release(
             registered, view.normalized_name, patched, view.commits
         )
         return Answer(view.pin, view.etag, encode(document))
 
-    def patched_project(self, at: str | None, name: str, understanding: str) -> Answer:
+    def patched_project(
+        self, at: str | None, name: str, understanding: str | None, cooldown: str | None = None
+    ) -> Answer:
         """Return a project's versions with the listed understandings applied to every release."""
-        view = self._layered(at, name, understanding)
+        view = self._layered(at, name, understanding, cooldown)
         project = self.catalog.parse_project(view.blob_id, view.normalized_name)
-        releases = tuple(apply_layers(r, view.layers).release for r in project.releases)
+        patched = [view.apply(release) for release in project.releases]
+        releases = tuple(p.release for p in patched)
         document = documents.render_project(replace(project, releases=releases))
+        for version, patched_release in zip(document["versions"], patched, strict=True):
+            version["hidden"] = patched_release.hidden_release
         document["understandings"] = [{"name": n, "commit": c} for n, c in view.commits]
         return Answer(view.pin, view.etag, encode(document))
 
-    def _layered(self, at: str | None, name: str, understanding: str) -> _LayeredView:
+    def _layered(
+        self, at: str | None, name: str, understanding: str | None, cooldown: str | None = None
+    ) -> _LayeredView:
         pin = self.pin(at)
-        pinned = self.understandings.pin(pin.commit_id, understanding)
+        pinned = self.understandings.pin(pin.commit_id, understanding) if understanding else []
+        if understanding is not None and not understanding:
+            raise InvalidInput("invalid understanding list '': expected name[@commit],...")
         normalized_name, blob_id = self.catalog.project_blob(pin.commit_id, name)
         commits = [(p.registration.name, str(p.commit)) for p in pinned]
-        layer_key = hashlib.sha256(repr(commits).encode()).hexdigest()[:16]
+        layer_key = hashlib.sha256(repr((commits, cooldown)).encode()).hexdigest()[:16]
         return _LayeredView(
             # Cached forever only when the data and every understanding are pinned.
             pin=Pin(pin.commit_id, pin.immutable and all(p.immutable for p in pinned)),
@@ -198,6 +224,10 @@ class ReadApi:
             layers=[self.understandings.layer(p, normalized_name) for p in pinned],
             commits=commits,
             etag=f"{pin.commit_id}-{blob_id}-{layer_key}",
+            cooldown=Cooldown.from_text(cooldown) if cooldown is not None else None,
+            commit_time=datetime.fromtimestamp(
+                self.catalog.storage.commit_time(pin.commit_id), UTC
+            ),
         )
 
     def understanding_list(self, at: str | None) -> Answer:

@@ -19,8 +19,13 @@ from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
 IMMUTABLE = readapi.IMMUTABLE.decode()
 MOVING = readapi.MOVING.decode()
 METADATA_SUFFIX = ".metadata"  # PEP 658
-# Each view is reachable plainly, with understandings, pinned, or both.
-PREFIXES = ("", "/u/{understandings}", "/at/{commit}", "/at/{commit}/u/{understandings}")
+# Each view is reachable plainly, with understandings, pinned, or both; and each with a cooldown,
+# spelled in the path because installers drop an index URL's query string.
+PREFIXES = tuple(
+    f"{base}{cooldown}"
+    for base in ("", "/u/{understandings}", "/at/{commit}", "/at/{commit}/u/{understandings}")
+    for cooldown in ("", "/cooldown/{cooldown}")
+)
 
 
 def _media_type(content_type: str) -> str:
@@ -51,6 +56,7 @@ class SimpleRoutes:
             request.path_params.get("commit"),
             request.path_params.get("understandings"),
             request.scope.get("root_path", ""),
+            request.path_params.get("cooldown"),
         )
 
     def _headers(self, mount: Mount, etag: str, content_type: str | None = None) -> dict[str, str]:

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from metasrv.index.client import Fetcher, FetchOptions, make_client
 from metasrv.model import CoreMetadata, DistFile, Project, Release
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId
+from metasrv.understandings.cooldown import Cooldown, apply_cooldown
 from metasrv.understandings.overrides import apply_layers
 from metasrv.understandings.registry import Pinned, Understandings
 
@@ -37,6 +39,8 @@ class Mount:
     pinned: tuple[Pinned, ...]
     immutable: bool
     root: str  # where the app is mounted (ASGI root_path)
+    cooldown: Cooldown | None = None
+    commit_time: datetime | None = None  # the data commit's own time, which cooldowns count from
 
     @property
     def data_prefix(self) -> str:
@@ -46,10 +50,13 @@ class Mount:
     @property
     def prefix(self) -> str:
         """Return the pinned URL prefix of this whole view."""
-        if not self.pinned:
-            return self.data_prefix
-        spec = ",".join(f"{p.registration.name}@{p.commit}" for p in self.pinned)
-        return f"{self.data_prefix}/u/{quote(spec, safe='@,')}"
+        prefix = self.data_prefix
+        if self.pinned:
+            spec = ",".join(f"{p.registration.name}@{p.commit}" for p in self.pinned)
+            prefix = f"{prefix}/u/{quote(spec, safe='@,')}"
+        if self.cooldown is not None:
+            prefix = f"{prefix}/cooldown/{self.cooldown.text}"
+        return prefix
 
     @property
     def key(self) -> str:
@@ -132,6 +139,7 @@ class _Located:
     release: Release
     original: DistFile
     patched: DistFile
+    hidden: str | None  # why the view does not list it
 
     @property
     def changed(self) -> bool:
@@ -149,15 +157,20 @@ class SimpleApi:
         self.understandings = understandings
         self.wheels = wheels
 
-    def mount(self, at: str | None, spec: str | None, root: str = "") -> Mount:
-        """Resolve a view: ``at`` (None: the served branch now) and an understanding list."""
+    def mount(
+        self, at: str | None, spec: str | None, root: str = "", cooldown: str | None = None
+    ) -> Mount:
+        """Resolve a view: ``at`` (None: the served branch now), understandings, a cooldown."""
         storage = self.catalog.storage
         commit_id = storage.resolve(at)
         if at is not None and not at:
             raise InvalidInput("empty commit in the URL")
         pinned = tuple(self.understandings.pin(commit_id, spec)) if spec is not None else ()
         immutable = at is not None and at == commit_id and all(p.immutable for p in pinned)
-        return Mount(commit_id, pinned, immutable, root)
+        if cooldown is None:
+            return Mount(commit_id, pinned, immutable, root)
+        commit_time = datetime.fromtimestamp(storage.commit_time(commit_id), UTC)
+        return Mount(commit_id, pinned, immutable, root, Cooldown.from_text(cooldown), commit_time)
 
     def names(self, mount: Mount) -> dict[NormalizedName, str]:
         """Return every project of the view (understandings do not add or remove projects)."""
@@ -166,17 +179,30 @@ class SimpleApi:
     def _located(self, mount: Mount, project: Project) -> Iterator[_Located]:
         layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
         for release in project.releases:
-            patched = apply_layers(release, layers).release if layers else release
-            for original, patched_file in zip(release.files, patched.files, strict=True):
-                yield _Located(project, release, original, patched_file)
+            if not layers and mount.cooldown is None:
+                for dist_file in release.files:
+                    yield _Located(project, release, dist_file, dist_file, None)
+                continue
+            patched = apply_layers(release, layers)
+            if mount.cooldown is not None and mount.commit_time is not None:
+                patched = apply_cooldown(patched, mount.cooldown, mount.commit_time)
+            hidden = patched.hidden_reasons
+            for original, patched_file in zip(release.files, patched.release.files, strict=True):
+                reason = hidden.get(original.filename)
+                yield _Located(project, release, original, patched_file, reason)
 
     async def project(self, mount: Mount, name: str) -> dict[str, Any]:
-        """Return the PEP 691 page of a project as the view shows it."""
+        """Return the PEP 691 page of a project as the view shows it: hidden files left out."""
         project = self.catalog.get_project(mount.commit_id, name)
-        files = []
+        files, shown = [], set()
         for located in self._located(mount, project):
-            files.append(await self._simple_file(mount, located))
-        versions = [release.version_text for release in project.releases]
+            if located.hidden is None:
+                files.append(await self._simple_file(mount, located))
+                shown.add(located.release.version_text)
+        # A release whose every file the view hides is left out of PEP 700's versions too.
+        versions = [
+            r.version_text for r in project.releases if r.version_text in shown or not r.files
+        ]
         return project_page(project.normalized_name, versions, files)
 
     async def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile:
@@ -219,6 +245,8 @@ class SimpleApi:
     def _find(self, mount: Mount, name: str, filename: str) -> _Located:
         for located in self._located(mount, self.catalog.get_project(mount.commit_id, name)):
             if located.patched.filename == filename:
+                if located.hidden is not None:
+                    raise NotFound(f"{filename!r} is hidden in this view: {located.hidden}")
                 return located
         raise NotFound(f"no file {filename!r} of project {name!r}")
 

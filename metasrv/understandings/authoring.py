@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -60,6 +60,7 @@ def write_override(
     rule: Rule,
     project: str,
     branch: str | None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> Written:
     """Add ``rule`` to the project's rule file on a new branch, validated, as one commit."""
     normalized_name = normalize_name(project)
@@ -87,6 +88,7 @@ def write_override(
         {path: tomlcodec.dumps(updated.to_toml())},
         message,
         start_point=base,
+        sign=sign,
     )
     assert commit_id is not None
     return Written(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -26,6 +26,7 @@ class Layer:
     commit: str
     path: str
     rules: RuleFile | None
+    gate: bool = False  # list only the files its rules approve
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +44,8 @@ class Patch:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        """Return the wire form."""
-        return {
-            "field": self.field,
-            "dependency": self.dependency,
-            "before": self.before,
-            "after": self.after,
-            "understanding": self.understanding,
-            "commit": self.commit,
-            "file": self.file,
-            "rule": self.rule,
-            "reason": self.reason,
-        }
+        """Return the wire form: every field, by its name."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +67,50 @@ class FieldConflict:
 
 
 @dataclass(frozen=True, slots=True)
+class Approval:
+    """A file a gate's rule approved, with where the rule lives and why."""
+
+    filename: str
+    understanding: str
+    commit: str
+    file: str
+    rule: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the wire form: every field, by its name."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
 class PatchedRelease:
-    """A release after its layers applied, the original, and what changed it."""
+    """A release after its layers applied, the original, what changed it, and what is hidden."""
 
     release: Release
     original: Release
     patches: tuple[Patch, ...]
     conflicts: tuple[FieldConflict, ...]
+    approvals: tuple[Approval, ...] = ()
+    hidden: tuple[tuple[str, str], ...] = ()  # (filename, why), in file order
+
+    @property
+    def hidden_reasons(self) -> dict[str, str]:
+        """Return why each hidden file is hidden, by filename."""
+        return dict(self.hidden)
+
+    @property
+    def hidden_release(self) -> str | None:
+        """Return why the whole release is hidden (every file of it is), else None."""
+        if not self.original.files or len(self.hidden) < len(self.original.files):
+            return None
+        return self.hidden[0][1]
 
 
 def apply_layers(release: Release, layers: Sequence[Layer]) -> PatchedRelease:
     """Apply each layer's rules to every file of a release; a later layer sees earlier results."""
     files = list(release.files)
     patches: list[Patch] = []
+    approvals: list[Approval] = []
     changed_by: dict[tuple[str, str | None], list[str]] = {}
     for layer in layers:
         if layer.rules is None:
@@ -99,6 +121,17 @@ def apply_layers(release: Release, layers: Sequence[Layer]) -> PatchedRelease:
             for index, dist_file in enumerate(files):
                 if not selects_file(rule, dist_file):
                     continue
+                if rule.approve and layer.gate:
+                    approvals.append(
+                        Approval(
+                            dist_file.filename,
+                            layer.understanding,
+                            layer.commit,
+                            layer.path,
+                            rule.id,
+                            rule.reason,
+                        )
+                    )
                 patched, file_patches = apply_rule(rule, dist_file, layer)
                 files[index] = patched
                 for patch in file_patches:
@@ -113,13 +146,37 @@ def apply_layers(release: Release, layers: Sequence[Layer]) -> PatchedRelease:
         if len(owners) > 1
     )
     patched_release = Release.from_files(release.version_text, tuple(files)) if patches else release
-    return PatchedRelease(patched_release, release, tuple(patches), conflicts)
+    return PatchedRelease(
+        patched_release,
+        release,
+        tuple(patches),
+        conflicts,
+        tuple(approvals),
+        _withheld(release.files, layers, approvals),
+    )
+
+
+def _withheld(
+    files: Sequence[DistFile], layers: Sequence[Layer], approvals: Sequence[Approval]
+) -> tuple[tuple[str, str], ...]:
+    """Return the files a gate did not approve; each gate in the view has its own say."""
+    hidden: dict[str, str] = {}
+    for layer in layers:
+        if not layer.gate:
+            continue
+        approved = {a.filename for a in approvals if a.understanding == layer.understanding}
+        for dist_file in files:
+            if dist_file.filename not in approved:
+                hidden.setdefault(
+                    dist_file.filename, f"not approved by the gate {layer.understanding!r}"
+                )
+    return tuple(hidden.items())
 
 
 def selects_file(rule: Rule, dist_file: DistFile) -> bool:
     """Return whether a rule's upload-time cutoff and file filter select a file."""
     if rule.uploaded_before is not None:
-        uploaded = _parse_time(dist_file.upload_time)
+        uploaded = parse_upload_time(dist_file.upload_time)
         if uploaded is None or uploaded >= rule.uploaded_before:
             return False
     is_wheel = dist_file.filename.endswith(".whl")
@@ -135,7 +192,8 @@ def selects_file(rule: Rule, dist_file: DistFile) -> bool:
     return True
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def parse_upload_time(text: str | None) -> datetime | None:
+    """Return a file's upload time, or None when it is absent or not ISO 8601."""
     if text is None:
         return None
     try:

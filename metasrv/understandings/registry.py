@@ -233,7 +233,7 @@ class Understandings:
         rules = None
         if blob_id is not None:
             rules = self._rule_files(pinned.storage, blob_id, f"{pinned.registration.name}:{path}")
-        return Layer(pinned.registration.name, pinned.commit, path, rules)
+        return Layer(pinned.registration.name, pinned.commit, path, rules, pinned.registration.gate)
 
     def _parse_rule_file(self, storage: Storage, blob_id: BlobId, where: str) -> RuleFile:
         return RuleFile.from_toml(tomlcodec.loads(storage.read_blob(blob_id), where=where), where)

@@ -16,7 +16,7 @@ from metasrv.names import normalize_name, project_path, validate_label
 from metasrv.tables import FORMAT_VERSION, TableReader
 
 FILE_FILTERS = ("wheels", "sdists")
-ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank")
+ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,7 @@ class Rule:
     add: tuple[Requirement, ...] = ()
     requires_python: SpecifierSet | None = None
     yank: str | None = None
+    approve: bool = False  # in a gate: the selected files are listed through it
     # How the file spelled its specifiers and requirements, written back as they were.
     spelled: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -80,6 +81,7 @@ class Rule:
             add=add,
             requires_python=requires_python,
             yank=reader.optional_string("yank"),
+            approve=reader.boolean("approve", default=False),
             spelled={
                 k: table[k] for k in ("versions", "replace", "add", "requires-python") if k in table
             },
@@ -115,6 +117,8 @@ class Rule:
             table["requires-python"] = self._spelled("requires-python", self.requires_python)
         if self.yank is not None:
             table["yank"] = self.yank
+        if self.approve:
+            table["approve"] = True
         table["reason"] = self.reason
         return table
 

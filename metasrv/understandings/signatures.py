@@ -133,6 +133,24 @@ def newest_verified(storage: Storage, branch_head: CommitId, allowed_signers: by
     return SignedHead(None, tuple(refused))
 
 
+def unverified_commits(
+    storage: Storage, head: CommitId, base: CommitId | None, allowed_signers: bytes
+) -> list[str]:
+    """Return a problem for every commit from ``head`` back to ``base`` that does not verify."""
+    problems = []
+    commit_id: CommitId | None = head
+    for _ in range(MAX_UNVERIFIED_COMMITS):
+        if commit_id is None or commit_id == base:
+            break
+        verdict = verify_commit(storage, commit_id, allowed_signers)
+        if not verdict.verified:
+            problems.append(f"commit {commit_id}: would not be served: {verdict.reason}")
+        if base is None:
+            break  # without a base, only the commit under review
+        commit_id = storage.first_parent(commit_id)
+    return problems
+
+
 def signing_key(storage: Storage) -> str | None:
     """Return the SSH key git is configured to sign this repository's commits with, if any."""
     if (storage.config_value("commit.gpgsign") or "").lower() not in ("true", "yes", "on", "1"):
