@@ -34,22 +34,13 @@ class Notary:
             ("user.signingkey", str(self.key)),
         ):
             git(self.repository, "config", key, value)
-        registration = Registration(
-            "notary",
-            "reviewed",
-            str(self.repository),
-            allowed_signers=SIGNERS_PATH,
-            gate=True,
-        )
         self.signers = tmp_path / "allowed_signers"
         self.signers.write_bytes(allowed_signers_line("alice@example.org", self.key))
-        meta.commit(
-            "main",
-            {
-                "understandings/notary.toml": tomlcodec.dumps(registration.to_toml()),
-                SIGNERS_PATH: self.signers.read_bytes(),
-            },
-            "register the notary gate",
+        assert (
+            register(
+                "notary", self.repository, meta, "--gate", "--allowed-signers", str(self.signers)
+            )
+            == 0
         )
 
     def approve(self, *args: str) -> int:
@@ -68,6 +59,24 @@ class Notary:
                 "notary",
             ]
         )
+
+
+def register(name: str, repository: Path, meta: Storage, *options: str) -> int:
+    """Run ``metasrv understanding add``."""
+    return main(
+        [
+            "understanding",
+            "add",
+            name,
+            "--repository",
+            str(repository),
+            "--description",
+            "reviewed releases",
+            "--repo",
+            str(meta.path),
+            *options,
+        ]
+    )
 
 
 @pytest.fixture
@@ -132,3 +141,37 @@ def test_approve_is_refused_for_an_understanding_that_is_not_a_gate(
         .err.strip()
         .endswith("understanding 'plain' is not a gate, so --approve would change nothing")
     )
+
+
+def test_registering_a_gate_commits_its_allowed_signers_beside_it(notary: Notary) -> None:
+    head = notary.meta.resolve(None)
+    registration = tomlcodec.loads(
+        notary.meta.read(head, "understandings/notary.toml") or b"", where="registration"
+    )
+    assert registration["gate"] is True
+    assert registration["allowed-signers"] == SIGNERS_PATH
+    assert notary.meta.read(head, SIGNERS_PATH) == notary.signers.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read --allowed-signers"),
+        (b"", "is not an allowed_signers file"),
+        (b"alice@example.org ssh-ed25519\n", "is not an allowed_signers file"),
+    ],
+)
+def test_a_bad_allowed_signers_file_is_one_line_and_registers_nothing(
+    notary: Notary,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | None,
+    message: str,
+) -> None:
+    signers = tmp_path / "bad_signers"
+    if content is not None:
+        signers.write_bytes(content)
+    head = notary.meta.resolve(None)
+    assert register("other", notary.repository, notary.meta, "--allowed-signers", str(signers)) == 2
+    assert message in capsys.readouterr().err
+    assert notary.meta.resolve(None) == head

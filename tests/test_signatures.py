@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from metasrv.http.app import create_app
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.rules import Registration
-from tests.conftest import AsgiClient
+from metasrv.understandings.signatures import SshSigner
+from tests.conftest import AsgiClient, running_server
 from tests.signing import allowed_signers_line, git, git_commit, make_key
 from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, rule_file
 
 FLASK_RULES = "fl/b8/flask.toml"
 SIGNERS_PATH = "understandings/audit.allowed_signers"
+POLL_DEADLINE_SECONDS = 30
 
 
 class Signed:
@@ -46,6 +51,18 @@ class Signed:
         """Commit Flask's rules to the understanding, signed with ``key`` when given."""
         return git_commit(self.repository, {FLASK_RULES: rule_file("Flask", *rules)}, key)
 
+    def tampered(self, *rules: dict[str, Any]) -> CommitId:
+        """Commit with alice's signature of other bytes: her key, but not this commit."""
+        sign = SshSigner(str(self.alice))
+        commit_id = Storage(self.repository).commit(
+            "main",
+            {FLASK_RULES: rule_file("Flask", *rules)},
+            "rules",
+            sign=lambda content: sign(content.replace(b"rules", b"other")),
+        )
+        assert commit_id is not None
+        return commit_id
+
     def client(self) -> AsgiClient:
         """Return a client of a fresh server, which mirrors the understanding as it is now."""
         return AsgiClient(create_app(self.meta.path, mirrors=self.mirrors))
@@ -73,29 +90,33 @@ def test_a_head_an_allowed_signer_signed_is_served(signed: Signed) -> None:
     [
         (None, "the commit is not signed"),
         ("mallory", "signed by a key that is not an allowed signer"),
+        ("tampered", "the signature does not verify: "),
     ],
 )
 def test_a_head_that_does_not_verify_is_refused_while_the_last_verified_serves(
     signed: Signed, signer: str | None, reason: str
 ) -> None:
     good = signed.commit(signed.alice, CAP_WERKZEUG)
-    bad = signed.commit(signed.mallory if signer else None, CAP_WERKZEUG, RELAX_CLICK)
+    if signer == "tampered":
+        bad = signed.tampered(CAP_WERKZEUG, RELAX_CLICK)
+    else:
+        bad = signed.commit(signed.mallory if signer else None, CAP_WERKZEUG, RELAX_CLICK)
     client = signed.client()
     served = client.get("/v1/projects/flask/1.1.4?understanding=audit").json()
     assert served["requires-dist"] == ["Werkzeug<2.0", "click<8.0"]  # RELAX_CLICK not applied
     assert served["understandings"] == [{"name": "audit", "commit": good}]
     status = client.get("/v1/understandings/audit").json()
     assert status["head"] == good
-    assert status["refused"] == [{"commit": bad, "reason": reason}]
+    ((refused, why),) = [(r["commit"], r["reason"]) for r in status["refused"]]
+    assert refused == bad
+    assert why.startswith(reason)  # ssh-keygen's own words follow, where it gives any
     for url in (
         f"/v1/projects/flask/1.1.4?understanding=audit@{bad}",
         f"/u/audit@{bad}/simple/flask/",
     ):
         pinned = client.get(url)
         assert pinned.status_code == 403
-        assert pinned.json()["error"] == (
-            f"understanding 'audit' commit {bad} is not served: {reason}"
-        )
+        assert pinned.json()["error"] == f"understanding 'audit' commit {bad} is not served: {why}"
     assert client.get(f"/v1/projects/flask/1.1.4?understanding=audit@{good}").status_code == 200
 
 
@@ -133,3 +154,31 @@ def test_a_missing_allowed_signers_file_is_a_422(signed: Signed) -> None:
     response = signed.client().get("/v1/projects/flask/2.0.0?understanding=audit")
     assert response.status_code == 422
     assert "allowed-signers file" in response.json()["error"]
+
+
+def test_a_running_server_follows_the_branch_only_to_commits_that_verify(signed: Signed) -> None:
+    good = signed.commit(signed.alice, CAP_WERKZEUG)
+    arguments = ["--repo", str(signed.meta.path), "--mirrors", str(signed.mirrors)]
+    with running_server([*arguments, "--fetch-interval", "0.2"]) as server:
+        status_url = f"{server.url}/v1/understandings/audit"
+        assert httpx.get(status_url).json()["head"] == good
+        bad = signed.commit(None, CAP_WERKZEUG, RELAX_CLICK)
+        status = poll(status_url, lambda body: bool(body["refused"]))
+        assert status["head"] == good
+        assert [r["commit"] for r in status["refused"]] == [bad]
+        newer = signed.commit(signed.alice, RELAX_CLICK)
+        status = poll(status_url, lambda body: body["head"] == newer)
+        assert status["refused"] == []
+        body = httpx.get(f"{server.url}/v1/projects/flask/1.1.4?understanding=audit").json()
+        assert body["requires-dist"] == ["Werkzeug<2.0", "click"]
+
+
+def poll(url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Return the first JSON answer of ``url`` that ``done`` accepts, failing after a deadline."""
+    deadline = time.monotonic() + POLL_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = httpx.get(url).json()
+        if done(body):
+            return body
+        time.sleep(0.05)  # a poll interval, not synchronisation: the deadline decides
+    raise AssertionError(f"{url} did not reach the expected state within {POLL_DEADLINE_SECONDS}s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,7 @@ def open_repository(path: Path | None) -> Storage:
     return Storage(path) if path is not None else Storage.discover(Path.cwd())
 
 
-def add_parsers(commands: Any) -> None:
-    """Add the contributor subcommands to the ``metasrv`` parser."""
+def _add_understanding_parser(commands: Any) -> None:
     understanding = commands.add_parser("understanding", help="manage registered understandings")
     actions = understanding.add_subparsers(required=True, metavar="ACTION")
     add = actions.add_parser("add", help="register an understanding and commit")
@@ -45,8 +45,21 @@ def add_parsers(commands: Any) -> None:
     add.add_argument("--branch", default="main")
     add.add_argument("--folder", default="", help="folder of its rules inside that repository")
     add.add_argument("--description", required=True)
+    add.add_argument("--gate", action="store_true", help="list only the files its rules approve")
+    add.add_argument(
+        "--allowed-signers",
+        type=Path,
+        metavar="FILE",
+        help="OpenSSH allowed_signers file, committed beside the registration: then only commits "
+        "signed by its keys are served",
+    )
     add.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     add.set_defaults(handler=_understanding_add)
+
+
+def add_parsers(commands: Any) -> None:
+    """Add the contributor subcommands to the ``metasrv`` parser."""
+    _add_understanding_parser(commands)
 
     override = commands.add_parser("override", help="write an override on a new branch")
     override.add_argument("project")
@@ -111,14 +124,36 @@ def _understanding_add(args: argparse.Namespace) -> int:
         else args.repository,
         branch=args.branch,
         folder=args.folder.strip("/"),
+        gate=args.gate,
     )
     path = registration_path(name)
     if meta.read(meta.resolve(None), path) is not None:
         raise InvalidInput(f"understanding {name!r} is registered already ({path})")
-    content = tomlcodec.dumps(registration.to_toml())
-    meta.commit(meta.head_branch(), {path: content}, f"Register understanding {name}")
+    files: dict[str, bytes | None] = {}
+    if args.allowed_signers is not None:
+        if registration.is_embedded:
+            raise InvalidInput("--allowed-signers needs a repository of its own, not '.'")
+        signers_path = path.removesuffix(".toml") + ".allowed_signers"
+        files[signers_path] = _read_allowed_signers(args.allowed_signers)
+        registration = replace(registration, allowed_signers=signers_path)
+    files[path] = tomlcodec.dumps(registration.to_toml())
+    meta.commit(meta.head_branch(), files, f"Register understanding {name}")
     print(f"registered understanding {name!r} in {path}")
     return 0
+
+
+def _read_allowed_signers(path: Path) -> bytes:
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read --allowed-signers {path}: {exc.strerror}") from None
+    lines = [line for line in content.splitlines() if line.strip() and not line.startswith(b"#")]
+    # principals, [options,] key type and key: fewer than three fields cannot name a key.
+    if not lines or any(len(line.split()) < 3 for line in lines):
+        raise InvalidInput(
+            f"{path} is not an allowed_signers file: expected 'principals key-type key'"
+        )
+    return content
 
 
 def _override(args: argparse.Namespace) -> int:

@@ -130,8 +130,18 @@ class Understandings:
         for registration in self.registrations(meta_commit).values():
             try:
                 self.fetch(registration)
-            except SourceError:
+                self._verify_fetched(registration, meta_commit)
+            except (SourceError, InvalidData, InvalidInput, NotFound):
                 continue
+
+    def _verify_fetched(self, registration: Registration, meta_commit: CommitId) -> None:
+        """Verify a fetched branch's new commits here, so no request waits on ssh-keygen."""
+        signers = self.allowed_signers(registration, meta_commit)
+        if signers is None:
+            return
+        # A handle of its own, as for the fetch; the verdicts land in a cache requests share.
+        mirror = Storage(self.mirrors / f"{registration.name}.git")
+        newest_verified(mirror, mirror.resolve(registration.branch), signers)
 
     def head(self, registration: Registration, meta_commit: CommitId) -> CommitId:
         """Return the commit an understanding is served at (embedded ones: the meta commit).
