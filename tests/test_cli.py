@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from metasrv.cli.main import main
+from metasrv.http.app import create_app
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
+from tests.conftest import AsgiClient
 from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 from tests.test_understandings import RELAX_CLICK, add_rules, register
 
@@ -62,6 +64,10 @@ def test_show_json_matches_the_read_api(
     commit_projects(storage, make_project("Flask", ["3.0"]))
     assert main(["show", "flask", "2.0", "--repo", str(storage.path), "--at", old, "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
+    assert (
+        document
+        == AsgiClient(create_app(storage.path)).get(f"/v1/projects/flask/2.0?at={old}").json()
+    )
     assert document["at"] == old
     assert document["version"] == "2.0.0"
     assert document["requires-dist"] == ["Werkzeug>=2.0"]

@@ -161,15 +161,17 @@ def test_a_bad_override_is_one_line_exit_2_and_writes_nothing(
     assert git(understanding, "branch", "--list").split() == ["*", "main"]
 
 
-def test_an_open_ended_override_is_allowed_when_it_says_so(
-    storage: Storage, understanding: Path
+def test_an_open_ended_override_is_refused_unless_it_says_so(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        override(
-            storage, "flask", "--versions", ">=2", "--yank", "no", "--reason", "r", "--open-ended"
-        )
-        == 0
-    )
+    open_ended = ["flask", "--versions", ">=2", "--yank", "no", "--reason", "r"]
+    assert override(storage, *open_ended, "--branch", "refused") == 2
+    assert "open-ended" in capsys.readouterr().err
+    assert git(understanding, "branch", "--list", "refused") == ""
+    assert override(storage, *open_ended, "--branch", "allowed", "--open-ended") == 0
+    written = Storage(understanding).read(Storage(understanding).resolve("allowed"), RULE_PATH)
+    rules = RuleFile.from_toml(tomlcodec.loads(written or b"", where="x"), "x")
+    assert [(str(r.versions), r.yank, r.open_ended) for r in rules.rules] == [(">=2", "no", True)]
 
 
 def test_check_validates_and_prints_the_effective_change(

@@ -16,9 +16,9 @@ from metasrv.errors import NotAcceptable
 from metasrv.http.simplepages import negotiate
 from metasrv.http.wheels import rewrite_wheel
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
-from metasrv.model import CoreMetadata
+from metasrv.model import CoreMetadata, Project, Release
 from metasrv.repo.storage import Storage
-from tests.builders import commit_projects, make_project
+from tests.builders import commit_projects, make_file, make_project
 from tests.conftest import AsgiClient
 from tests.distributions import build_wheel
 
@@ -148,12 +148,37 @@ def test_a_pinned_page_is_immutable_and_shows_that_commit(
     assert client.get("/simple/flask/", headers={"Accept": JSON}).json()["versions"] == ["3.0"]
 
 
-def test_html_project_pages_carry_pep_503_592_658_attributes(client: AsgiClient) -> None:
+def test_html_project_pages_carry_pep_503_592_658_attributes(
+    client: AsgiClient, storage: Storage
+) -> None:
+    files = (
+        make_file("Flask-3.0-py3-none-any.whl", requires_python=">=3.8", yanked="broken <build>"),
+        make_file("Flask-3.0.tar.gz", yanked=True, metadata=False),
+        make_file("Flask-3.0-py2-none-any.whl"),
+    )
+    sha = commit_projects(storage, Project.create("Flask", [Release.from_files("3.0", files)]))
     html = client.get("/simple/flask/").text
     assert "<h1>Links for flask</h1>" in html
-    assert 'data-core-metadata="sha256=' in html
-    assert 'data-dist-info-metadata="sha256=' in html
-    assert "#sha256=" in html
+    links = {
+        line.split(">")[1].split("<")[0]: line
+        for line in html.splitlines()
+        if line.startswith("<a ")
+    }
+    url = f"/at/{sha}/files/flask"
+    wheel_digest = hashlib.sha256(b"Flask-3.0-py3-none-any.whl").hexdigest()
+    # The PEP 658 hash is of the metadata bytes served.
+    metadata = client.get(f"{url}/Flask-3.0-py3-none-any.whl.metadata").content
+    metadata_hash = f"sha256={hashlib.sha256(metadata).hexdigest()}"
+    assert links["Flask-3.0-py3-none-any.whl"] == (
+        f'<a href="{url}/Flask-3.0-py3-none-any.whl#sha256={wheel_digest}"'
+        ' data-requires-python="&gt;=3.8" data-yanked="broken &lt;build&gt;"'
+        f' data-core-metadata="{metadata_hash}" data-dist-info-metadata="{metadata_hash}">'
+        "Flask-3.0-py3-none-any.whl</a><br/>"
+    )
+    assert ' data-yanked=""' in links["Flask-3.0.tar.gz"]
+    assert "data-core-metadata" not in links["Flask-3.0.tar.gz"]
+    assert "data-requires-python" not in links["Flask-3.0-py2-none-any.whl"]
+    assert "data-yanked" not in links["Flask-3.0-py2-none-any.whl"]
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 
@@ -32,3 +34,9 @@ def test_the_code_passes(command: list[str]) -> None:
         timeout=SUBPROCESS_DEADLINE_SECONDS,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hypothesis_draws_the_same_examples_under_ci() -> None:
+    assert settings.get_profile("ci").derandomize
+    if os.environ.get("CI") == "true":
+        assert settings.default.derandomize
