@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,7 +12,13 @@ from packaging.specifiers import SpecifierSet
 
 from metasrv.errors import InvalidData
 from metasrv.model import Release
-from metasrv.understandings.overrides import Layer, apply_layers, relax_specifier
+from metasrv.understandings.overrides import (
+    Layer,
+    PatchedRelease,
+    apply_layers,
+    relax_specifier,
+    selects_file,
+)
 from metasrv.understandings.rules import Rule, RuleFile
 from tests.builders import make_file
 
@@ -238,3 +245,146 @@ def test_rule_files_round_trip() -> None:
         ),
     )
     assert RuleFile.from_toml(rules.to_toml(), "x") == rules
+
+
+def changes(patched: PatchedRelease) -> list[tuple[str, str | None, Any, Any]]:
+    return [(p.field, p.dependency, p.before, p.after) for p in patched.patches]
+
+
+def test_an_understanding_without_rules_for_the_project_hides_none_after_it() -> None:
+    absent = Layer("first", "c" * 40, "p", None)
+    patched = apply_layers(flask(), [absent, layer(rule(yank="broken"), name="second")])
+    assert patched.release.yanked == "broken"
+    assert [p.understanding for p in patched.patches] == ["second"]
+
+
+def test_a_rule_for_other_versions_does_not_stop_the_next_rule() -> None:
+    skipped = rule(id="a", versions="<2", yank="old")
+    applied = rule(id="b", versions=">=2", yank="new")
+    patched = apply_layers(flask(), [layer(skipped, applied)])
+    assert patched.release.yanked == "new"
+    assert [p.rule for p in patched.patches] == ["b"]
+
+
+def test_a_rule_applies_to_a_pre_release_its_versions_contain() -> None:
+    patched = apply_layers(flask("3.0rc1"), [layer(rule(versions=">=2", yank="rc broke"))])
+    assert patched.release.yanked == "rc broke"
+
+
+def test_add_requires_python_and_yank_record_their_provenance() -> None:
+    fields = {"add": ["blinker>=1.6"], "requires-python": ">=3.8", "yank": "broken"}
+    patched = apply_layers(flask(), [layer(rule(**fields))])
+    assert changes(patched) == [
+        ("requires-dist", "blinker", None, "blinker>=1.6"),
+        ("requires-python", None, ">=3.7", ">=3.8"),
+        ("yanked", None, False, "broken"),
+    ]
+    for patch in patched.patches:
+        assert (patch.understanding, patch.commit, patch.file, patch.rule, patch.reason) == (
+            "u",
+            "c" * 40,
+            "x/fl/b8/flask.toml",
+            "r",
+            "because",
+        )
+
+
+def test_one_change_to_several_files_is_one_patch() -> None:
+    patched = apply_layers(flask(), [layer(rule(yank="broken"))])
+    assert all(f.yanked == "broken" for f in patched.release.files)
+    assert changes(patched) == [("yanked", None, False, "broken")]
+
+
+def test_adding_a_requirement_already_present_changes_nothing() -> None:
+    patched = apply_layers(flask(), [layer(rule(add=["click>=8.0"]))])
+    assert patched.patches == ()
+    assert patched.release == flask()
+
+
+def test_a_requirement_a_rule_leaves_as_it_was_keeps_its_spelling_and_no_patch() -> None:
+    release = flask("2.2.5", ["Werkzeug >= 2.2.2", "click>=8.0"])
+    patched = apply_layers(release, [layer(rule(relax=["werkzeug"]))])
+    assert patched.release == release
+    assert patched.patches == ()
+
+
+def test_a_replacement_with_its_own_marker_keeps_it() -> None:
+    release = flask("2.2.5", ["Werkzeug>=2.2.2; python_version >= '3.7'"])
+    patched = apply_layers(
+        release, [layer(rule(replace=["werkzeug>=3; python_version >= '3.9'"]))]
+    ).release
+    assert patched.metadata is not None
+    assert patched.metadata.requires_dist == ('werkzeug>=3; python_version >= "3.9"',)
+
+
+def test_an_unparsable_requirement_is_left_alone() -> None:
+    release = flask("2.2.5", ["not a requirement !!", "werkzeug<3"])
+    patched = apply_layers(release, [layer(rule(relax=["werkzeug"]))]).release
+    assert patched.metadata is not None
+    assert patched.metadata.requires_dist == ("not a requirement !!", "werkzeug")
+
+
+@pytest.mark.parametrize(
+    ("files", "yanked"),
+    [
+        ("wheels", [True, True, False]),
+        ("sdists", [False, False, True]),
+        ("py2-none-any", [True, False, False]),
+        ("py3-none-any", [False, True, False]),
+        ("cp311-abi3-linux_x86_64", [False, False, False]),
+    ],
+)
+def test_a_file_filter_selects_wheels_sdists_or_a_tag(files: str, yanked: list[bool]) -> None:
+    release = flask("2.2.5", ["a"], ["b"])
+    assert [f.filename for f in release.files] == [
+        "Flask-2.2.5-py2-none-any.whl",
+        "Flask-2.2.5-py3-none-any.whl",
+        "flask-2.2.5.tar.gz",
+    ]
+    patched = apply_layers(release, [layer(rule(files=files, yank="x"))]).release
+    assert [bool(f.yanked) for f in patched.files] == yanked
+
+
+def test_a_wheel_with_several_tags_is_selected_by_any_of_them() -> None:
+    release = Release.from_files("2.0", (make_file("demo-2.0-py2.py3-none-any.whl"),))
+    for tag in ("py2-none-any", "py3-none-any"):
+        patched = apply_layers(release, [layer(rule(files=tag, yank="x"))]).release
+        assert patched.yanked == "x"
+
+
+@pytest.mark.parametrize(
+    ("upload_time", "selected"),
+    [
+        ("2024-01-02T03:04:04+00:00", True),
+        ("2024-01-02T03:04:05+00:00", False),
+        ("2024-01-02T03:04:06+00:00", False),
+        (None, False),
+        ("not a time", False),
+    ],
+)
+def test_uploaded_before_is_a_strict_cutoff_and_an_unknown_time_is_not_before_it(
+    upload_time: str | None, selected: bool
+) -> None:
+    dist_file = replace(make_file("demo-2.0-py3-none-any.whl"), upload_time=upload_time)
+    cutoff = rule(yank="x", **{"uploaded-before": "2024-01-02T03:04:05+00:00"})
+    assert selects_file(cutoff, dist_file) is selected
+
+
+def test_a_file_without_metadata_can_still_be_yanked() -> None:
+    release = Release.from_files(
+        "2.0", (make_file("demo-2.0-py3-none-any.whl", metadata=False, requires_python=">=3"),)
+    )
+    patched = apply_layers(
+        release, [layer(rule(relax=["x"], **{"requires-python": ">=3.9"}, yank="old"))]
+    )
+    (dist_file,) = patched.release.files
+    assert (dist_file.metadata, dist_file.requires_python, dist_file.yanked) == (None, ">=3", "old")
+    assert changes(patched) == [("yanked", None, False, "old")]
+
+
+@pytest.mark.parametrize(
+    ("specifier", "relaxed"),
+    [("===2.1", "===2.1"), (">2", ">2"), ("==2.1.*,!=2.1.3", "!=2.1.3,>=2.1")],
+)
+def test_relaxing_keeps_lower_bounds_and_exclusions(specifier: str, relaxed: str) -> None:
+    assert relax_specifier(SpecifierSet(specifier)) == SpecifierSet(relaxed)
