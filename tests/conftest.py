@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from metasrv.http.app import create_app
 from metasrv.http.hotpath import ASGIApp
 from metasrv.repo.storage import Storage
 from tests.builders import create_meta_repository, make_project
+from tests.deadlines import THREAD_DEADLINE_SECONDS
 
 STARTUP_DEADLINE_SECONDS = 30
 # Under CI the same examples every run: a red build is reproducible and never a lucky draw.
@@ -72,11 +74,12 @@ def client(storage: Storage) -> AsgiClient:
 
 
 class RunningServer:
-    """A real ``metasrv serve`` process on 127.0.0.1."""
+    """A real ``metasrv serve`` process on 127.0.0.1, its stderr drained by a thread."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str) -> None:
+    def __init__(self, process: subprocess.Popen[str], url: str, drain: threading.Thread) -> None:
         self.process = process
         self.url = url
+        self.drain = drain
 
 
 def start_server(args: list[str], cwd: Path | None = None) -> RunningServer:
@@ -89,23 +92,49 @@ def start_server(args: list[str], cwd: Path | None = None) -> RunningServer:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert process.stderr is not None
+    stderr = process.stderr
+    assert stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:
+        # A thread, not select(): readline() buffers lines select() would then never report,
+        # and a server whose stderr nobody reads blocks once the pipe is full.
+        for line in stderr:
+            lines.put(line)
+        lines.put(None)
+
+    thread = threading.Thread(target=drain, name="metasrv serve stderr", daemon=True)
+    thread.start()
     deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    selector = selectors.DefaultSelector()
-    selector.register(process.stderr, selectors.EVENT_READ)
     seen = []
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=deadline - time.monotonic()):
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
             break
-        line = process.stderr.readline()
-        if not line:
+        if line is None:
             break
         seen.append(line)
         if "Uvicorn running on " in line:
             url = line.split("Uvicorn running on ", 1)[1].split()[0]
-            return RunningServer(process, url)
-    process.kill()
-    raise AssertionError(f"metasrv serve did not start: {''.join(seen)}")
+            return RunningServer(process, url, thread)
+    _stop(process, thread)
+    raise AssertionError(
+        f"metasrv serve did not start within {STARTUP_DEADLINE_SECONDS} s: {''.join(seen)}"
+    )
+
+
+def _stop(process: subprocess.Popen[str], drain: threading.Thread) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    drain.join(THREAD_DEADLINE_SECONDS)
+    assert not drain.is_alive(), "metasrv serve's stderr stayed open after it exited"
+    assert process.stderr is not None
+    process.stderr.close()
 
 
 @contextmanager
@@ -115,10 +144,7 @@ def running_server(args: list[str], cwd: Path | None = None) -> Iterator[Running
     try:
         yield server
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=10)
-        assert server.process.stderr is not None
-        server.process.stderr.close()
+        _stop(server.process, server.drain)
 
 
 @pytest.fixture
