@@ -39,4 +39,4 @@ def test_the_code_passes(command: list[str]) -> None:
 def test_hypothesis_draws_the_same_examples_under_ci() -> None:
     assert settings.get_profile("ci").derandomize
     if os.environ.get("CI") == "true":
-        assert settings.default.derandomize
+        assert settings().derandomize
