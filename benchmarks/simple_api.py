@@ -121,7 +121,7 @@ def main() -> None:
     with nginx(work / "source", access_log=access_log) as source:
         source_url = f"{source}/simple/"
         assert metasrv(["init", str(work / "meta"), "--source", source_url]) == 0
-        assert metasrv(["sync", "--repo", str(work / "meta")]) == 0
+        assert metasrv(["sync", "--all", "--repo", str(work / "meta")]) == 0
         app = CountingApp(create_app(work / "meta"))
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))

@@ -22,7 +22,8 @@ from benchmarks.servers import nginx
 from benchmarks.synthetic import build_repository, project_names, synthetic_project
 from metasrv.cli.main import main as metasrv
 from metasrv.index.client import FetchOptions
-from metasrv.index.sync import SyncOptions, sync
+from metasrv.index.sync import SyncOptions
+from metasrv.index.wholeindex import sync_all
 from metasrv.names import project_path
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
@@ -86,7 +87,7 @@ def run_sync(args: argparse.Namespace) -> None:
         assert metasrv(["init", str(meta), "--source", url]) == 0
         options = SyncOptions(fetch=FetchOptions(concurrency=16), checkpoint=500)
         started = time.monotonic()
-        summary = sync(Storage(meta), url, [], options)
+        summary = sync_all(Storage(meta), url, options)
         elapsed = time.monotonic() - started
         rate = summary.projects / elapsed
         print(
@@ -101,7 +102,7 @@ def run_sync(args: argparse.Namespace) -> None:
             f"pages and metadata files included"
         )
         started = time.monotonic()
-        again = sync(Storage(meta), url, [], options)
+        again = sync_all(Storage(meta), url, options)
         print(
             f"re-sync with nothing new: {time.monotonic() - started:.1f} s, "
             f"{len(again.commits)} commits, {again.requests} requests"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
 import json
@@ -33,6 +34,11 @@ class IndexBehaviour:
     tampered: dict[str, bytes] = field(default_factory=dict)
     # filename -> the metadata hash the page lists (to provoke a mismatch)
     metadata_hash: dict[str, str] = field(default_factory=dict)
+    # normalized name -> PEP 691 _last-serial; when set, the JSON root lists every project's
+    serials: dict[str, int] | None = None
+    root_serials: bool = True  # False: only the project pages give serials
+    # filename -> PEP 592 yank (True or a reason)
+    yanked: dict[str, bool | str] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,7 +50,12 @@ class LocalIndex:
     behaviour: IndexBehaviour
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     bytes_sent: int = 0
+    gzip_sent: int = 0
     release: threading.Event = field(default_factory=threading.Event)
+
+    def page_requests(self) -> list[str]:
+        """Return the paths of the root and project pages requested, in order."""
+        return [path for path, _ in self.requests if path.startswith("/simple/")]
 
     @property
     def simple_url(self) -> str:
@@ -76,6 +87,7 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             if fault == "hang":
                 # Bounded: a hung request outlives neither its test nor the deadline.
                 index.release.wait(THREAD_DEADLINE_SECONDS)
+                self.close_connection = True  # the client sees the connection drop, and retries
                 return
             if fault in ("500", "429"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
@@ -109,8 +121,13 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             behaviour = index.behaviour
             if path == "/simple/":
                 names = sorted({n for p in index.folder.iterdir() if (n := _project_of(p.name))})
+                serials = behaviour.serials if behaviour.root_serials else None
+                projects = [
+                    {"name": n} if serials is None else {"name": n, "_last-serial": serials[n]}
+                    for n in names
+                ]
                 return self._page(
-                    {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]},
+                    {"meta": {"api-version": "1.1"}, "projects": projects},
                     "".join(f'<a href="{n}/">{n}</a>\n' for n in names),
                 )
             if path.startswith("/simple/") and path.endswith("/"):
@@ -154,6 +171,7 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                     "hashes": {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
                     "size": path.stat().st_size,
                     "upload-time": "2024-01-02T03:04:05.000000Z",
+                    "yanked": index.behaviour.yanked.get(path.name, False),
                 }
                 if index.behaviour.pep658 and is_wheel(path.name):
                     digest = index.behaviour.metadata_hash.get(
@@ -161,8 +179,9 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                     )
                     entry["core-metadata"] = {"sha256": digest}
                 entries.append(entry)
+            serials = index.behaviour.serials
             document = {
-                "meta": {"api-version": "1.1", "_last-serial": 7},
+                "meta": {"api-version": "1.1", "_last-serial": serials[name] if serials else 7},
                 "name": name,
                 "files": entries,
             }
@@ -189,6 +208,11 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             return page, "text/html", 200, {"etag": etag}
 
         def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
+            compressible = status == 200 and self.path.startswith("/simple/")
+            if compressible and "gzip" in self.headers.get("accept-encoding", ""):
+                body = gzip.compress(body)
+                extra = {**extra, "content-encoding": "gzip"}
+                index.gzip_sent += 1
             self.send_response(status)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(body)))

@@ -16,6 +16,7 @@ import pytest
 from metasrv.cli.main import main
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, sync
+from metasrv.index.wholeindex import sync_all
 from metasrv.model import MetadataStatus, Project
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
@@ -81,7 +82,7 @@ def test_synced_data_equals_what_is_inside_the_archives(
     meta: Storage, archives: Path, behaviour: IndexBehaviour
 ) -> None:
     with serve_index(archives, behaviour) as index:
-        summary = sync(meta, index.simple_url, [], FAST)
+        summary = sync_all(meta, index.simple_url, FAST)
     assert summary.exit_code == 0
     assert summary.projects == 3
     gamma = _head_project(meta, "gamma-pkg")
@@ -240,10 +241,10 @@ def test_a_resync_with_nothing_new_makes_no_commit_and_fetches_no_archive(
     meta: Storage, archives: Path
 ) -> None:
     with serve_index(archives) as index:
-        first = sync(meta, index.simple_url, [], FAST)
+        first = sync_all(meta, index.simple_url, FAST)
         head = meta.resolve(None)
         index.requests.clear()
-        second = sync(meta, index.simple_url, [], FAST)
+        second = sync_all(meta, index.simple_url, FAST)
     assert len(first.commits) == 1
     assert second.commits == []
     assert meta.resolve(None) == head
@@ -265,7 +266,7 @@ def test_a_new_release_fetches_only_its_own_files(meta: Storage, archives: Path)
 
 
 def test_a_folder_of_archives_is_a_source(meta: Storage, archives: Path) -> None:
-    summary = sync(meta, str(archives), [], FAST)
+    summary = sync_all(meta, str(archives), FAST)
     assert summary.exit_code == 0
     gamma = _head_project(meta, "gamma-pkg")
     assert gamma.name == "Gamma_Pkg"
@@ -273,7 +274,7 @@ def test_a_folder_of_archives_is_a_source(meta: Storage, archives: Path) -> None
     assert wheel.url == (archives / wheel.filename).resolve().as_uri()
     assert gamma.releases[1].metadata is not None
     assert gamma.releases[1].metadata.requires_python == ">=3.9"
-    assert sync(meta, archives.as_uri(), [], FAST).commits == []
+    assert sync_all(meta, archives.as_uri(), FAST).commits == []
 
 
 def test_a_file_url_index_is_a_source(meta: Storage, archives: Path, tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_a_file_url_index_is_a_source(meta: Storage, archives: Path, tmp_path: P
         for p in sorted(archives.glob("alpha-*"))
     )
     (tree / "alpha" / "index.html").write_text(anchors)
-    summary = sync(meta, tree.as_uri(), [], FAST)
+    summary = sync_all(meta, tree.as_uri(), FAST)
     assert summary.exit_code == 0
     releases = _head_project(meta, "alpha").releases
     assert [r.version_text for r in releases] == ["1.0", "2.0"]
@@ -367,7 +368,7 @@ def test_the_cli_syncs_from_the_configured_source_and_summarises(
 ) -> None:
     with serve_index(archives) as index:
         assert main(["init", str(tmp_path / "m"), "--source", index.simple_url]) == 0
-        assert main(["sync", "--repo", str(tmp_path / "m")]) == 0
+        assert main(["sync", "--all", "--repo", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "synced 3 projects" in out
     assert "3 changed" in out

@@ -72,7 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     with serve_index(archives, IndexBehaviour(pep658=False)) as index:
         assert main(["init", str(root / "meta"), "--source", index.simple_url]) == 0
-        assert main(["sync", "--repo", str(root / "meta")]) == 0
+        assert main(["sync", "--all", "--repo", str(root / "meta")]) == 0
         meta = Storage(root / "meta")
         register(meta, "relaxed", ".", "understandings/relaxed")
         add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)

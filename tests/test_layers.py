@@ -14,7 +14,19 @@ MAX_MODULE_LINES = 400
 LAYERS: list[tuple[str, list[str]]] = [
     ("", ["errors", "names", "tables", "model"]),
     ("repo", ["tomlcodec", "projectfile", "storage", "catalog"]),
-    ("index", ["pages", "archives", "client", "filemetadata", "sync"]),
+    (
+        "index",
+        [
+            "pages",
+            "archives",
+            "client",
+            "filemetadata",
+            "sync",
+            "rootindex",
+            "syncstate",
+            "wholeindex",
+        ],
+    ),
     ("understandings", ["rules", "overrides", "cooldown", "signatures", "registry", "authoring"]),
     ("", ["markers"]),
     (

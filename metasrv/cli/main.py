@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +16,9 @@ from typing import Any
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.errors import InvalidInput, MetasrvError
 from metasrv.http.readapi import ReadApi
+from metasrv.index.client import FetchOptions
+from metasrv.index.sync import SyncOptions, SyncSummary, sync
+from metasrv.index.wholeindex import follow, sync_all
 from metasrv.markers import MarkerSets
 from metasrv.model import MetaConfig
 from metasrv.repo import tomlcodec
@@ -81,7 +86,14 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
-    sync.add_argument("projects", nargs="*", metavar="PROJECT", help="default: every project")
+    sync.add_argument("projects", nargs="*", metavar="PROJECT", help="projects to sync")
+    sync.add_argument("--all", action="store_true", help="every project the source lists")
+    sync.add_argument(
+        "--follow", action="store_true", help="with --all: keep syncing until SIGTERM / SIGINT"
+    )
+    sync.add_argument(
+        "--interval", type=float, default=60.0, help="seconds between --follow syncs (default 60)"
+    )
     sync.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     sync.add_argument("--source", help="index URL or folder (default: metasrv.toml's source)")
     sync.add_argument("--concurrency", type=int, default=8, help="requests at once (default 8)")
@@ -138,9 +150,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from metasrv.index.client import FetchOptions
-    from metasrv.index.sync import SyncOptions, SyncSummary, sync
-
+    if bool(args.projects) == args.all:
+        raise InvalidInput("name the projects to sync, or pass --all for the whole index")
+    if args.follow and not args.all:
+        raise InvalidInput("--follow follows the whole index: pass --all")
+    if args.interval <= 0:
+        raise InvalidInput("--interval must be positive")
     storage = open_repository(args.repo)
     source = args.source or _configured_source(storage)
     options = SyncOptions(
@@ -149,6 +164,8 @@ def _sync(args: argparse.Namespace) -> int:
         ),
         checkpoint=args.checkpoint,
     )
+    if args.follow:
+        return _follow(storage, source, options, args.interval)
     started = time.monotonic()
     terminal = sys.stderr.isatty()
 
@@ -160,18 +177,47 @@ def _sync(args: argparse.Namespace) -> int:
         )
         print(f"\r{line}" if terminal else line, end="" if terminal else "\n", file=sys.stderr)
 
-    summary = sync(storage, source, args.projects, options, progress)
+    if args.all:
+        summary = sync_all(storage, source, options, progress)
+    else:
+        summary = sync(storage, source, args.projects, options, progress)
     if terminal:
         print(file=sys.stderr)
+    _print_summary(summary, source)
+    return summary.exit_code
+
+
+def _follow(storage: Storage, source: str, options: SyncOptions, interval: float) -> int:
+    """Follow the whole index until SIGTERM or SIGINT, which end it between commits."""
+
+    def report(outcome: SyncSummary | Exception) -> None:
+        if isinstance(outcome, Exception):
+            print(f"metasrv: sync failed, trying again: {outcome}", file=sys.stderr, flush=True)
+        else:
+            _print_summary(outcome, source)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, stop.set)
+        await follow(storage, source, options, interval=interval, stop=stop, report=report)
+
+    asyncio.run(run())
+    return 0
+
+
+def _print_summary(summary: SyncSummary, source: str) -> None:
     for failure in summary.failed_projects:
         print(f"not synced: {failure}", file=sys.stderr)
     print(
         f"synced {summary.projects} projects from {source}: {summary.changed} changed, "
         f"{summary.removed} removed, {summary.releases_added} releases added, "
         f"{summary.files_added} files added, {summary.files_changed} files changed, "
-        f"{summary.errors} errors, {len(summary.commits)} commits"
+        f"{summary.errors} errors, {len(summary.commits)} commits, "
+        f"{summary.requests} requests",
+        flush=True,
     )
-    return summary.exit_code
 
 
 def _configured_source(storage: Storage) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -113,17 +113,24 @@ class Fetcher:
         self.requests = 0
 
     async def get(
-        self, url: str, headers: Mapping[str, str] | None = None, max_bytes: int = MAX_PAGE_BYTES
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_PAGE_BYTES,
+        sink: BinaryIO | None = None,
     ) -> Fetched:
-        """Return the response to a GET; 5xx, 429 and transport errors are retried."""
+        """Return the response to a GET; 5xx, 429 and transport errors are retried.
+
+        With a ``sink`` the body goes there instead of into memory (a root index at PyPI scale).
+        """
         problem = ""
         for attempt in range(self.options.retries + 1):
             delay = self.options.backoff_seconds * 2**attempt
             if url.startswith("file:"):
-                return _read_file_url(url, headers or {})
+                return _drain(_read_file_url(url, headers or {}), sink)
             try:
                 async with self._slots:
-                    response = await self._get_capped(url, headers or {}, max_bytes)
+                    response = await self._get_capped(url, headers or {}, max_bytes, sink)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
@@ -135,8 +142,13 @@ class Fetcher:
                 await asyncio.sleep(min(delay, MAX_RETRY_DELAY_SECONDS))
         raise SourceError(f"{url}: {problem} after {self.options.retries + 1} attempts")
 
-    async def _get_capped(self, url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched:
+    async def _get_capped(
+        self, url: str, headers: Mapping[str, str], max_bytes: int, sink: BinaryIO | None
+    ) -> Fetched:
         self.requests += 1
+        if sink is not None:
+            sink.seek(0)
+            sink.truncate()  # a retry starts the body again
         async with self.client.stream("GET", url, headers=headers) as response:
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
@@ -146,11 +158,24 @@ class Fetcher:
                 total += len(chunk)
                 if total > max_bytes:
                     raise InvalidArchive(f"{url}: larger than {max_bytes} bytes")
-                chunks.append(chunk)
+                if sink is None:
+                    chunks.append(chunk)
+                else:
+                    sink.write(chunk)
             self.bytes_fetched += response.num_bytes_downloaded
             return Fetched(
                 response.status_code, response.headers, b"".join(chunks), str(response.url)
             )
+
+
+def _drain(fetched: Fetched, sink: BinaryIO | None) -> Fetched:
+    """Move a body read whole into ``sink``, when there is one."""
+    if sink is None:
+        return fetched
+    sink.seek(0)
+    sink.truncate()
+    sink.write(fetched.content)
+    return Fetched(fetched.status_code, fetched.headers, b"", fetched.url)
 
 
 def _retry_after(response: Fetched) -> float | None:

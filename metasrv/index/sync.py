@@ -9,13 +9,7 @@ from dataclasses import dataclass, field, replace
 from packaging.utils import NormalizedName
 from packaging.version import InvalidVersion, Version
 
-from metasrv.errors import (
-    InvalidData,
-    InvalidInput,
-    MetasrvError,
-    NotFound,
-    SourceError,
-)
+from metasrv.errors import InvalidData, InvalidInput, MetasrvError, NotFound, SourceError
 from metasrv.index import archives
 from metasrv.index.client import (
     Fetcher,
@@ -68,16 +62,31 @@ class SyncSummary:
 
 
 Progress = Callable[[int, int, SyncSummary], None]
+REMOVALS_NAMED = 100  # a removal commit names the removed projects, up to this many
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Which projects one sync asks the source for, and what the source's root said of them."""
+
+    targets: Sequence[NormalizedName]
+    spellings: Mapping[str, str] = field(default_factory=dict)
+    serials: Mapping[NormalizedName, int | None] = field(default_factory=dict)
+    removals: Sequence[NormalizedName] = ()
+    named: bool = False
+    root_spells_names: bool = False  # a folder source registers no spellings
 
 
 def sync(
     storage: Storage,
     source_location: str,
-    names: Sequence[str] = (),
+    names: Sequence[str],
     options: SyncOptions | None = None,
     progress: Progress | None = None,
 ) -> SyncSummary:
-    """Mirror ``names`` (default: every project the source lists) and commit what changed."""
+    """Mirror the projects ``names`` and commit what changed (the whole index: ``sync_all``)."""
+    if not names:
+        raise InvalidInput("name the projects to sync, or sync the whole index with --all")
     return asyncio.run(_sync(storage, source_location, names, options or SyncOptions(), progress))
 
 
@@ -88,74 +97,104 @@ async def _sync(
     options: SyncOptions,
     progress: Progress | None,
 ) -> SyncSummary:
-    if options.checkpoint < 1 or options.fetch.concurrency < 1:
-        raise InvalidInput("checkpoint and concurrency must be at least 1")
-    targets = [normalize_name(name) for name in names]
-    branch = options.branch or storage.head_branch()
-    catalog = Catalog(storage)
+    check_options(options)
+    plan = Plan(targets=[normalize_name(name) for name in names], named=True)
     summary = SyncSummary()
     async with make_client(options.fetch) as client:
         fetcher = Fetcher(client, options.fetch)
         source = open_source(source_location, fetcher)
-        listed: dict[str, str | None] = {}
-        if not targets:
-            listed = await source.list_projects()
-            targets = [NormalizedName(name) for name in sorted(listed)]
-        registered = {NormalizedName(n): spelling for n, spelling in listed.items() if spelling}
-        parent = storage.branch_commit(branch)
-        for start in range(0, len(targets), options.checkpoint):
-            batch = targets[start : start + options.checkpoint]
-            projects = await asyncio.gather(
-                *(
-                    _sync_project(
-                        source,
-                        catalog,
-                        parent,
-                        name,
-                        registered=registered,
-                        summary=summary,
-                        named=bool(names),
-                    )
-                    for name in batch
-                )
-            )
-            changes = {
-                f"{DATA_ROOT}/{project_path(project.normalized_name)}": write_project(project)
-                for project in projects
-                if project is not None
-            }
-            summary.projects += len(batch)
-            parent = _commit(
-                storage, branch, changes, parent=parent, summary=summary, source_url=source.url
-            )
-            if progress is not None:
-                progress(summary.projects, len(targets), summary)
-        if not names and parent is not None:
-            removals = {
-                f"{DATA_ROOT}/{project_path(name)}": None
-                for name in catalog.list_projects(parent)
-                if name not in listed
-            }
-            summary.removed = len(removals)
-            parent = _commit(
-                storage, branch, removals, parent=parent, summary=summary, source_url=source.url
-            )
+        await run_plan(storage, source, plan, options, summary, progress=progress)
         summary.requests, summary.bytes_fetched = fetcher.requests, fetcher.bytes_fetched
     return summary
+
+
+def check_options(options: SyncOptions) -> None:
+    """Reject a checkpoint or concurrency below one."""
+    if options.checkpoint < 1 or options.fetch.concurrency < 1:
+        raise InvalidInput("checkpoint and concurrency must be at least 1")
+
+
+async def run_plan(
+    storage: Storage,
+    source: IndexSource | FolderSource,
+    plan: Plan,
+    options: SyncOptions,
+    summary: SyncSummary,
+    *,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Sync a plan a checkpoint at a time, removals in the last; False when ``stop`` ended it."""
+    branch = options.branch or storage.head_branch()
+    catalog = Catalog(storage)
+    parent = storage.branch_commit(branch)
+    targets = list(plan.targets)
+    starts = range(0, len(targets), options.checkpoint) if targets else range(1)
+    for start in starts:
+        batch = targets[start : start + options.checkpoint]
+        projects = await asyncio.gather(
+            *(
+                _sync_project(
+                    source,
+                    catalog,
+                    parent,
+                    name,
+                    listed_serial=plan.serials.get(name),
+                    listed_name=plan.spellings.get(name, name) if plan.root_spells_names else None,
+                    summary=summary,
+                    named=plan.named,
+                )
+                for name in batch
+            )
+        )
+        changes: dict[str, bytes | None] = {
+            f"{DATA_ROOT}/{project_path(project.normalized_name)}": write_project(project)
+            for project in projects
+            if project is not None
+        }
+        last = start + options.checkpoint >= len(targets)
+        removals = plan.removals if last else ()
+        changes.update({f"{DATA_ROOT}/{project_path(name)}": None for name in removals})
+        summary.projects += len(batch)
+        summary.removed += len(removals)
+        parent = _commit(
+            storage,
+            branch,
+            changes,
+            parent,
+            summary=summary,
+            message=_message(len(changes) - len(removals), removals, source.url),
+        )
+        if progress is not None:
+            progress(summary.projects, len(targets), summary)
+        if not last and stop is not None and stop():
+            return False
+    return True
+
+
+def _message(changed: int, removals: Sequence[str], source_url: str) -> str:
+    message = f"sync {changed} project{'s' if changed != 1 else ''} from {source_url}"
+    if not removals:
+        return message
+    named = "\n".join(removals[:REMOVALS_NAMED])
+    more = f"\n... and {len(removals) - REMOVALS_NAMED} more" * (len(removals) > REMOVALS_NAMED)
+    return (
+        f"{message}; remove {len(removals)} it no longer lists\n\n"
+        f"Removed, as the source no longer lists them (earlier commits keep them):\n{named}{more}"
+    )
 
 
 def _commit(
     storage: Storage,
     branch: str,
     changes: Mapping[str, bytes | None],
-    *,
     parent: CommitId | None,
+    *,
     summary: SyncSummary,
-    source_url: str,
+    message: str,
 ) -> CommitId | None:
     if not changes:
         return parent
-    message = f"sync {len(changes)} project{'s' if len(changes) != 1 else ''} from {source_url}"
     commit_id = storage.commit(branch, changes, message, expected_parent=parent)
     if commit_id is None:
         return parent
@@ -169,7 +208,8 @@ async def _sync_project(
     parent: CommitId | None,
     normalized_name: NormalizedName,
     *,
-    registered: dict[NormalizedName, str],
+    listed_serial: int | None,
+    listed_name: str | None,
     summary: SyncSummary,
     named: bool,
 ) -> Project | None:
@@ -181,7 +221,9 @@ async def _sync_project(
             raise
         return None
     if page is None:
-        return None
+        return _with_serial(existing, listed_serial)
+    if page.state.serial is None and listed_serial is not None:
+        page = replace(page, state=replace(page.state, serial=listed_serial))
     known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
     read = await _read_page_files(source, page, known)
     # One release per PEP 440 version, spelled as the index first lists it: files name versions
@@ -202,7 +244,7 @@ async def _sync_project(
         elif previous != dist_file:
             summary.files_changed += 1
         summary.errors += failed
-    name = registered.get(normalized_name) or (
+    name = listed_name or (
         newest_name[1] if newest_name and _same_project(newest_name[1], normalized_name) else None
     )
     name = name or (existing.name if existing is not None else page.name)
@@ -220,6 +262,14 @@ async def _sync_project(
     summary.releases_added += sum(1 for r in project.releases if r.version not in old_versions)
     summary.changed += 1
     return project
+
+
+def _with_serial(existing: Project | None, listed_serial: int | None) -> Project | None:
+    """Return an unchanged project to write again only when the root's serial for it moved."""
+    # Without this, a page the source answers 304 for would be asked for by every sync.
+    if existing is None or listed_serial in (None, existing.source_state.serial):
+        return None
+    return replace(existing, source_state=replace(existing.source_state, serial=listed_serial))
 
 
 def _existing(

@@ -146,6 +146,12 @@ def registered_name(document: bytes, where: str) -> str:
     return TableReader(tomlcodec.loads(_head(document), where=where), where).string("name")
 
 
+def source_serial(document: bytes, where: str) -> int | None:
+    """Return a project file's ``source-serial`` without parsing its releases."""
+    head = TableReader(tomlcodec.loads(_head(document), where=where), where)
+    return head.optional_integer("source-serial")
+
+
 def _head(document: bytes) -> bytes:
     first_header = _HEADER.search(document)
     return document if first_header is None else document[: first_header.start()]

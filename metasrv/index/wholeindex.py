@@ -1,0 +1,122 @@
+"""Whole-index sync: diff the source root's serials against the mirror's, and keep following."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from packaging.utils import NormalizedName
+
+from metasrv.errors import Conflict, SourceError
+from metasrv.index.client import Fetcher, make_client, open_source
+from metasrv.index.rootindex import RootListing, read_root
+from metasrv.index.sync import (
+    Plan,
+    Progress,
+    SyncOptions,
+    SyncSummary,
+    check_options,
+    run_plan,
+)
+from metasrv.index.syncstate import SyncState
+from metasrv.repo.storage import CommitId, Storage
+
+Report = Callable[[SyncSummary | Exception], None]
+
+
+def sync_all(
+    storage: Storage,
+    source_location: str,
+    options: SyncOptions | None = None,
+    progress: Progress | None = None,
+) -> SyncSummary:
+    """Mirror every project the source lists: only new and changed ones, removing the unlisted."""
+    options = options or SyncOptions()
+    check_options(options)
+    state = SyncState(storage, options.branch or storage.head_branch())
+    return asyncio.run(sync_all_once(storage, source_location, options, state, progress=progress))
+
+
+async def sync_all_once(
+    storage: Storage,
+    source_location: str,
+    options: SyncOptions,
+    state: SyncState,
+    *,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> SyncSummary:
+    """Run one whole-index sync: one conditional root request, then the projects it shows moved.
+
+    A root without serials leaves every listed project to its own conditional request.
+    """
+    branch = options.branch or storage.head_branch()
+    summary = SyncSummary()
+    async with make_client(options.fetch) as client:
+        fetcher = Fetcher(client, options.fetch)
+        source = open_source(source_location, fetcher)
+        head = storage.branch_commit(branch)
+        listing = await read_root(source, state.root_etag(source.url, head))
+        if listing is not None:
+            plan = _plan(listing, state.serials(head))
+            completed = await run_plan(
+                storage, source, plan, options, summary, progress=progress, stop=stop
+            )
+            if completed:
+                _record_root(state, source.url, listing, storage.branch_commit(branch))
+        summary.requests, summary.bytes_fetched = fetcher.requests, fetcher.bytes_fetched
+    return summary
+
+
+def _plan(listing: RootListing, stored: dict[NormalizedName, int | None]) -> Plan:
+    """Sync what is new or whose serial moved; remove what the root no longer lists."""
+    listed = listing.serials
+    targets = sorted(
+        name for name, serial in listed.items() if serial is None or stored.get(name) != serial
+    )
+    removals = sorted(name for name in stored if name not in listed)
+    return Plan(
+        targets, listing.spellings, listed, removals, root_spells_names=listing.spells_names
+    )
+
+
+def _record_root(
+    state: SyncState, source_url: str, listing: RootListing, head: CommitId | None
+) -> None:
+    """Keep the root's ETag only when a 304 on it will mean that nothing at all changed."""
+    stored = state.serials(head)
+    complete = all(
+        serial is not None and stored.get(name) == serial
+        for name, serial in listing.serials.items()
+    )
+    state.record_root(source_url, listing.etag if complete else None, head)
+
+
+async def follow(
+    storage: Storage,
+    source_location: str,
+    options: SyncOptions,
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    report: Report,
+) -> None:
+    """Sync the whole index every ``interval`` seconds until ``stop`` is set.
+
+    ``stop`` is honoured between commits: a checkpoint in flight is committed first. A source
+    that fails, or another writer that moved the branch, is reported and tried again next time.
+    """
+    check_options(options)
+    state = SyncState(storage, options.branch or storage.head_branch())
+    while not stop.is_set():
+        try:
+            summary = await sync_all_once(
+                storage, source_location, options, state, stop=stop.is_set
+            )
+        except (SourceError, Conflict) as exc:
+            report(exc)
+        else:
+            report(summary)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

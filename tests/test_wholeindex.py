@@ -1,0 +1,260 @@
+"""`metasrv sync --all`: one conditional root request, then only the projects whose serial moved."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metasrv.cli.main import main
+from metasrv.errors import SourceError
+from metasrv.index.client import FetchOptions
+from metasrv.index.rootindex import iter_html_projects, iter_json_projects
+from metasrv.index.sync import SyncOptions
+from metasrv.index.wholeindex import sync_all
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
+from tests.distributions import build_wheel
+from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
+
+FAST = SyncOptions(fetch=FetchOptions(backoff_seconds=0.01, timeout_seconds=5))
+DEADLINE_SECONDS = 60
+
+
+@dataclass
+class Mirror:
+    """A meta repository fully synced from a local index of 50 projects with serials."""
+
+    meta: Storage
+    index: LocalIndex
+    folder: Path
+
+
+def _name(number: int) -> str:
+    return f"proj{number:02d}"
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    """Serve 50 projects with serials and sync them all once."""
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    for number in range(50):
+        build_wheel(folder, _name(number), "1.0", requires_dist=["alpha"] if number % 2 else [])
+    behaviour = IndexBehaviour(serials={_name(n): 100 + n for n in range(50)})
+    assert main(["init", str(tmp_path / "meta")]) == 0
+    meta = Storage(tmp_path / "meta")
+    with serve_index(folder, behaviour) as index:
+        first = sync_all(meta, index.simple_url, FAST)
+        assert (first.changed, len(first.commits)) == (50, 1)
+        index.requests.clear()
+        yield Mirror(meta, index, folder)
+
+
+def test_a_changed_index_costs_one_root_request_and_one_per_changed_project(
+    mirror: Mirror,
+) -> None:
+    index, serials = mirror.index, mirror.index.behaviour.serials
+    assert serials is not None
+    before = mirror.meta.resolve(None)
+    build_wheel(mirror.folder, _name(3), "2.0")  # a new file
+    serials[_name(3)] = 200
+    index.behaviour.yanked["proj07-1.0-py3-none-any.whl"] = "broken"  # a yank
+    serials[_name(7)] = 201
+    build_wheel(mirror.folder, "newcomer", "0.1")  # a new project
+    serials["newcomer"] = 202
+    for path in index.files_of(_name(11)):  # a project the source no longer lists
+        path.unlink()
+    summary = sync_all(mirror.meta, index.simple_url, FAST)
+    assert index.page_requests() == [
+        "/simple/",
+        "/simple/newcomer/",
+        "/simple/proj03/",
+        "/simple/proj07/",
+    ]
+    assert index.gzip_sent >= 1  # the root came compressed
+    # Beyond the pages, only the new files' PEP 658 metadata is fetched.
+    assert sorted(path for path, _ in index.requests if path.startswith("/files/")) == [
+        "/files/newcomer-0.1-py3-none-any.whl.metadata",
+        "/files/proj03-2.0-py3-none-any.whl.metadata",
+    ]
+    assert len(summary.commits) == 1
+    assert (summary.changed, summary.removed) == (3, 1)
+    head = mirror.meta.resolve(None)
+    catalog = Catalog(mirror.meta)
+    names = catalog.list_projects(head)
+    assert "proj11" not in names
+    assert "newcomer" in names
+    assert len(names) == 50
+    assert "proj11" in catalog.list_projects(before)  # older commits keep it
+    message = subprocess.run(
+        ["git", "log", "-1", "--format=%B", head],
+        cwd=mirror.meta.path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "no longer lists" in message
+    assert "proj11" in message
+    yanked = catalog.get_project(head, _name(7)).releases[0]
+    assert yanked.yanked == "broken"
+    assert [r.version_text for r in catalog.get_project(head, _name(3)).releases] == ["1.0", "2.0"]
+    assert catalog.get_project(head, _name(3)).source_state.serial == 200
+
+
+def test_an_unchanged_root_answers_304_and_nothing_else_is_asked(mirror: Mirror) -> None:
+    head = mirror.meta.resolve(None)
+    summary = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    assert mirror.index.requests == [("/simple/", None)]
+    assert summary.requests == 1
+    assert summary.commits == []
+    assert mirror.meta.resolve(None) == head
+
+
+def test_a_root_without_serials_falls_back_to_a_conditional_request_per_project(
+    mirror: Mirror,
+) -> None:
+    mirror.index.behaviour.root_serials = False  # the root's ETag changes with its body
+    summary = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    pages = mirror.index.page_requests()
+    assert pages[0] == "/simple/"
+    assert len(pages) == 51
+    assert not [path for path, _ in mirror.index.requests if path.startswith("/files/")]
+    assert summary.commits == []
+    again = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    assert again.requests == 51  # without serials a 304 root cannot vouch for the pages
+
+
+def test_a_bare_sync_says_to_name_projects_or_pass_all(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = str(mirror.meta.path)
+    assert main(["sync", "--repo", repo, "--source", mirror.index.simple_url]) == 2
+    assert "--all" in capsys.readouterr().err
+    assert main(["sync", "--repo", repo, "--follow", "proj01"]) == 2
+    assert mirror.index.requests == []
+
+
+def test_follow_stops_between_commits_on_sigterm_and_leaves_a_whole_repository(
+    mirror: Mirror,
+) -> None:
+    index, serials = mirror.index, mirror.index.behaviour.serials
+    assert serials is not None
+    for number in range(10, 15):
+        build_wheel(mirror.folder, _name(number), "3.0")
+        serials[_name(number)] += 1000
+    index.behaviour.faults["/simple/proj12/"] = ["hang"]
+    before = mirror.meta.resolve(None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "metasrv",
+            "sync",
+            "--all",
+            "--follow",
+            "--interval",
+            "0.1",
+            "--checkpoint",
+            "1",
+            "--repo",
+            str(mirror.meta.path),
+            "--source",
+            index.simple_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while ("/simple/proj12/", None) not in index.requests:
+            assert time.monotonic() < deadline, "the follower never reached proj12"
+            assert process.poll() is None
+            time.sleep(0.01)  # polling the index's request log, with a deadline
+        process.send_signal(signal.SIGTERM)
+        index.release.set()  # the checkpoint in flight finishes and is committed
+        _, stderr = process.communicate(timeout=DEADLINE_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    head = mirror.meta.resolve(None)
+    catalog = Catalog(mirror.meta)
+    changed = [c.normalized_name for c in catalog.changed_since(before, head)]
+    assert changed == ["proj10", "proj11", "proj12"]  # stopped after proj12's commit
+    for name in catalog.list_projects(head):
+        catalog.get_project(head, name)  # every file parses
+    rest = sync_all(mirror.meta, index.simple_url, FAST)
+    assert rest.changed == 2
+    assert len(rest.commits) == 1
+
+
+ENTRY = st.fixed_dictionaries(
+    {"name": st.from_regex(r"[A-Za-z][A-Za-z0-9._-]{0,20}", fullmatch=True)},
+    optional={"_last-serial": st.integers(0, 2**40)},
+)
+
+
+class _Trickle(io.StringIO):
+    """A stream that hands out a few characters per read, as a slow pipe does."""
+
+    def __init__(self, text: str, step: int) -> None:
+        super().__init__(text)
+        self.step = step
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read(min(self.step, size if size and size > 0 else self.step))
+
+
+@given(
+    entries=st.lists(ENTRY, max_size=30),
+    step=st.integers(1, 9),
+    indent=st.sampled_from([None, 1]),
+    meta_first=st.booleans(),
+)
+def test_the_root_parser_agrees_with_json_loads_however_the_stream_is_cut(
+    entries: list[dict[str, object]], step: int, indent: int | None, meta_first: bool
+) -> None:
+    meta = {"api-version": "1.1", "_last-serial": 5}
+    document = (
+        {"meta": meta, "projects": entries} if meta_first else {"projects": entries, "meta": meta}
+    )
+    text = json.dumps(document, indent=indent)
+    parsed = list(iter_json_projects(_Trickle(text, step)))
+    assert parsed == [(e["name"], e.get("_last-serial")) for e in entries]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"meta": {}}',
+        '{"projects": [{"name": "a"}',
+        '{"projects": [{"nom": "a"}]}',
+        '{"projects": [{"name": "a", "_last-serial": "7"}]}',
+        '{"projects": [1]}',
+        "[]",
+    ],
+    ids=["no-projects", "truncated", "no-name", "string-serial", "not-an-object", "a-list"],
+)
+def test_a_broken_root_is_a_source_error_never_an_empty_index(text: str) -> None:
+    with pytest.raises(SourceError):
+        list(iter_json_projects(io.StringIO(text)))
+
+
+def test_the_html_root_parser_reads_anchors_cut_across_chunks() -> None:
+    anchors = "".join(f'<a href="/simple/p{n}/">P{n}</a>\n' for n in range(500))
+    assert list(iter_html_projects(_Trickle(f"<html><body>{anchors}</body></html>", 7))) == [
+        f"P{n}" for n in range(500)
+    ]
