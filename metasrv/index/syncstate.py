@@ -51,14 +51,13 @@ class SyncState:
         return self._serials
 
     def root_etag(self, source_url: str, commit_id: CommitId | None) -> str | None:
-        """Return the root's ETag of the last complete sync, if the branch still holds it."""
+        """Return the root's ETag of the last complete sync, if the branch is still at it."""
         self._load()
         etag, done_at = self._root.get("etag"), self._root.get("commit")
         if etag is None or done_at is None or self._root.get("source") != source_url:
             return None
-        if commit_id is None or not self.storage.contains(commit_id, done_at):
-            return None
-        return etag
+        # Any other commit since (a pull-through write, a reset) and the root is asked afresh.
+        return etag if commit_id == done_at else None
 
     def record_root(self, source_url: str, etag: str | None, commit_id: CommitId | None) -> None:
         """Remember the root's ETag once every project it listed is mirrored at ``commit_id``."""

@@ -182,15 +182,6 @@ class Storage:
         except (KeyError, pygit2.GitError):
             return None
 
-    def contains(self, commit_id: str, ancestor_id: str) -> bool:
-        """Return whether ``ancestor_id`` is ``commit_id`` or in its history (False if unknown)."""
-        if commit_id == ancestor_id:
-            return True
-        try:
-            return bool(self._repo.descendant_of(commit_id, ancestor_id))
-        except (KeyError, ValueError, pygit2.GitError):
-            return False
-
     def blob_id(self, commit_id: CommitId, path: str) -> BlobId | None:
         """Return the id of the blob at ``path`` in a commit, or None when there is none."""
         try:
