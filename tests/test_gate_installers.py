@@ -23,7 +23,7 @@ def test_a_gate_hides_unapproved_releases_from_pip_and_uv(tmp_path: Path) -> Non
     build_wheel(archives, "mtsv-alpha", "2.0")
     with serve_index(archives) as index:
         assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
-        assert main(["sync", "--repo", str(tmp_path / "meta")]) == 0
+        assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
         meta = Storage(tmp_path / "meta")
         register_gate(meta)
         add_rules(meta, "gates/notary", "mtsv-alpha", APPROVE_1)
