@@ -7,7 +7,7 @@ import hashlib
 import io
 import tarfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -51,6 +51,7 @@ def build_wheel(
     provides_extra: Iterable[str] = (),
     padding: int = 0,
     metadata: str | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an installable pure-Python wheel and return its path.
 
@@ -67,9 +68,8 @@ def build_wheel(
         requires_python=requires_python,
         provides_extra=provides_extra,
     )
-    entries: list[tuple[str, bytes]] = [
-        (f"{package}/__init__.py", f'__version__ = "{version}"\n'.encode()),
-    ]
+    sources = {f"{package}/__init__.py": f'__version__ = "{version}"\n', **(files or {})}
+    entries = [(path, text.encode()) for path, text in sources.items()]
     if padding:
         entries.append((f"{package}/padding.bin", hashlib.shake_256(stem.encode()).digest(padding)))
     entries += [
@@ -101,8 +101,10 @@ def build_sdist(
     requires_dist: Iterable[str] = (),
     metadata_version: str = "2.2",
     dynamic: Iterable[str] = (),
+    pyproject: str = "[build-system]\nrequires = []\n",
+    files: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write an sdist (.tar.gz) whose PKG-INFO states the given metadata."""
+    """Write an sdist (.tar.gz) whose PKG-INFO states the given metadata, with ``files``."""
     stem = f"{canonicalize_name(name).replace('-', '_')}-{version}"
     pkg_info = metadata_text(
         name,
@@ -113,10 +115,9 @@ def build_sdist(
     ).encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for member_path, content in (
-            (f"{stem}/PKG-INFO", pkg_info),
-            (f"{stem}/pyproject.toml", b"[build-system]\nrequires = []\n"),
-        ):
+        members = [(f"{stem}/PKG-INFO", pkg_info), (f"{stem}/pyproject.toml", pyproject.encode())]
+        members += [(f"{stem}/{path}", text.encode()) for path, text in (files or {}).items()]
+        for member_path, content in members:
             info = tarfile.TarInfo(member_path)
             info.size, info.mtime = len(content), 1577836800
             archive.addfile(info, io.BytesIO(content))

@@ -1,0 +1,202 @@
+"""Run untrusted build code with bubblewrap: no network, few paths, hard resource limits."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from metasrv.errors import InvalidInput
+
+# The uid and gid a sandbox runs as when metasrv runs as root: RLIMIT_NPROC counts processes per
+# user, and root's count (every daemon) is large and, for root, not enforced at all.
+NOBODY = 65534
+# System folders a Python needs to start; everything else is absent unless bound.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime", "/etc/passwd")
+MEGABYTE = 1024 * 1024
+
+
+class SandboxUnavailable(InvalidInput):
+    """bubblewrap is not installed, so no build can run safely."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one sandboxed command may use before it is stopped."""
+
+    wall_seconds: float = 120.0
+    cpu_seconds: int = 120
+    memory_bytes: int = 4096 * MEGABYTE
+    processes: int = 64
+    # The most a build may print, and the largest file it may write (RLIMIT_FSIZE covers both).
+    output_bytes: int = 256 * MEGABYTE
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a sandboxed command ended: its exit status, why it was stopped, the end of its log."""
+
+    returncode: int
+    stopped: str | None
+    log_tail: str
+
+    @property
+    def ok(self) -> bool:
+        """Return whether the command exited 0 without being stopped."""
+        return self.returncode == 0 and self.stopped is None
+
+
+def find_bubblewrap() -> str:
+    """Return the path of ``bwrap``, or raise SandboxUnavailable."""
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is needed to build sdists safely: apt-get install bubblewrap"
+        )
+    return path
+
+
+def run_sandboxed(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    writable: Sequence[Path],
+    readable: Sequence[Path],
+    environment: Mapping[str, str],
+    limits: Limits,
+    log_path: Path,
+) -> Outcome:
+    """Run ``command`` in a fresh sandbox; only ``writable`` and ``readable`` paths are visible."""
+    as_root = os.geteuid() == 0
+    if as_root:
+        for path in writable:
+            _give_to_nobody(path)
+    arguments = _bubblewrap_arguments(find_bubblewrap(), cwd, writable, readable)
+    if as_root:
+        # bwrap keeps root's capabilities to build the sandbox; the command itself runs as nobody.
+        arguments += ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        arguments += ["--inh-caps=-all", "--no-new-privs", "--"]
+    arguments += list(command)
+    processes = limits.processes if as_root else _own_process_count() + limits.processes
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            arguments,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(environment),
+            start_new_session=True,
+            preexec_fn=lambda: _apply_limits(limits, processes),  # noqa: PLW1509
+        )
+        try:
+            returncode = process.wait(timeout=limits.wall_seconds)
+            stopped = None
+        except subprocess.TimeoutExpired:
+            # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it every
+            # process in the sandbox's pid namespace, however many it forked.
+            os.killpg(process.pid, signal.SIGKILL)
+            returncode = process.wait()
+            stopped = f"timed out after {limits.wall_seconds:g} s"
+    stopped = stopped or _stopped_by_limit(returncode, limits, log_path)
+    return Outcome(returncode, stopped, _tail(log_path))
+
+
+def _bubblewrap_arguments(
+    bwrap: str, cwd: Path, writable: Sequence[Path], readable: Sequence[Path]
+) -> list[str]:
+    arguments = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    arguments += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    for system_path in SYSTEM_PATHS:
+        if os.path.islink(system_path):
+            arguments += ["--symlink", os.readlink(system_path), system_path]
+        elif os.path.isdir(system_path):
+            arguments += ["--ro-bind", system_path, system_path]
+    for system_file in SYSTEM_FILES:
+        arguments += ["--ro-bind-try", system_file, system_file]
+    arguments += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    mounts = [str(path.resolve()) for path in readable] + [str(p.resolve()) for p in writable]
+    for path in readable:
+        arguments += ["--ro-bind", str(path.resolve()), str(path.resolve())]
+    for path in writable:
+        arguments += ["--bind", str(path.resolve()), str(path.resolve())]
+    # bwrap creates the folders above a mount point with the modes of the originals (/root is
+    # 0700); a sandbox that runs as nobody must be able to walk down to what it was given.
+    for ancestor in sorted(_ancestors(mounts)):
+        arguments += ["--chmod", "0755", ancestor]
+    arguments += ["--chdir", str(cwd.resolve())]
+    return arguments
+
+
+def _ancestors(mounts: Sequence[str]) -> set[str]:
+    """Return the folders above mount points that bwrap creates (not under a system path)."""
+    ancestors: set[str] = set()
+    for mount in mounts:
+        for parent in Path(mount).parents:
+            text = str(parent)
+            if text in ("/", "/tmp") or text.startswith(SYSTEM_PATHS):
+                continue
+            if not any(text == m or text.startswith(m + "/") for m in mounts):
+                ancestors.add(text)
+    return ancestors
+
+
+def _give_to_nobody(path: Path) -> None:
+    for folder, _folders, files in os.walk(path):
+        os.chown(folder, NOBODY, NOBODY)
+        for name in files:
+            os.chown(os.path.join(folder, name), NOBODY, NOBODY, follow_symlinks=False)
+
+
+def _own_process_count() -> int:
+    """Return how many processes this user runs: RLIMIT_NPROC counts them all."""
+    uid = str(os.getuid())
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
+            count += uid_line.split()[1:2] == [uid]
+    return count
+
+
+def _apply_limits(limits: Limits, processes: int) -> None:
+    """Set the limits in the child before bwrap starts; the sandbox inherits them."""
+    cpu = limits.cpu_seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _stopped_by_limit(returncode: int, limits: Limits, log_path: Path) -> str | None:
+    """Return which limit stopped a command, from its exit status and its log."""
+    # bwrap's pid 1 exits 128 + N when the command died of signal N.
+    signal_number = -returncode if returncode < 0 else returncode - 128
+    if signal_number == signal.SIGXCPU:
+        return f"used more than {limits.cpu_seconds} s of CPU"
+    if signal_number == signal.SIGXFSZ or log_path.stat().st_size >= limits.output_bytes:
+        if log_path.stat().st_size >= limits.output_bytes:
+            return f"printed more than {limits.output_bytes // MEGABYTE} MB"
+        return f"wrote a file larger than {limits.output_bytes // MEGABYTE} MB"
+    tail = _tail(log_path)
+    if "MemoryError" in tail or "Cannot allocate memory" in tail:
+        return f"needed more than {limits.memory_bytes // MEGABYTE} MB of memory"
+    if "BlockingIOError: [Errno 11]" in tail or "Resource temporarily unavailable" in tail:
+        return f"started more than {limits.processes} processes"
+    return None
+
+
+def _tail(log_path: Path, size: int = 16 * 1024) -> str:
+    with log_path.open("rb") as log:
+        log.seek(max(0, log_path.stat().st_size - size))
+        return log.read().decode("utf-8", "replace")

@@ -1,0 +1,208 @@
+"""Building sdists' metadata in a sandbox: what it gives, and what hostile builds cannot do."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from metasrv.index.buildenvs import BuildEnvironments
+from metasrv.index.builds import Builder, BuildResult
+from metasrv.index.sandbox import Limits
+from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
+from tests.distributions import build_sdist, build_wheel
+from tests.indexserver import LocalIndex, serve_index
+
+# Small limits keep hostile builds fast; the wall limit is generous for a loaded machine.
+LIMITS = Limits(
+    wall_seconds=60, cpu_seconds=2, memory_bytes=1024**3, processes=16, output_bytes=1024**2
+)
+
+
+@dataclass
+class BuildSetup:
+    """A local index with the test backend, a builder using it, and a folder for sdists."""
+
+    index: LocalIndex
+    builder: Builder
+    sdists: Path
+
+    def build(self, name: str, code: str = "", **options: object) -> BuildResult:
+        sdist = build_dynamic_sdist(self.sdists, name, "1.0", code=code, **options)  # type: ignore[arg-type]
+        return self.builder.build(sdist)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildSetup]:
+    root = tmp_path_factory.mktemp("builds")
+    (root / "index").mkdir()
+    (root / "sdists").mkdir()
+    build_backend_wheel(root / "index")
+    build_wheel(
+        root / "index", "buildhelper", "1.0", files={"buildhelper/__init__.py": 'EXTRA = "six"\n'}
+    )
+    with serve_index(root / "index") as index:
+        environments = BuildEnvironments(root / "environments", index.simple_url)
+        yield BuildSetup(index, Builder(environments, LIMITS), root / "sdists")
+
+
+def test_a_dynamic_sdist_builds_to_the_metadata_its_backend_computes(setup: BuildSetup) -> None:
+    result = setup.build("alpha", requires_dist=("click>=8", "rich; extra == 'fancy'"))
+    assert result.reason is None
+    assert result.metadata is not None
+    assert result.name == "alpha"
+    assert result.metadata.requires_dist == ("click>=8", "rich; extra == 'fancy'")
+
+
+def test_a_backend_without_prepare_metadata_gives_the_metadata_of_the_wheel_it_builds(
+    setup: BuildSetup,
+) -> None:
+    result = setup.build("beta", requires_dist=("idna",), backend="tinybackend.wheelonly")
+    assert result.reason is None
+    assert result.metadata is not None
+    assert result.metadata.requires_dist == ("idna",)
+
+
+def test_requirements_the_backend_asks_for_are_installed_before_the_metadata_hook(
+    setup: BuildSetup,
+) -> None:
+    code = (
+        'BUILD_REQUIRES = ["buildhelper"]\n'
+        "try:\n"
+        "    import buildhelper\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        '    METADATA = METADATA.rstrip() + "\\nRequires-Dist: " + buildhelper.EXTRA + "\\n\\n"\n'
+    )
+    result = setup.build("gamma", code)
+    assert result.reason is None
+    assert result.metadata is not None
+    assert result.metadata.requires_dist == ("six",)
+
+
+def test_environments_are_reused_for_the_same_build_requirements(setup: BuildSetup) -> None:
+    setup.build("delta")
+    environments = setup.builder.environments.folder
+    before = {path.name for path in environments.iterdir()}
+    assert setup.build("epsilon").reason is None
+    assert {path.name for path in environments.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "reason"),
+    [
+        (
+            '[build-system]\nrequires = ["tinybackend"]\nbuild-backend = "nosuchbackend"\n',
+            "backend nosuchbackend not found",
+        ),
+        ("", "could not install build requirements"),
+        ("[build-system\n", "invalid pyproject.toml"),
+        ('[build-system]\nrequires = ["not a requirement!"]\n', "invalid build requirement"),
+    ],
+)
+def test_a_build_system_that_cannot_be_set_up_is_a_failure_with_its_reason(
+    setup: BuildSetup, pyproject: str, reason: str
+) -> None:
+    sdist = build_sdist(
+        setup.sdists,
+        "zeta",
+        "1.0",
+        metadata_version="1.2",
+        pyproject=pyproject,
+        files={"build.py": "METADATA = ''\n"},
+    )
+    result = setup.builder.build(sdist)
+    assert result.metadata is None
+    assert result.reason is not None
+    assert result.reason.startswith(reason), result.reason
+
+
+def test_python_2_code_is_a_failure_that_says_so(setup: BuildSetup) -> None:
+    result = setup.build("eta", 'print "hello"\n')
+    assert result.reason == "python 2 only"
+
+
+def _sandbox_processes(marker: str) -> list[str]:
+    """Return the command lines of running processes that mention ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in command_line:
+            found.append(command_line)
+    return found
+
+
+SECRET = "s3cret-key-material"
+HOSTILE = {
+    "write outside its folder": (
+        "open({outside!r}, 'w').write('escaped')\nopen('/usr/escaped', 'w').write('escaped')",
+        "build failed: ",
+    ),
+    "read the meta repository": ("print(open({secret!r}).read())", "build failed: FileNotFound"),
+    "read ~/.ssh": (
+        "import os\nprint(open(os.path.expanduser('~/.ssh/id_rsa')).read())\n"
+        "print(open({ssh!r}).read())",
+        "build failed: FileNotFound",
+    ),
+    "open a socket": (
+        "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"
+        ".sendall(b'GET /escaped HTTP/1.0\\r\\n\\r\\n')",
+        "build failed: ConnectionRefusedError",
+    ),
+    "fork without end": ("import os\nwhile True:\n    os.fork()", "started more than 16 processes"),
+    "allocate 10 GB": ("hog = b'x' * (10 * 1024 ** 3)", "needed more than 1024 MB of memory"),
+    "sleep forever": (
+        "import subprocess, time\nsubprocess.Popen(['sleep', '4242.5'])\ntime.sleep(10 ** 6)",
+        "timed out after 3 s",
+    ),
+    "print a gigabyte": (
+        "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 1024 * 1024)",
+        "printed more than 1 MB",
+    ),
+    "spin the CPU": ("while True:\n    pass", "used more than 2 s of CPU"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_build_is_stopped_leaves_nothing_and_the_next_build_works(
+    setup: BuildSetup, tmp_path: Path, case: str
+) -> None:
+    meta = tmp_path / "meta"
+    (meta / ".git").mkdir(parents=True)
+    (meta / ".git" / "config").write_text(SECRET)
+    ssh = tmp_path / "home" / ".ssh"
+    ssh.mkdir(parents=True)
+    (ssh / "id_rsa").write_text(SECRET)
+    outside = tmp_path / "escaped.txt"
+    port = int(setup.index.url.rsplit(":", 1)[1])
+    template, reason = HOSTILE[case]
+    code = template.format(
+        outside=str(outside),
+        secret=str(meta / ".git" / "config"),
+        ssh=str(ssh / "id_rsa"),
+        port=port,
+    )
+    if case == "sleep forever":
+        setup.builder.limits = replace(LIMITS, wall_seconds=3)
+    build_folders = set(Path(tempfile.gettempdir()).glob("metasrv-build-*"))
+    try:
+        result = setup.build("hostile", code)
+    finally:
+        setup.builder.limits = LIMITS
+    assert result.metadata is None
+    assert result.reason is not None
+    assert result.reason.startswith(reason), result.reason
+    assert SECRET not in result.reason
+    assert not outside.exists()
+    assert not Path("/usr/escaped").exists()
+    assert not any("/escaped" in path for path, _range in setup.index.requests)
+    assert _sandbox_processes("4242.5") == []
+    assert set(Path(tempfile.gettempdir()).glob("metasrv-build-*")) == build_folders
+    assert setup.build("afterwards", requires_dist=("idna",)).reason is None
