@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ NOBODY = 65534
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime", "/etc/passwd")
 MEGABYTE = 1024 * 1024
+NAMESPACE_END_SECONDS = 30.0
 
 
 class SandboxUnavailable(InvalidInput):
@@ -77,7 +81,9 @@ def run_sandboxed(
     if as_root:
         for path in writable:
             _give_to_nobody(path)
+    info_read, info_write = os.pipe()
     arguments = _bubblewrap_arguments(find_bubblewrap(), cwd, writable, readable)
+    arguments[1:1] = ["--info-fd", str(info_write)]
     if as_root:
         # bwrap keeps root's capabilities to build the sandbox; the command itself runs as nobody.
         arguments += ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -92,19 +98,69 @@ def run_sandboxed(
             stderr=subprocess.STDOUT,
             env=dict(environment),
             start_new_session=True,
+            pass_fds=(info_write,),
             preexec_fn=lambda: _apply_limits(limits, processes),  # noqa: PLW1509
         )
+        os.close(info_write)
+        namespace = _pid_namespace(info_read)
         try:
             returncode = process.wait(timeout=limits.wall_seconds)
             stopped = None
         except subprocess.TimeoutExpired:
-            # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it every
-            # process in the sandbox's pid namespace, however many it forked.
             os.killpg(process.pid, signal.SIGKILL)
             returncode = process.wait()
             stopped = f"timed out after {limits.wall_seconds:g} s"
+        finally:
+            # The sandbox's pid 1 dies with bwrap, and the kernel then kills every process of
+            # its pid namespace, however many it forked; that happens after bwrap is reaped.
+            if namespace is not None:
+                _end_namespace(namespace)
     stopped = stopped or _stopped_by_limit(returncode, limits, log_path)
     return Outcome(returncode, stopped, _tail(log_path))
+
+
+def _pid_namespace(info_fd: int) -> str | None:
+    """Return the pid namespace of the sandbox from bwrap's --info-fd JSON ({"child-pid": N})."""
+    data = b""
+    with os.fdopen(info_fd, "rb") as info:
+        while chunk := info.read1(4096):
+            data += chunk
+            try:
+                child_pid = json.loads(data)["child-pid"]
+            except ValueError:
+                continue
+            try:
+                return os.readlink(f"/proc/{child_pid}/ns/pid")
+            except OSError:
+                return None
+    return None
+
+
+def _namespace_members(namespace: str) -> list[int]:
+    """Return the live processes of a pid namespace (a zombie waits for init, harmlessly)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                inside = os.readlink(entry / "ns" / "pid") == namespace
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if inside and state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _end_namespace(namespace: str) -> None:
+    """Kill what is left of a sandbox's pid namespace and wait until nothing is."""
+    deadline = time.monotonic() + NAMESPACE_END_SECONDS
+    while members := _namespace_members(namespace):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sandbox processes {members} outlived their sandbox")
+        for pid in members:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def _bubblewrap_arguments(
