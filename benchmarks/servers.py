@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 
 NGINX_CONF = """
-user root; worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
+user root; worker_processes {workers}; daemon off; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 1024; }}
-http {{ {access_log}; types {{ text/html html; }} default_type {default_type};
-  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+http {{ {access_log}; types {{ text/html html; {json_type} }} default_type {default_type};
+  {pages} server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """
+# A PEP 691 source as PyPI serves it: index.json pages, gzip when asked, ETags (nginx's own).
+JSON_PAGES = "index index.json index.html; gzip on; gzip_types application/vnd.pypi.simple.v1+json;"
 
 
 def free_port() -> int:
@@ -42,15 +44,27 @@ def wait_until_up(url: str, seconds: float = 30) -> None:
 
 @contextmanager
 def nginx(
-    root: Path, *, default_type: str = "application/octet-stream", access_log: Path | None = None
+    root: Path,
+    *,
+    default_type: str = "application/octet-stream",
+    access_log: Path | None = None,
+    workers: int = 1,
+    json_pages: bool = False,
 ) -> Iterator[str]:
-    """Serve ``root`` with one nginx worker; yield its base URL."""
+    """Serve ``root`` with ``workers`` nginx workers; yield its base URL."""
     port = free_port()
     work = Path(tempfile.mkdtemp())
     log = f"access_log {access_log}" if access_log is not None else "access_log off"
     (work / "nginx.conf").write_text(
         NGINX_CONF.format(
-            work=work, port=port, root=root, default_type=default_type, access_log=log
+            work=work,
+            port=port,
+            root=root,
+            default_type=default_type,
+            access_log=log,
+            workers=workers,
+            json_type="application/vnd.pypi.simple.v1+json json;" if json_pages else "",
+            pages=JSON_PAGES if json_pages else "",
         )
     )
     process = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf")])

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from metasrv.model import CoreMetadata, DistFile, Project, Release
+from metasrv.model import CoreMetadata, DistFile, Project, Release, SourceState
 from metasrv.repo.storage import Storage
 from tests.builders import project_files
 
@@ -36,7 +36,9 @@ def project_names(count: int, seed: int) -> list[str]:
     return sorted(names)
 
 
-def synthetic_project(name: str, all_names: list[str], rng: random.Random) -> Project:
+def synthetic_project(
+    name: str, all_names: list[str], rng: random.Random, serial: int | None = None
+) -> Project:
     """Return a project with 5-50 releases of 1-20 files and realistic requirement lists."""
     releases = []
     for index in range(rng.randint(5, 50)):
@@ -58,7 +60,7 @@ def synthetic_project(name: str, all_names: list[str], rng: random.Random) -> Pr
             for file_number in range(file_count)
         ]
         releases.append(Release.from_files(version, tuple(files)))
-    return Project.create(name, releases)
+    return Project.create(name, releases, SourceState(serial=serial))
 
 
 def _synthetic_file(filename: str, metadata: CoreMetadata) -> DistFile:
@@ -74,15 +76,18 @@ def _synthetic_file(filename: str, metadata: CoreMetadata) -> DistFile:
     )
 
 
-def build_repository(path: Path, count: int, seed: int = 0) -> Storage:
-    """Create (or reuse) a meta repository at ``path`` holding ``count`` synthetic projects."""
+def build_repository(path: Path, count: int, seed: int = 0, serial: int | None = None) -> Storage:
+    """Create (or reuse) a meta repository at ``path`` holding ``count`` synthetic projects.
+
+    With ``serial`` every project records it as its source-serial, as a synced mirror does.
+    """
     if (path / ".complete").exists():
         return Storage(path)
     storage = Storage.init(path)
     names = project_names(count, seed)
     rng = random.Random(seed)
     for batch in _batches(names):
-        projects = [synthetic_project(name, names, rng) for name in batch]
+        projects = [synthetic_project(name, names, rng, serial) for name in batch]
         storage.commit("main", project_files(*projects), f"add {len(batch)} projects")
     # A served repository is normally packed; loose objects would cost a file open per read.
     subprocess.run(["git", "repack", "-a", "-d", "-q"], cwd=path, check=True)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from metasrv.http.app import create_app
-from metasrv.http.hotpath import HotPath
+from metasrv.http.hotpath import ASGIApp
 from metasrv.model import Project, Release
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import CommitId, Storage
@@ -170,7 +170,7 @@ def test_bad_cooldowns_are_400(young: Storage, url: str, status: int, message: s
     assert message in response.json()["error"]
 
 
-def _app(storage: Storage) -> HotPath:
+def _app(storage: Storage) -> ASGIApp:
     return create_app(storage.path, mirrors=storage.path / "mirrors")
 
 

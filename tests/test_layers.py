@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "bytecache",
             "readapi",
             "hotpath",
+            "compression",
             "simpleroutes",
             "app",
         ],

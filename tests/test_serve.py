@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
-from tests.conftest import RunningServer, running_server
+from tests.conftest import STARTUP_DEADLINE_SECONDS, RunningServer, running_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +40,31 @@ def test_serve_with_no_arguments_serves_this_repositorys_own_data() -> None:
         flask = http.get("/v1/projects/flask/2.0.0").json()
         assert flask["name"] == "Flask"
         assert any(r.startswith("Werkzeug") for r in flask["requires-dist"])
+
+
+def test_workers_share_one_port_each_with_its_own_repository_handle(storage: Storage) -> None:
+    with running_server(["--repo", str(storage.path), "--workers", "2"]) as server:
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        while len(children.read_text().split()) < 2:
+            assert time.monotonic() < deadline, "uvicorn did not start two workers"
+            time.sleep(0.01)  # polling the process table, with a deadline
+        with httpx.Client(base_url=server.url) as http:
+            # The parent binds the port; it accepts once a worker listens.
+            while _refused(http):
+                assert time.monotonic() < deadline, "no worker listened"
+                time.sleep(0.01)  # polling the port, with a deadline
+            for _ in range(20):
+                assert http.get("/v1/projects/flask/2.0.0").status_code == 200
+            new_commit = commit_projects(storage, make_project("Flask", ["2.0.0", "3.0"]))
+            # Whichever worker answers reads the new commit: none keeps a stale handle.
+            for _ in range(20):
+                assert http.get("/v1/projects/flask/3.0").json()["at"] == new_commit
+
+
+def _refused(http: httpx.Client) -> bool:
+    try:
+        http.get("/")
+    except httpx.ConnectError:
+        return True
+    return False

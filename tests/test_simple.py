@@ -101,7 +101,7 @@ def test_a_rewritten_wheel_is_deterministic_and_consistent(tmp_path: Path) -> No
 def test_the_index_page_lists_every_project_as_html_or_json(client: AsgiClient) -> None:
     html = client.get("/simple/")
     assert html.headers["content-type"] == "text/html; charset=utf-8"
-    assert html.headers["vary"] == "Accept"
+    assert html.headers["vary"] == "Accept, Accept-Encoding"
     assert '<a href="flask/">Flask</a>' in html.text
     listing = client.get("/simple/", headers={"Accept": JSON}).json()
     assert listing["meta"] == {"api-version": "1.1"}

@@ -83,6 +83,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--fetch-interval", type=float, default=10.0, help="seconds between mirror fetches"
     )
     serve.add_argument("--mirrors", type=Path, help="where understandings are mirrored")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
     serve.set_defaults(handler=_serve)
 
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
@@ -133,19 +136,34 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from metasrv.http.app import create_app
+    from metasrv.http.app import ENVIRONMENT_PREFIX, create_app, create_app_from_environment
 
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
     if not 0 <= args.port <= 65535:
         raise InvalidInput(f"--port {args.port} is not a TCP port (0 to 65535)")
+    if args.workers < 1:
+        raise InvalidInput("--workers must be at least 1")
     storage = open_repository(args.repo)
-    app = create_app(
-        storage.workdir or storage.path, mirrors=args.mirrors, fetch_interval=args.fetch_interval
-    )
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_level="info", access_log=False, server_header=False
-    )
+    settings: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        "access_log": False,
+        "server_header": False,
+    }
+    repo_path = storage.workdir or storage.path
+    if args.workers == 1:
+        app = create_app(repo_path, mirrors=args.mirrors, fetch_interval=args.fetch_interval)
+        uvicorn.run(app, **settings)
+        return 0
+    # Each worker imports the app and builds its own repository handle and caches.
+    os.environ[f"{ENVIRONMENT_PREFIX}REPO"] = str(repo_path)
+    os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"] = str(args.fetch_interval)
+    if args.mirrors is not None:
+        os.environ[f"{ENVIRONMENT_PREFIX}MIRRORS"] = str(args.mirrors.resolve())
+    factory = f"{create_app_from_environment.__module__}:{create_app_from_environment.__name__}"
+    uvicorn.run(factory, factory=True, workers=args.workers, **settings)
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from metasrv.errors import MetasrvError
-from metasrv.http.hotpath import HotPath, etag_matches
+from metasrv.http.compression import Compressor
+from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.readapi import Answer, ReadApi, encode
 from metasrv.http.simpleroutes import SimpleRoutes
 from metasrv.http.views import SimpleApi, WheelCache
@@ -24,6 +27,9 @@ from metasrv.repo.storage import Storage
 from metasrv.understandings.registry import Understandings
 
 MIME_JSON = "application/json"
+FETCH_LOCK = ".fetch.lock"
+# How ``serve --workers`` hands its options to worker processes, which uvicorn starts by import.
+ENVIRONMENT_PREFIX = "METASRV_SERVE_"
 
 
 def _respond(request: Request, answer: Answer) -> Response:
@@ -53,7 +59,7 @@ def _error_response(status: int, message: str) -> Response:
 
 def create_app(
     repo_path: Path | str, *, mirrors: Path | None = None, fetch_interval: float = 10.0
-) -> HotPath:
+) -> ASGIApp:
     """Build the application serving the meta repository at ``repo_path``.
 
     Understandings' repositories are mirrored under ``mirrors`` (default: inside the meta
@@ -148,15 +154,40 @@ def create_app(
         exception_handlers={MetasrvError: _metasrv_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    return HotPath(read_api, app)
+    return Compressor(HotPath(read_api, app))
 
 
 async def _fetch_mirrors(understandings: Understandings, interval: float) -> None:
-    """Fetch every registered mirror now and then every ``interval`` seconds, off the loop."""
-    while True:
-        try:
-            head = understandings.meta.resolve(None)
-            await asyncio.to_thread(understandings.fetch_all, head)
-        except MetasrvError:
-            pass  # no served commit yet, or a broken registration: the routes report those
-        await asyncio.sleep(interval)
+    """Fetch every registered mirror now and then every ``interval`` seconds, off the loop.
+
+    Of several workers serving one repository only the one holding the fetch lock fetches:
+    concurrent fetches into one mirror fail on git's ref locks. The others read what it fetched.
+    """
+    understandings.mirrors.mkdir(parents=True, exist_ok=True)
+    with open(understandings.mirrors / FETCH_LOCK, "w") as lock_file:
+        while True:
+            if _try_lock(lock_file.fileno()):
+                try:
+                    head = understandings.meta.resolve(None)
+                    await asyncio.to_thread(understandings.fetch_all, head)
+                except MetasrvError:
+                    pass  # no served commit yet, or a broken registration: the routes report those
+            await asyncio.sleep(interval)
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept until the process ends
+    except BlockingIOError:
+        return False
+    return True
+
+
+def create_app_from_environment() -> ASGIApp:
+    """Build the application from ``METASRV_SERVE_*``: how each ``serve --workers`` starts."""
+    mirrors = os.environ.get(f"{ENVIRONMENT_PREFIX}MIRRORS")
+    return create_app(
+        os.environ[f"{ENVIRONMENT_PREFIX}REPO"],
+        mirrors=Path(mirrors) if mirrors else None,
+        fetch_interval=float(os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"]),
+    )

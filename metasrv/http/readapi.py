@@ -95,6 +95,7 @@ class ReadApi:
         self.understandings = understandings
         self.marker_sets = marker_sets
         self.bodies = ByteCache(BODY_CACHE_BYTES)
+        self._listing: tuple[str, bytes] | None = None
 
     def pin(self, at: str | None) -> Pin:
         """Resolve ``?at=`` (or the served branch now) to a commit."""
@@ -129,8 +130,12 @@ class ReadApi:
         """List every project, or only those changed since a commit."""
         pin = self.pin(at)
         if since is None:
-            names = self.catalog.list_projects(pin.commit_id)
-            return Answer(pin, f"list-{pin.commit_id}", encode(documents.render_listing(names)))
+            # ~45 MB at PyPI scale: rendered once per data tree, never per request.
+            tree_id = self.catalog.data_tree(pin.commit_id)
+            if self._listing is None or self._listing[0] != tree_id:
+                names = self.catalog.list_projects(pin.commit_id)
+                self._listing = (tree_id, encode(documents.render_listing(names)))
+            return Answer(pin, f"list-{pin.commit_id}", self._listing[1])
         if not since:
             raise InvalidInput("'since' is empty: expected a commit sha")
         since_id = self.catalog.storage.resolve(since)

@@ -37,7 +37,7 @@ class SimpleRoutes:
 
     def __init__(self, simple_api: SimpleApi) -> None:
         self.api = simple_api
-        # The root page at PyPI scale is ~40 MB; it is built once per commit and content type.
+        # The root page at PyPI scale is ~40 MB; it is built once per data tree and content type.
         self._index_cache: dict[tuple[str, str], bytes] = {}
 
     def routes(self) -> list[Route]:
@@ -73,14 +73,18 @@ class SimpleRoutes:
         """Answer the root page listing every project."""
         mount = self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
-        headers = self._headers(mount, f"{mount.commit_id}-{content_type}", content_type)
+        # The page lists names only: it is the data tree's, whichever commit holds that tree.
+        tree_id = self.api.catalog.data_tree(mount.commit_id)
+        headers = self._headers(mount, f"root-{tree_id}-{content_type}", content_type)
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        key = (mount.commit_id, content_type)
+        key = (tree_id, content_type)
         body = self._index_cache.get(key)
         if body is None:
             body = b"".join(index_page_chunks(self.api.names(mount), content_type))
-            self._index_cache = {key: body}  # one commit's pages at a time bound the memory
+            # One tree's pages at a time bound the memory (each is ~40 MB at PyPI scale).
+            self._index_cache = {k: v for k, v in self._index_cache.items() if k[0] == tree_id}
+            self._index_cache[key] = body
 
         async def chunks() -> AsyncIterator[bytes]:
             for start in range(0, len(body), 1 << 20):

@@ -51,6 +51,11 @@ class Catalog:
             return MetaConfig()
         return MetaConfig.from_toml(tomlcodec.loads(content, where=CONFIG_PATH), CONFIG_PATH)
 
+    def data_tree(self, commit_id: CommitId) -> str:
+        """Return the id of the ``data/`` tree at a commit ("" when there is none): what every
+        whole-index answer depends on, so commits that change other folders share them."""
+        return self.storage.tree_id(commit_id, DATA_ROOT) or ""
+
     def project_blob(self, commit_id: CommitId, name: str) -> tuple[NormalizedName, BlobId]:
         """Return the normalized name and blob id of a project's file at a commit."""
         normalized_name = normalize_name(name)

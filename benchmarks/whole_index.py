@@ -1,0 +1,248 @@
+"""Benchmark a whole-index mirror at PyPI scale: sync by serial, the /simple/ root, the read API.
+
+Run: python -m benchmarks.whole_index [--projects 740000] [--changed 0.01] [--seconds 15]
+Needs nginx and wrk (Debian packages). Builds once, and reuses, a synthetic meta repository whose
+projects carry a source-serial and a matching static source (a PEP 691 root with serials, served
+gzip-capable by nginx). Prints each figure with its target from issue 12.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.read_api import (
+    cold_latencies,
+    fetch_bodies,
+    percentile,
+    release_paths,
+    rss_mb,
+    run_wrk,
+    touch_all_projects,
+)
+from benchmarks.servers import free_port, nginx
+from benchmarks.synthetic import build_repository, project_names
+from metasrv.index.pages import MIME_SIMPLE_JSON
+from metasrv.names import normalize_name, project_path
+from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.storage import Storage
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+FIRST_SERIAL = 1
+WARM_REPEATS = 20
+METASRV = (sys.executable, "-m", "metasrv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--projects", type=int, default=740_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of projects changed")
+    parser.add_argument("--warm-paths", type=int, default=20_000)
+    parser.add_argument("--cold-requests", type=int, default=2_000)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+
+    repo_path = WORK / f"repo-serials-{args.projects}"
+    started = time.monotonic()
+    storage = build_repository(repo_path, args.projects, serial=FIRST_SERIAL)
+    print(f"repository: {args.projects} projects ready in {time.monotonic() - started:.0f} s")
+    names = project_names(args.projects, 0)
+    source = Path(tempfile.mkdtemp(prefix="metasrv-source-"))
+    write_root(source, dict.fromkeys(names, FIRST_SERIAL))
+    access_log = source / "access.log"
+    with nginx(source, json_pages=True, access_log=access_log) as url:
+        simple_url = f"{url}/simple/"
+        state = run_sync(repo_path, simple_url, access_log)
+        print(f"first --all on the mirror (builds the serial state from git): {state}")
+        changed = random.Random(3).sample(names, max(1, int(len(names) * args.changed)))
+        serials = dict.fromkeys(names, FIRST_SERIAL)
+        catalog = Catalog(storage)
+        head = storage.resolve(None)
+        for name in changed:
+            write_yanked_page(source, catalog, head, name, FIRST_SERIAL + 1)
+            serials[name] = FIRST_SERIAL + 1
+        write_root(source, serials)
+        objects_before = loose_objects(repo_path)
+        incremental = run_sync(repo_path, simple_url, access_log)
+        incremental["objects written"] = loose_objects(repo_path) - objects_before
+        projected_full = incremental["seconds"] / len(changed) * len(names)
+        print(
+            f"incremental sync, {len(changed)} of {len(names)} projects changed: {incremental}; "
+            f"targets: requests <= {len(changed) + 2}, "
+            f"time < 5 % of a full sync's projected {projected_full:.0f} s "
+            f"(here {incremental['seconds'] / projected_full:.1%})"
+        )
+        unchanged = run_sync(repo_path, simple_url, access_log)
+        print(f"--all with the root unchanged (304): {unchanged}; target: 1 request")
+    measure_root(repo_path, storage)
+    measure_read_api(repo_path, storage, args)
+
+
+def write_root(source: Path, serials: dict[str, int]) -> None:
+    """Write the PEP 691 root with every project's _last-serial."""
+    root = source / "simple"
+    root.mkdir(parents=True, exist_ok=True)
+    projects = [{"name": name, "_last-serial": serial} for name, serial in serials.items()]
+    document = {"meta": {"api-version": "1.1", "_last-serial": max(serials.values())}}
+    (root / "index.json").write_text(json.dumps({**document, "projects": projects}))
+
+
+def write_yanked_page(source: Path, catalog: Catalog, head: str, name: str, serial: int) -> None:
+    """Write a project's page as the mirror has it, with its first file yanked: a change that
+    moves the serial and needs no archive read."""
+    project = catalog.get_project(catalog.storage.resolve(head), name)
+    files = [
+        {
+            "filename": dist_file.filename,
+            "url": dist_file.url,
+            "hashes": dict(dist_file.hashes),
+            "requires-python": dist_file.requires_python,
+            "yanked": "benchmark" if index == 0 else dist_file.yanked,
+            "size": dist_file.size,
+            "upload-time": dist_file.upload_time,
+        }
+        for index, dist_file in enumerate(f for r in project.releases for f in r.files)
+    ]
+    page = {"meta": {"api-version": "1.1", "_last-serial": serial}, "name": name, "files": files}
+    folder = source / "simple" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.json").write_text(json.dumps(page))
+
+
+def run_sync(repo_path: Path, simple_url: str, access_log: Path) -> dict[str, float]:
+    """Run ``metasrv sync --all`` in its own process: wall time, requests, peak RSS."""
+    logged_before = _lines(access_log)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*METASRV, "sync", "--all", "--repo", str(repo_path), "--source", simple_url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    assert process.stdout is not None
+    summary = process.stdout.read().strip()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"sync failed: {summary}")
+    return {
+        "seconds": round(elapsed, 1),
+        "requests": _lines(access_log) - logged_before,
+        "peak RSS MB": round(usage.ru_maxrss / 1024),
+        "commits": int(re.search(r"(\d+) commits", summary).group(1)),  # type: ignore[union-attr]
+    }
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def loose_objects(repo_path: Path) -> int:
+    """Return how many loose objects the repository holds (what a sync wrote)."""
+    output = subprocess.run(
+        ["git", "count-objects"], cwd=repo_path, capture_output=True, text=True, check=True
+    ).stdout
+    return int(output.split()[0])
+
+
+def start_server(repo_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``metasrv serve`` with ``extra`` options; return it once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*METASRV, "serve", "--repo", str(repo_path), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600  # a cold start lists 740,000 projects once
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/", timeout=600).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.01)  # polling the port, not synchronising a test
+    process.kill()
+    raise SystemExit("metasrv did not answer")
+
+
+def measure_root(repo_path: Path, storage: Storage) -> None:
+    """Time /simple/ cold (first after a commit) and warm, raw and gzip, HTML and JSON."""
+    process, url = start_server(repo_path)
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            for accept in ("text/html", MIME_SIMPLE_JSON):
+                touch_data(storage)
+                for encoding in ("identity", "gzip"):
+                    headers = {"accept": accept, "accept-encoding": encoding}
+                    cold = _timed(client, headers)
+                    warm = statistics.median(_timed(client, headers) for _ in range(WARM_REPEATS))
+                    size = len(client.get("/simple/", headers=headers).content)
+                    print(
+                        f"/simple/ {accept} {encoding}: cold {cold:.0f} ms, warm {warm:.1f} ms "
+                        f"(target < 50 ms), {size / 1e6:.1f} MB decoded"
+                    )
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def touch_data(storage: Storage) -> None:
+    """Commit a change under data/ so the next root page is rendered afresh."""
+    path = f"{DATA_ROOT}/{project_path(normalize_name(project_names(1, 0)[0]))}"
+    content = storage.read(storage.resolve(None), path) or b""
+    storage.commit("main", {path: content + f"# touched {time.time()}\n".encode()}, "touch")
+
+
+def _timed(client: httpx.Client, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    response = client.get("/simple/", headers=headers)
+    assert response.status_code == 200
+    return (time.perf_counter() - started) * 1000
+
+
+def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
+    """Release reads cold p99 and RSS after every project; warm req/s with 1 and 2 workers."""
+    paths = release_paths(Catalog(storage), args.projects)
+    random.Random(1).shuffle(paths)
+    process, url = start_server(repo_path)
+    try:
+        cold = cold_latencies(url, paths[: args.cold_requests])
+        print(f"release cold p99 {percentile(cold, 99):.2f} ms (target < 5 ms)")
+        touch_all_projects(url, args.projects)
+        print(f"RSS after touching all {args.projects}: {rss_mb(process.pid):.0f} MB (< 300)")
+    finally:
+        process.terminate()
+        process.wait()
+    warm_paths = paths[: args.warm_paths]
+    with tempfile.TemporaryDirectory() as static_root:
+        for workers in (1, 2):
+            process, url = start_server(repo_path, "--workers", str(workers))
+            try:
+                if workers == 1:
+                    fetch_bodies(url, warm_paths, Path(static_root))
+                ours = run_wrk(url, warm_paths, args.seconds)
+            finally:
+                process.terminate()
+                process.wait()
+            with nginx(Path(static_root), default_type="application/json", workers=workers) as n:
+                theirs = run_wrk(n, warm_paths, args.seconds)
+            ratio = ours["requests/s"] / theirs["requests/s"]
+            print(
+                f"--workers {workers}: {ours['requests/s']:.0f} req/s = {ratio:.0%} of nginx with "
+                f"{workers} worker(s), {theirs['requests/s']:.0f} req/s (target >= 30 %)"
+            )
+
+
+if __name__ == "__main__":
+    main()

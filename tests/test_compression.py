@@ -1,0 +1,102 @@
+"""gzip on the wire: simple pages and JSON compressed once per ETag, validators still matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from metasrv.http.compression import accepts_gzip
+from metasrv.repo.catalog import CONFIG_PATH
+from metasrv.repo.storage import Storage
+from tests.builders import commit_projects, make_project
+from tests.conftest import AsgiClient
+
+GZIP = {"Accept-Encoding": "gzip, deflate, zstd"}  # what uv sends
+IDENTITY = {"Accept-Encoding": "identity"}
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip, deflate, zstd", True),
+        ("GZIP", True),
+        ("deflate, gzip;q=0.5", True),
+        ("x-gzip", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("*;q=0", False),
+        ("*, gzip;q=0", False),
+        ("gzip;q=bogus", False),
+        ("identity", False),
+        ("br, deflate", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_accept_encoding_is_read_with_its_weights(header: str | None, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
+
+
+@pytest.fixture
+def many(storage: Storage) -> Storage:
+    """Return the repository with enough projects and versions that pages are worth gzipping."""
+    projects = [make_project(f"project-{n}", ["1.0"]) for n in range(60)]
+    commit_projects(storage, *projects, make_project("big", [f"1.{n}" for n in range(30)]))
+    return storage
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/simple/",
+        "/simple/?format=" + SIMPLE_JSON.replace("+", "%2B"),
+        "/v1/projects",
+        "/simple/big/",
+        "/v1/projects/big",
+    ],
+)
+def test_a_client_that_accepts_gzip_gets_the_same_body_gzipped(
+    many: Storage, client: AsgiClient, url: str
+) -> None:
+    plain = client.get(url, headers=IDENTITY)
+    packed = client.get(url, headers=GZIP)
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.content == plain.content  # httpx decoded it
+    assert int(packed.headers["content-length"]) < len(plain.content)
+    assert "Accept-Encoding" in packed.headers["vary"]
+    assert "Accept-Encoding" in plain.headers["vary"]
+    assert packed.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+
+
+def test_the_gzip_etag_gets_a_304_and_a_stale_one_a_200(many: Storage, client: AsgiClient) -> None:
+    etag = client.get("/simple/", headers=GZIP).headers["etag"]
+    again = client.get("/simple/", headers={**GZIP, "If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.headers["etag"] == etag
+    commit_projects(many, make_project("another", ["1.0"]))
+    fresh = client.get("/simple/", headers={**GZIP, "If-None-Match": etag})
+    assert fresh.status_code == 200
+    assert b"another" in fresh.content
+
+
+def test_a_commit_outside_data_keeps_the_root_page_and_its_etag(
+    many: Storage, client: AsgiClient
+) -> None:
+    before = client.get("/simple/", headers=GZIP)
+    config = many.read(many.resolve(None), CONFIG_PATH) or b""
+    many.commit(many.head_branch(), {CONFIG_PATH: config + b"\n"}, "touch the config")
+    after = client.get("/simple/", headers={**GZIP, "If-None-Match": before.headers["etag"]})
+    assert after.status_code == 304
+    assert after.headers["x-metasrv-at"] == many.resolve(None)
+
+
+def test_small_answers_and_redirects_are_not_compressed(client: AsgiClient) -> None:
+    root = client.get("/", headers=GZIP)
+    assert root.status_code == 200
+    assert "content-encoding" not in root.headers
+    page = client.get("/simple/flask/", headers={"Accept": SIMPLE_JSON, **GZIP})
+    url = page.json()["files"][0]["url"]
+    redirect = client.get(url, headers=GZIP)
+    assert redirect.status_code in (302, 307)
+    assert "content-encoding" not in redirect.headers
