@@ -104,7 +104,9 @@ def test_an_approval_is_committed_signed_checked_and_served_through_the_gate(
     )
     assert verified == ""
     git(notary.repository, "merge", "-q", "--ff-only", branch)
+    capsys.readouterr()
     assert notary.check() == 0
+    assert "  Flask 2.0.0: approves Flask-2.0.0-py3-none-any.whl\n" in capsys.readouterr().out
 
     client = AsgiClient(create_app(notary.meta.path, mirrors=tmp_path / "mirrors"))
     page = client.get("/u/notary/simple/flask/", headers=JSON).json()

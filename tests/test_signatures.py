@@ -182,3 +182,18 @@ def poll(url: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
             return body
         time.sleep(0.05)  # a poll interval, not synchronisation: the deadline decides
     raise AssertionError(f"{url} did not reach the expected state within {POLL_DEADLINE_SECONDS}s")
+
+
+def test_without_ssh_keygen_nothing_is_served_and_nothing_is_remembered(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    head = signed.commit(signed.alice, CAP_WERKZEUG)
+    client = signed.client()
+    with monkeypatch.context() as patched:
+        patched.setenv("PATH", str(tmp_path / "no-tools"))
+        response = client.get("/v1/projects/flask/2.0.0?understanding=audit")
+    assert response.status_code == 502
+    assert f"(its head {head}: cannot run ssh-keygen: " in response.json()["error"]
+    again = client.get("/v1/projects/flask/2.0.0?understanding=audit")
+    assert again.status_code == 200
+    assert again.json()["understandings"] == [{"name": "audit", "commit": head}]

@@ -238,8 +238,10 @@ def _effect(
 ) -> Iterator[str]:
     """Yield ``project version: field before -> after`` for every resolver-visible change."""
     for release in canonical.releases:
-        old = apply_layers(release, [Layer("base", "", path, before)]).release
-        new = apply_layers(release, [Layer("head", "", path, after)]).release
+        # As a gate, so approvals are counted too; what a gate hides is not a metadata change.
+        old_patched = apply_layers(release, [Layer("base", "", path, before, gate=True)])
+        new_patched = apply_layers(release, [Layer("head", "", path, after, gate=True)])
+        old, new = old_patched.release, new_patched.release
         old_view = {"yanked": old.yanked, **render_metadata(old.metadata)}
         new_view = {"yanked": new.yanked, **render_metadata(new.metadata)}
         where = f"{canonical.name} {release.version_text}"
@@ -252,3 +254,9 @@ def _effect(
         for key in ("requires-python", "yanked"):
             if old_view[key] != new_view[key]:
                 yield f"{where}: {key} {old_view[key]!r} -> {new_view[key]!r}"
+        old_approved = {a.filename for a in old_patched.approvals}
+        new_approved = {a.filename for a in new_patched.approvals}
+        for filename in sorted(new_approved - old_approved):
+            yield f"{where}: approves {filename}"
+        for filename in sorted(old_approved - new_approved):
+            yield f"{where}: no longer approves {filename}"

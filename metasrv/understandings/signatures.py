@@ -49,13 +49,16 @@ def verify_commit(storage: Storage, commit_id: CommitId, allowed_signers: bytes)
     signature, payload = signed
     if not signature.lstrip().startswith(SSH_SIGNATURE_HEADER):
         return Verdict(commit_id, None, "the commit is not signed with an SSH key")
-    return _verify(
-        commit_id,
-        signature,
-        payload,
-        allowed_signers,
-        datetime.fromtimestamp(storage.commit_time(commit_id), UTC).strftime("%Y%m%d%H%M%S"),
-    )
+    when = datetime.fromtimestamp(storage.commit_time(commit_id), UTC).strftime("%Y%m%d%H%M%S")
+    try:
+        return _verify(commit_id, signature, payload, allowed_signers, when)
+    except _Unavailable as exc:
+        # Not a verdict on the commit, so not cached: the next request tries again.
+        return Verdict(commit_id, None, str(exc))
+
+
+class _Unavailable(Exception):
+    """ssh-keygen could not be run or did not finish in time."""
 
 
 @lru_cache(maxsize=4096)
@@ -81,7 +84,7 @@ def _verify(
             ],
             b"",
         )
-        principals = found.stdout.decode(errors="replace").split()
+        principals = found.stdout.decode(errors="replace").splitlines()
         if found.returncode != 0 or not principals:
             return Verdict(commit_id, None, "signed by a key that is not an allowed signer")
         checked = _ssh_keygen(
@@ -117,7 +120,7 @@ def _ssh_keygen(arguments: list[str], stdin: bytes) -> subprocess.CompletedProce
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         # No verdict is a refusal: an unverifiable commit is never served as if it verified.
-        return subprocess.CompletedProcess(["ssh-keygen"], 255, b"", f"ssh-keygen: {exc}".encode())
+        raise _Unavailable(f"cannot run ssh-keygen: {exc}") from None
 
 
 def newest_verified(storage: Storage, branch_head: CommitId, allowed_signers: bytes) -> SignedHead:
@@ -177,7 +180,10 @@ class SshSigner:
         key_path = Path(self.key.removeprefix("key::")).expanduser()
         if self.key.startswith(("ssh-", "key::")):
             raise InvalidInput("user.signingkey must name a key file, not a literal key")
-        signed = _ssh_keygen(["-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], content)
+        try:
+            signed = _ssh_keygen(["-Y", "sign", "-f", str(key_path), "-n", NAMESPACE], content)
+        except _Unavailable as exc:
+            raise InvalidInput(f"cannot sign with {key_path}: {exc}") from None
         if signed.returncode != 0 or SSH_SIGNATURE_HEADER not in signed.stdout:
             detail = signed.stderr.decode(errors="replace").strip().splitlines()
             raise InvalidInput(f"cannot sign with {key_path}: {' '.join(detail[:1])}")
