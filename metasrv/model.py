@@ -12,6 +12,7 @@ from typing import Any
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
+from metasrv.buildsettings import BuildSettings
 from metasrv.errors import InvalidData, InvalidInput
 from metasrv.names import normalize_name, parse_version
 from metasrv.tables import DATA_FORMAT_VERSION, FORMAT_VERSION, TableReader
@@ -349,6 +350,7 @@ class MetaConfig:
     """A meta repository's ``metasrv.toml``: which source repository it mirrors."""
 
     source_url: str | None = None
+    builds: BuildSettings = field(default_factory=BuildSettings)
 
     @classmethod
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
@@ -356,7 +358,8 @@ class MetaConfig:
         reader = TableReader(document, where)
         reader.require_format()
         source = TableReader(reader.optional_table("source") or {}, f"{where}: source")
-        config = cls(source_url=source.optional_string("url"))
+        builds = BuildSettings.from_toml(reader.optional_table("builds") or {}, f"{where}: builds")
+        config = cls(source_url=source.optional_string("url"), builds=builds)
         source.reject_unknown()
         reader.reject_unknown()
         return config
@@ -366,6 +369,8 @@ class MetaConfig:
         document: dict[str, Any] = {"format": FORMAT_VERSION}
         if self.source_url is not None:
             document["source"] = {"url": self.source_url}
+        if self.builds.to_toml():
+            document["builds"] = self.builds.to_toml()
         return document
 
 

@@ -12,7 +12,7 @@ MAX_MODULE_LINES = 400
 # The data flow, lowest first: source -> git -> understandings / markers -> HTTP and CLI. A module
 # may import the modules listed before it in its own layer and anything in a layer below its own.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("", ["errors", "names", "tables", "model"]),
+    ("", ["errors", "names", "tables", "buildsettings", "model"]),
     ("repo", ["tomlcodec", "projectfile", "storage", "catalog"]),
     (
         "index",
@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sandbox",
             "buildenvs",
             "builds",
+            "buildrun",
         ],
     ),
     ("understandings", ["rules", "overrides", "cooldown", "signatures", "registry", "authoring"]),
@@ -47,7 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "app",
         ],
     ),
-    ("cli", ["contribute", "main"]),
+    ("cli", ["contribute", "builds", "main"]),
     ("", ["__main__"]),
 ]
 ORDER = [
@@ -104,3 +105,14 @@ def test_a_module_imports_only_layers_below_it(path: Path) -> None:
 @pytest.mark.parametrize("path", MODULES, ids=_dotted)
 def test_a_module_stays_small(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+BUILD_MODULES = {"index.sandbox", "index.buildenvs", "index.builds", "index.buildrun"}
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MODULES if _dotted(p).startswith("http.")], ids=_dotted
+)
+def test_the_http_server_never_imports_the_sdist_builds(path: Path) -> None:
+    # Builds run in their own process (metasrv build-metadata); a request never waits on one.
+    assert not _imported_modules(path) & BUILD_MODULES

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from metasrv.cli import builds
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.errors import InvalidInput, MetasrvError
 from metasrv.http.readapi import ReadApi
@@ -114,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--understanding", help="apply understandings: name[@commit],...")
     show.set_defaults(handler=_show)
     add_parsers(commands)
+    builds.add_parsers(commands)
     return parser
 
 
@@ -202,6 +204,7 @@ def _sync(args: argparse.Namespace) -> int:
     if terminal:
         print(file=sys.stderr)
     _print_summary(summary, source)
+    builds.start_background_builds(storage)
     return summary.exit_code
 
 
@@ -213,6 +216,7 @@ def _follow(storage: Storage, source: str, options: SyncOptions, interval: float
             print(f"metasrv: sync failed, trying again: {outcome}", file=sys.stderr, flush=True)
         else:
             _print_summary(outcome, source)
+            builds.start_background_builds(storage)
 
     async def run() -> None:
         stop = asyncio.Event()
