@@ -86,6 +86,15 @@ def test_a_gate_lists_only_what_it_approved_and_the_api_says_why(young: Storage)
     assert "hidden in this view: not approved by the gate 'notary'" in refused.json()["error"]
 
 
+def test_a_project_the_gate_has_no_rules_for_is_hidden_whole(young: Storage) -> None:
+    register_gate(young)
+    client = AsgiClient(_app(young))
+    gated = page(client, "/u/notary/simple/flask/")
+    assert (gated["files"], gated["versions"]) == ([], [])
+    versions = client.get("/v1/projects/flask?understanding=notary").json()["versions"]
+    assert {v["hidden"] for v in versions} == {"not approved by the gate 'notary'"}
+
+
 def test_an_approve_rule_outside_a_gate_hides_nothing(young: Storage) -> None:
     registration = Registration("plain", "not a gate", ".", "main", "gates/plain")
     young.commit(

@@ -177,3 +177,19 @@ def test_a_bad_allowed_signers_file_is_one_line_and_registers_nothing(
     assert register("other", notary.repository, notary.meta, "--allowed-signers", str(signers)) == 2
     assert message in capsys.readouterr().err
     assert notary.meta.resolve(None) == head
+
+
+def test_check_reports_an_approval_in_an_understanding_that_is_not_a_gate(
+    notary: Notary, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert notary.approve("flask", "--versions", "==2.0.0", "--approve", "--reason", "r") == 0
+    git(notary.repository, "merge", "-q", "--ff-only", "override/flask/approve-flask-2-0-0")
+    assert register("plain", notary.repository, notary.meta) == 0
+    capsys.readouterr()
+    arguments = ["check", str(notary.repository), "--repo", str(notary.meta.path)]
+    assert main([*arguments, "--understanding", "plain"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "fl/b8/flask.toml:5: rule 'approve-flask-2-0-0': approve changes nothing in an "
+        "understanding that is not a gate"
+    ]
+    assert main([*arguments, "--understanding", "notary"]) == 0

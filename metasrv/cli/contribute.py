@@ -269,11 +269,19 @@ def _check(args: argparse.Namespace) -> int:
     meta_commit = meta.resolve(None)
     head = repository.head_commit()
     base = repository.resolve(args.base) if args.base else None
-    report = check_rules(
-        repository, folder, head=head, base=base, catalog=Catalog(meta), meta_commit=meta_commit
+    registration = (
+        Understandings(meta).get(meta_commit, args.understanding) if args.understanding else None
     )
-    if args.understanding:
-        registration = Understandings(meta).get(meta_commit, args.understanding)
+    report = check_rules(
+        repository,
+        folder,
+        head=head,
+        base=base,
+        catalog=Catalog(meta),
+        meta_commit=meta_commit,
+        gate=registration.gate if registration is not None else None,
+    )
+    if registration is not None:
         signers = Understandings(meta).allowed_signers(registration, meta_commit)
         if signers is not None:
             report.problems.extend(unverified_commits(repository, head, base, signers))

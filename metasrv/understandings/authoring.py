@@ -181,8 +181,12 @@ def check_rules(
     base: CommitId | None,
     catalog: Catalog,
     meta_commit: CommitId,
+    gate: bool | None = None,
 ) -> CheckReport:
-    """Validate every rule file of an understanding at ``head``; diff its effect on ``base``."""
+    """Validate every rule file of an understanding at ``head``; diff its effect on ``base``.
+
+    ``gate`` says whether the registration is a gate (None: not known, so not checked).
+    """
     report = CheckReport()
     for path, normalized_name in _rule_files(repository, folder, head):
         try:
@@ -193,7 +197,16 @@ def check_rules(
                 f"{path}: {exc.message}" if path not in exc.message else exc.message
             )
             continue
-        report.problems.extend(check_rule_file(rules, path, canonical, repository.read(head, path)))
+        text = repository.read(head, path)
+        report.problems.extend(check_rule_file(rules, path, canonical, text))
+        if gate is False:
+            lines = _rule_lines(text or b"")
+            report.problems.extend(
+                f"{path}:{lines.get(rule.id, 1)}: rule {rule.id!r}: approve changes nothing "
+                "in an understanding that is not a gate"
+                for rule in rules.rules
+                if rule.approve
+            )
         before = _load_or_none(repository, base, path)
         report.changes.extend(_effect(canonical, path, before, rules))
     return report
