@@ -388,3 +388,20 @@ def test_a_file_without_metadata_can_still_be_yanked() -> None:
 )
 def test_relaxing_keeps_lower_bounds_and_exclusions(specifier: str, relaxed: str) -> None:
     assert relax_specifier(SpecifierSet(specifier)) == SpecifierSet(relaxed)
+
+
+def test_a_rule_that_does_not_yank_keeps_a_files_own_yank() -> None:
+    release = Release.from_files(
+        "2.0", (make_file("demo-2.0-py3-none-any.whl", requires_dist=["a<2"], yanked="old"),)
+    )
+    patched = apply_layers(release, [layer(rule(relax=["a"]))]).release
+    assert patched.files[0].yanked == "old"
+
+
+def test_the_last_of_three_understandings_wins_a_conflict() -> None:
+    layers = [layer(rule(yank=name), name=name) for name in ("audit", "pallets", "local")]
+    patched = apply_layers(flask(), layers)
+    assert patched.release.yanked == "local"
+    (conflict,) = patched.conflicts
+    assert conflict.to_json()["winner"] == "local"
+    assert conflict.understandings == ("audit", "pallets", "local")

@@ -88,7 +88,10 @@ def test_a_rule_built_in_code_is_written_in_packagings_spelling() -> None:
 
 def test_a_minimal_rule_writes_only_what_it_has() -> None:
     table = {"id": "r", "versions": "<3", "yank": "old", "reason": "why"}
-    assert Rule.from_toml(table, "f").to_toml() == table
+    rule = Rule.from_toml(table, "f")
+    assert rule == Rule("r", SpecifierSet("<3"), "why", yank="old")
+    assert rule.open_ended is False
+    assert rule.to_toml() == table
 
 
 def test_rule_files_round_trip_through_toml_text() -> None:
@@ -134,6 +137,9 @@ def test_a_rule_is_bounded_when_future_releases_cannot_match(
     [
         ({"requires-python": ">>3"}, "f (rule 'r'): Invalid specifier: '>>3'"),
         ({"add": ["x>>1"]}, "f (rule 'r'): invalid requirement 'x>>1': Expected"),
+        ({"replace": ["x>>1"]}, "f (rule 'r'): invalid requirement 'x>>1': Expected"),
+        ({"relax": ["bad name!"]}, "f (rule 'r'): invalid project name 'bad name!'"),
+        ({"versions": "=>1", "yank": "x"}, "f (rule 'r'): Invalid specifier: '=>1'"),
         ({"remove": ["bad name!"]}, "f (rule 'r'): invalid project name 'bad name!'"),
         (
             {"yank": "x", "files": "py3-none"},
@@ -168,7 +174,7 @@ def test_a_rule_file_names_the_index_of_a_bad_rule() -> None:
 
 
 def test_a_rule_file_with_an_unknown_key_is_rejected() -> None:
-    with pytest.raises(InvalidData, match="unknown key 'colour'"):
+    with pytest.raises(InvalidData, match=r"^f\.toml: unknown key 'colour'"):
         RuleFile.from_toml({"format": 1, "project": "Flask", "colour": "blue"}, "f.toml")
 
 

@@ -33,6 +33,8 @@ JSON, HTML, SIMPLE_HTML = MIME_SIMPLE_JSON, MIME_HTML, MIME_SIMPLE_HTML
         (f"{JSON} ; q=0.9 , {HTML};q=0.8", None, JSON),
         (f"{JSON};level=1;q=0.4, {HTML};q=0.3", None, JSON),
         (f"{JSON};q=abc, {HTML};q=0.1", None, HTML),
+        (f"{HTML};q=1, {JSON}", None, JSON),
+        (f"{JSON};q==0.5, {HTML};q=0.1", None, HTML),
         (f"{JSON.upper()}", None, JSON),
         ("text/*", None, HTML),
         ("application/*", None, JSON),

@@ -7,6 +7,7 @@ import hashlib
 import io
 import struct
 import zipfile
+import zlib
 
 import pytest
 
@@ -23,6 +24,7 @@ ORIGINAL_METADATA = (
     "Summary: a demo: with a colon\n"
     "Requires-Python: >=3.6\n"
     "Requires-Dist: alpha<1\n"
+    "Requires-Dist: pkg @ https://files.example/pkg-1.0.whl\n"
     "Requires-Dist: gamma\n"
     "  ; python_version < '3.8'\n"
     "Provides-Extra: old\n"
@@ -51,6 +53,8 @@ def _entries(metadata: str = ORIGINAL_METADATA) -> list[tuple[str, bytes]]:
     return [
         ("demo/__init__.py", b"VALUE = 1\n" * 50),
         ("demo/caf\u00e9.txt", b"non-ASCII name\n"),
+        # Stored, so the end-of-directory signature appears in the wheel before the real one.
+        ("demo/signatures.bin", b"PK\x05\x06" * 8),
         (f"{DIST_INFO}/METADATA", metadata.encode()),
         (f"{DIST_INFO}/WHEEL", b"Wheel-Version: 1.0\nTag: py3-none-any\n"),
     ]
@@ -74,10 +78,15 @@ def build(
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path, content in [*entries, (f"{DIST_INFO}/RECORD", _record(entries))]:
             info = zipfile.ZipInfo(path, (2020, 1, 2, 3, 4, 6))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = (
+                zipfile.ZIP_STORED if path.endswith(".bin") else zipfile.ZIP_DEFLATED
+            )
             if extras:
                 info.extra = struct.pack("<HH4s", 0xCAFE, 4, b"xtra")
                 info.comment = f"comment of {path}".encode()
+                # Some tools always set the UTF-8 flag and ask for a newer version to extract.
+                info.flag_bits |= 0x800
+                info.extract_version = 45
             archive.writestr(info, content)
         if extras:
             archive.comment = b"archive comment"
@@ -233,3 +242,125 @@ def test_a_vendored_dist_info_below_the_top_is_not_the_wheels_own() -> None:
     assert read_metadata(rewritten).encode() == new_metadata
     with zipfile.ZipFile(io.BytesIO(rewritten)) as archive:
         assert archive.read(f"demo/{DIST_INFO}/METADATA") == b"Name: vendored\n\n"
+
+
+def check_structure(wheel: bytes) -> list[dict[str, int]]:
+    """Check what a strict unzip checks that zipfile does not; return each entry's local header.
+
+    The end record names one disk and no comment and points at the central directory, and every
+    local header agrees with its central header on version, flags, method, time, CRC and sizes.
+    """
+    end = wheel.rindex(b"PK\x05\x06")
+    sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = struct.unpack_from(
+        "<4s4H2LH", wheel, end
+    )
+    assert (sig, disk, cd_disk, on_disk) == (b"PK\x05\x06", 0, 0, count)
+    assert end + 22 + comment == len(wheel)
+    assert cd_offset + cd_size == end
+    headers = []
+    position = cd_offset
+    for _ in range(count):
+        central = struct.unpack_from("<4s6H3L5H2L", wheel, position)
+        local = struct.unpack_from("<4s5H3L2H", wheel, central[16])
+        assert local[0] == b"PK\x03\x04"
+        descriptor = bool(central[3] & 0x08)
+        # version needed, flags, method, time, date; with a data descriptor the rest may be 0.
+        assert local[1:6] == central[2:7]
+        if not descriptor:
+            assert local[6:9] == central[7:10]
+        headers.append({"flags": local[2], "method": local[3], "extra_length": local[10]})
+        position += 46 + central[10] + central[11] + central[12]
+    return headers
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("extras", [False, True])
+def test_a_strict_unzip_finds_every_header_consistent(streamed: bool, extras: bool) -> None:
+    original = build(streamed=streamed, extras=extras)
+    check_structure(original)
+    rewritten, _ = rewrite_wheel(original, PATCHED)
+    assert rewritten.endswith(b"\x00\x00")  # the archive comment is not kept: no length
+    old_headers = check_structure(original)
+    for name, old, new in zip(
+        zipfile.ZipFile(io.BytesIO(original)).namelist(),
+        old_headers,
+        check_structure(rewritten),
+        strict=True,
+    ):
+        if name.endswith(("METADATA", "RECORD")):
+            assert new == {"flags": old["flags"] & 0x800, "method": 0, "extra_length": 0}
+        else:
+            assert new == old
+
+
+def hand_made_wheel(entries: list[tuple[str, bytes]], *, descriptor_signature: bool) -> bytes:
+    """Return a stored zip whose entries end in data descriptors, with or without a signature.
+
+    zipfile always writes the optional signature; other writers do not (APPNOTE 4.3.9.3).
+    """
+    output, central = bytearray(), bytearray()
+    entries = [*entries, (f"{DIST_INFO}/RECORD", _record(entries))]
+    for path, content in entries:
+        name, crc, offset = path.encode(), zlib.crc32(content), len(output)
+        flags = 0x08 if path.isascii() else 0x808
+        output += struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, flags, 0, 0, 0x21, 0, 0, 0, len(name), 0
+        )
+        output += name + content
+        output += (b"PK\x07\x08" if descriptor_signature else b"") + struct.pack(
+            "<3L", crc, len(content), len(content)
+        )
+        central += struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            20,
+            20,
+            flags,
+            0,
+            0,
+            0x21,
+            crc,
+            len(content),
+            len(content),
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
+        )
+        central += name
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(output), 0
+    )
+    return bytes(output + central + end)
+
+
+@pytest.mark.parametrize("descriptor_signature", [True, False])
+def test_data_descriptors_with_or_without_their_signature_are_kept(
+    descriptor_signature: bool,
+) -> None:
+    original = hand_made_wheel(_entries(), descriptor_signature=descriptor_signature)
+    rewritten, new_metadata = rewrite_wheel(original, PATCHED)
+    check_structure(rewritten)
+    with zipfile.ZipFile(io.BytesIO(rewritten)) as archive:
+        assert archive.testzip() is None
+        assert archive.read(f"{DIST_INFO}/METADATA") == new_metadata
+        for path, content in _entries():
+            if not path.endswith("METADATA"):
+                assert archive.read(path) == content
+
+
+def test_an_empty_zip_has_no_metadata_to_rewrite() -> None:
+    empty = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(InvalidArchive, match=r"^wheel has 0 top-level \*\.dist-info/METADATA$"):
+        rewrite_wheel(empty, PATCHED)
+
+
+def test_a_zip64_entry_count_is_refused() -> None:
+    wheel = build()
+    end = wheel.rindex(b"PK\x05\x06")
+    marked = wheel[: end + 10] + struct.pack("<H", 0xFFFF) + wheel[end + 12 :]
+    with pytest.raises(InvalidArchive, match=r"^zip64 wheels are not rewritten$"):
+        rewrite_wheel(marked, PATCHED)
