@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in module_rows(args.mutants, read_equivalent(EQUIVALENT_FILE))
         if re.search(args.only, row[0])
     ]
-    print("| module | mutants | killed | equivalent | survived | score | score without equivalent |")
+    print(
+        "| module | mutants | killed | equivalent | survived | score | score without equivalent |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for module, total, killed, listed, others in rows:
         raw = 100 * killed / total if total else 100.0

@@ -405,3 +405,45 @@ def test_the_last_of_three_understandings_wins_a_conflict() -> None:
     (conflict,) = patched.conflicts
     assert conflict.to_json()["winner"] == "local"
     assert conflict.understandings == ("audit", "pallets", "local")
+
+
+def gate(*rules: Rule, name: str = "notary") -> Layer:
+    return Layer(name, "d" * 40, f"{name}/fl/b8/flask.toml", RuleFile("Flask", rules), gate=True)
+
+
+def test_a_gates_approval_records_which_rule_approved_what_and_why() -> None:
+    approve = rule(id="reviewed", versions="==2.2.5", files="wheels", approve=True)
+    patched = apply_layers(flask(), [gate(approve)])
+    assert [a.to_json() for a in patched.approvals] == [
+        {
+            "filename": "Flask-2.2.5-py3-none-any.whl",
+            "understanding": "notary",
+            "commit": "d" * 40,
+            "file": "notary/fl/b8/flask.toml",
+            "rule": "reviewed",
+            "reason": "because",
+        }
+    ]
+    assert patched.hidden == (("flask-2.2.5.tar.gz", "not approved by the gate 'notary'"),)
+
+
+def test_only_an_approve_rule_of_a_gate_approves() -> None:
+    not_a_gate = layer(rule(approve=True), name="pallets")
+    not_approving = gate(rule(yank="broken"))
+    patched = apply_layers(flask(), [not_a_gate, not_approving])
+    assert patched.approvals == ()
+    assert [filename for filename, _ in patched.hidden] == [
+        "Flask-2.2.5-py3-none-any.whl",
+        "flask-2.2.5.tar.gz",
+    ]
+    assert patched.hidden_release == "not approved by the gate 'notary'"
+
+
+def test_an_understanding_that_is_not_a_gate_does_not_stop_a_later_gate() -> None:
+    patched = apply_layers(
+        flask(), [layer(rule(yank="x")), gate(rule(files="sdists", approve=True))]
+    )
+    assert patched.hidden == (
+        ("Flask-2.2.5-py3-none-any.whl", "not approved by the gate 'notary'"),
+    )
+    assert patched.hidden_release is None

@@ -26,6 +26,7 @@ EVERY_KEY: dict[str, Any] = {
     "add": ["blinker>=1.6 ; python_version >= '3.8'"],
     "requires-python": ">= 3.8",
     "yank": "broken on 3.12",
+    "approve": True,
     "reason": "every key at once",
 }
 
@@ -45,6 +46,7 @@ def test_every_key_is_read_into_its_field() -> None:
         add=(Requirement("blinker>=1.6; python_version >= '3.8'"),),
         requires_python=SpecifierSet(">=3.8"),
         yank="broken on 3.12",
+        approve=True,
     )
 
 
@@ -62,6 +64,7 @@ def test_every_key_is_written_back_in_canonical_order_and_as_spelled() -> None:
         "add",
         "requires-python",
         "yank",
+        "approve",
         "reason",
     ]
     assert table == {**EVERY_KEY, "relax": ["click"], "remove": ["jinja2"]}
@@ -91,6 +94,13 @@ def test_a_minimal_rule_writes_only_what_it_has() -> None:
     rule = Rule.from_toml(table, "f")
     assert rule == Rule("r", SpecifierSet("<3"), "why", yank="old")
     assert rule.open_ended is False
+    assert rule.to_toml() == table
+
+
+def test_a_rule_that_only_approves_is_a_rule() -> None:
+    table = {"id": "r", "versions": "==2.0", "approve": True, "reason": "diff read"}
+    rule = Rule.from_toml(table, "f")
+    assert rule.approve is True
     assert rule.to_toml() == table
 
 

@@ -90,6 +90,7 @@ def simple_file(filename: str, **fields: object) -> SimpleFile:
 FILES = [
     simple_file(
         "demo-1.0-py3-none-any.whl",
+        hashes={"md5": "00", "sha256": "ab" * 32},
         requires_python=">=3.8,<4",
         yanked="bad <build> & more",
         size=1234,
@@ -111,7 +112,7 @@ def test_a_project_page_is_pep_691_with_pep_700_and_714_fields() -> None:
             {
                 "filename": "demo-1.0-py3-none-any.whl",
                 "url": "/files/demo-1.0-py3-none-any.whl",
-                "hashes": {"sha256": "ab" * 32},
+                "hashes": {"md5": "00", "sha256": "ab" * 32},
                 "requires-python": ">=3.8,<4",
                 "yanked": "bad <build> & more",
                 "size": 1234,
@@ -177,7 +178,9 @@ def test_the_html_index_lists_every_project_across_chunks_of_a_thousand() -> Non
         '<a href="p0000/">P0000</a><br/>\n<a href="p0001/">P0001</a><br/>\n'
     )
     assert '<a href="p0999/">P0999</a><br/>\n<a href="p1000/">P1000</a><br/>\n' in html
-    assert html.endswith('<a href="p2499/">P2499</a><br/>\n</body>\n</html>\n')
+    assert html.endswith(
+        '<a href="p2498/">P2498</a><br/>\n<a href="p2499/">P2499</a><br/>\n</body>\n</html>\n'
+    )
     assert html.count("<a ") == 2500
 
 

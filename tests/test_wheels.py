@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 import struct
 import zipfile
 import zlib
@@ -32,6 +33,7 @@ ORIGINAL_METADATA = (
     "  and a folded second line\n"
     "requires-dist: lowercase<2\n"
     "Classifier: Programming Language :: Python\n"
+    "Dynamic: License\n"
     "\n"
     "First paragraph.\n"
     "\n"
@@ -109,6 +111,7 @@ def test_only_the_resolver_fields_change_and_the_description_is_kept_whole() -> 
         "License: MIT",
         "  and a folded second line",
         "Classifier: Programming Language :: Python",
+        "Dynamic: License",
         "Requires-Python: >=3.9",
         "Provides-Extra: b",
         "Requires-Dist: alpha>=1",
@@ -227,13 +230,16 @@ def _nested_metadata() -> list[tuple[str, bytes]]:
         (b"not a zip at all", "wheel has no end of central directory"),
         (_zip64(build()), "zip64 wheels are not rewritten"),
         (_corrupt(build(), b"PK\x01\x02", b"PK\x01\x09"), "corrupt central directory"),
-        (_corrupt(build(), b"PK\x03\x04", b"PK\x03\x09"), "corrupt local header for demo/"),
+        (
+            _corrupt(build(), b"PK\x03\x04", b"PK\x03\x09"),
+            "corrupt local header for demo/__init__.py",
+        ),
         (_central_size_off_by_one(build()), "central directory size does not add up"),
     ],
     ids=["no-metadata", "two-metadata", "not-zip", "zip64", "central", "local", "size"],
 )
 def test_a_wheel_that_cannot_be_rewritten_is_refused_by_name(wheel: bytes, message: str) -> None:
-    with pytest.raises(InvalidArchive, match=message.replace("*", r"\*")):
+    with pytest.raises(InvalidArchive, match=f"^{re.escape(message)}$"):
         rewrite_wheel(wheel, PATCHED)
 
 

@@ -1,0 +1,233 @@
+"""Mutate the module-level constants mutmut leaves alone, one at a time, and run their tests.
+
+Each mutant is applied to a copy of the work tree (never to this one); a mutant is killed when
+its tests fail. Run from the repository root: ``python -m benchmarks.mutate_constants``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One textual change to a constant, and the tests that should notice it."""
+
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+_NAMES = ("tests/test_names.py", "tests/test_rules.py")
+_PAGES = ("tests/test_simplepages.py", "tests/test_simple.py")
+_WHEELS = ("tests/test_wheels.py", "tests/test_simple.py")
+_RULES = ("tests/test_rules.py", "tests/test_overrides.py")
+_COOLDOWN = ("tests/test_cooldown.py", "tests/test_gates.py")
+_ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
+
+MUTANTS = (
+    Mutant("metasrv/names.py", "MAX_NAME_LENGTH = 200", "MAX_NAME_LENGTH = 201", _NAMES),
+    Mutant("metasrv/names.py", "MAX_NAME_LENGTH = 200", "MAX_NAME_LENGTH = 199", _NAMES),
+    Mutant("metasrv/names.py", "MAX_VERSION_LENGTH = 100", "MAX_VERSION_LENGTH = 99", _NAMES),
+    Mutant("metasrv/names.py", "MAX_VERSION_LENGTH = 100", "MAX_VERSION_LENGTH = 101", _NAMES),
+    Mutant("metasrv/names.py", 'PROJECT_SUFFIX = ".toml"', 'PROJECT_SUFFIX = ".tom"', _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-z0-9][a-z0-9_-]{0,64}", _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-z0-9][a-z0-9_-]{0,62}", _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-z0-9_-][a-z0-9_-]{0,63}", _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-z0-9][a-z0-9-]{0,63}", _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-zA-Z0-9][a-z0-9_-]{0,63}", _NAMES),
+    Mutant("metasrv/names.py", "[a-z0-9][a-z0-9_-]{0,63}", "[a-z0-9][a-z0-9_.-]{0,63}", _NAMES),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        "_PREFERENCE = (MIME_SIMPLE_JSON, MIME_SIMPLE_HTML, MIME_HTML)",
+        "_PREFERENCE = (MIME_SIMPLE_HTML, MIME_SIMPLE_JSON, MIME_HTML)",
+        _PAGES,
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        "_PREFERENCE = (MIME_SIMPLE_JSON, MIME_SIMPLE_HTML, MIME_HTML)",
+        "_PREFERENCE = (MIME_SIMPLE_JSON, MIME_HTML, MIME_SIMPLE_HTML)",
+        _PAGES,
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        '"*/*": MIME_HTML, "text/*"',
+        '"*/*": MIME_SIMPLE_JSON, "text/*"',
+        _PAGES,
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py", '"text/*": MIME_HTML', '"text/*": MIME_SIMPLE_HTML', _PAGES
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        '"application/*": MIME_SIMPLE_JSON',
+        '"application/*": MIME_HTML',
+        _PAGES,
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        '"application/vnd.pypi.simple.latest+json": MIME_SIMPLE_JSON',
+        '"application/vnd.pypi.simple.latest+json": MIME_SIMPLE_HTML',
+        _PAGES,
+    ),
+    Mutant(
+        "metasrv/http/simplepages.py",
+        '"application/vnd.pypi.simple.latest+html": MIME_SIMPLE_HTML',
+        '"application/vnd.pypi.simple.latest+html": MIME_HTML',
+        _PAGES,
+    ),
+    Mutant("metasrv/http/simplepages.py", "    MIME_HTML: MIME_HTML,\n", "", _PAGES),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '("requires-dist", "requires-python", "provides-extra")',
+        '("requires-dist", "requires-python")',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '("requires-dist", "requires-python", "provides-extra")',
+        '("requires-dist", "provides-extra")',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '("requires-dist", "requires-python", "provides-extra")',
+        '("requires-python", "provides-extra")',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '("requires-dist", "requires-python", "provides-extra")',
+        '("requires-dist", "requires-python", "provides-extra", "dynamic")',
+        _WHEELS,
+    ),
+    Mutant("metasrv/http/wheels.py", '"<4s5H3L2H"', '"<4s5H3L3H"', _WHEELS),
+    Mutant("metasrv/http/wheels.py", '"<4s6H3L5H2L"', '"<4s6H3L4H2L"', _WHEELS),
+    Mutant("metasrv/http/wheels.py", '"<4s4H2LH"', '"<4s4H2L"', _WHEELS),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '_LOCAL_SIGNATURE = b"PK\\x03\\x04"',
+        '_LOCAL_SIGNATURE = b"PK\\x03\\x05"',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '_CENTRAL_SIGNATURE = b"PK\\x01\\x02"',
+        '_CENTRAL_SIGNATURE = b"PK\\x01\\x03"',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/http/wheels.py",
+        '_END_SIGNATURE = b"PK\\x05\\x06"',
+        '_END_SIGNATURE = b"PK\\x05\\x07"',
+        _WHEELS,
+    ),
+    Mutant(
+        "metasrv/understandings/rules.py",
+        'FILE_FILTERS = ("wheels", "sdists")',
+        'FILE_FILTERS = ("wheels",)',
+        _RULES,
+    ),
+    Mutant(
+        "metasrv/understandings/rules.py",
+        'FILE_FILTERS = ("wheels", "sdists")',
+        'FILE_FILTERS = ("sdists",)',
+        _RULES,
+    ),
+    *(
+        Mutant(
+            "metasrv/understandings/rules.py",
+            f"ACTIONS = {_ACTIONS!r}".replace("'", '"'),
+            f"ACTIONS = {tuple(a for a in _ACTIONS if a != action)!r}".replace("'", '"'),
+            _RULES,
+        )
+        for action in _ACTIONS
+    ),
+    Mutant(
+        "metasrv/understandings/cooldown.py",
+        'r"([1-9][0-9]{0,3})([dh])"',
+        'r"([0-9][0-9]{0,3})([dh])"',
+        _COOLDOWN,
+    ),
+    Mutant(
+        "metasrv/understandings/cooldown.py",
+        'r"([1-9][0-9]{0,3})([dh])"',
+        'r"([1-9][0-9]{0,4})([dh])"',
+        _COOLDOWN,
+    ),
+    Mutant(
+        "metasrv/understandings/cooldown.py",
+        'r"([1-9][0-9]{0,3})([dh])"',
+        'r"([1-9][0-9]{0,3})([dhm])"',
+        _COOLDOWN,
+    ),
+    Mutant(
+        "metasrv/understandings/cooldown.py",
+        "timedelta(days=3650)",
+        "timedelta(days=3651)",
+        _COOLDOWN,
+    ),
+)
+
+
+def run(mutant: Mutant, tree: Path) -> bool:
+    """Apply ``mutant`` in ``tree``, run its tests, undo it; return whether a test failed."""
+    path = tree / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        raise SystemExit(f"{mutant.path}: {mutant.old!r} is not there exactly once")
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=tree,
+            capture_output=True,
+            check=False,
+            timeout=DEADLINE_SECONDS,
+        )
+    finally:
+        path.write_text(original)
+    return result.returncode != 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every mutant; print a table per module; exit 1 if one survived."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="", help="run the mutants of paths containing this")
+    args = parser.parse_args(argv)
+    survivors = 0
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.split()
+        for name in listed:
+            if (ROOT / name).is_file():
+                (tree / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, tree / name)
+        for mutant in MUTANTS:
+            if args.only not in mutant.path:
+                continue
+            killed = run(mutant, tree)
+            survivors += not killed
+            print(f"{'killed  ' if killed else 'SURVIVED'} {mutant.path}: {mutant.new.strip()}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
