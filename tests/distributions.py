@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def build_wheel(
     requires_python: str | None = None,
     provides_extra: Iterable[str] = (),
     padding: int = 0,
-    metadata: str | None = None,
+    metadata: str | bytes | None = None,
     files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write an installable pure-Python wheel and return its path.
@@ -73,7 +75,7 @@ def build_wheel(
     if padding:
         entries.append((f"{package}/padding.bin", hashlib.shake_256(stem.encode()).digest(padding)))
     entries += [
-        (f"{dist_info}/METADATA", metadata.encode()),
+        (f"{dist_info}/METADATA", metadata if isinstance(metadata, bytes) else metadata.encode()),
         (
             f"{dist_info}/WHEEL",
             b"Wheel-Version: 1.0\nGenerator: metasrv-tests\nRoot-Is-Purelib: true\n"
@@ -123,4 +125,43 @@ def build_sdist(
             archive.addfile(info, io.BytesIO(content))
     path = folder / f"{stem}.tar.gz"
     path.write_bytes(buffer.getvalue())
+    return path
+
+
+def build_sdist_bomb(folder: Path, name: str, version: str, zeros: int) -> Path:
+    """Write a small .tar.gz sdist whose first member inflates to ``zeros`` zero bytes.
+
+    One gzip member made of byte-aligned deflate segments, one zero block compressed once and
+    repeated, so that it costs almost nothing to make.
+    """
+    stem = f"{canonicalize_name(name).replace('-', '_')}-{version}"
+    block = bytes(1024 * 1024)
+    assert zeros % len(block) == 0
+    padding = tarfile.TarInfo(f"{stem}/aaa-padding.bin")
+    padding.size, padding.mtime = zeros, 1577836800
+    pkg_info = metadata_text(name, version, metadata_version="2.2").encode()
+    tail = io.BytesIO()
+    with tarfile.open(fileobj=tail, mode="w") as archive:
+        info = tarfile.TarInfo(f"{stem}/PKG-INFO")
+        info.size, info.mtime = len(pkg_info), 1577836800
+        archive.addfile(info, io.BytesIO(pkg_info))
+
+    def deflate(data: bytes, mode: int) -> bytes:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return compressor.compress(data) + compressor.flush(mode)
+
+    header = padding.tobuf()
+    crc = zlib.crc32(header)
+    for _ in range(zeros // len(block)):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(tail.getvalue(), crc)
+    size = len(header) + zeros + len(tail.getvalue())
+    path = folder / f"{stem}.tar.gz"
+    path.write_bytes(
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # RFC 1952 header, no name, no mtime
+        + deflate(header, zlib.Z_FULL_FLUSH)
+        + deflate(block, zlib.Z_FULL_FLUSH) * (zeros // len(block))
+        + deflate(tail.getvalue(), zlib.Z_FINISH)
+        + struct.pack("<II", crc, size & 0xFFFFFFFF)
+    )
     return path

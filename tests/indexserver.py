@@ -7,11 +7,12 @@ import hashlib
 import html
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
@@ -19,6 +20,7 @@ from metasrv.index.archives import is_wheel
 from tests.deadlines import THREAD_DEADLINE_SECONDS
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
+MAX_PAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -28,8 +30,11 @@ class IndexBehaviour:
     json: bool = True
     pep658: bool = True
     ranges: bool = True
-    # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage"
+    # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
+    # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize"
     faults: dict[str, list[str]] = field(default_factory=dict)
+    # project -> edits of its PEP 691 page document before it is served (wrong types, ...)
+    pages: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
     # filename -> bytes served instead of the file's (its listed hash stays the real one)
     tampered: dict[str, bytes] = field(default_factory=dict)
     # filename -> the metadata hash the page lists (to provoke a mismatch)
@@ -92,6 +97,13 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             if fault in ("500", "429"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
                 return
+            if fault in ("redirect-loop", "redirect-ftp"):
+                target = self.path if fault == "redirect-loop" else "ftp://127.0.0.1/x/"
+                self._send(302, b"", "text/plain", {"location": target})
+                return
+            if fault == "oversize":
+                self._stream_zeros(MAX_PAGE_BYTES + 1)
+                return
             body, content_type, status, extra = self._route()
             if fault == "truncate":
                 self.send_response(status)
@@ -103,7 +115,41 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "garbage":
                 body = b"<<<not a page>>>"
+            if fault == "bad-encoding":
+                extra = {**extra, "content-encoding": "gzip"}  # the body is not gzip
+            if fault == "trickle":
+                self._trickle(status, body, content_type)
+                return
             self._send(status, body, content_type, extra)
+
+        def _trickle(self, status: int, body: bytes, content_type: str) -> None:
+            """Send the body one byte per 0.1 s: each read is quick, the whole answer is not."""
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            for offset in range(len(body)):
+                if index.release.wait(0.1):
+                    return
+                try:
+                    self.wfile.write(body[offset : offset + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def _stream_zeros(self, size: int) -> None:
+            """Send ``size`` bytes of a JSON page without a Content-Length, until closed."""
+            self.send_response(200)
+            self.send_header("content-type", MIME_JSON)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            chunk = b" " * (1024 * 1024)
+            try:
+                for _ in range(size // len(chunk) + 1):
+                    self.wfile.write(chunk)
+            except OSError:
+                return
 
         def do_HEAD(self) -> None:
             body, content_type, status, extra = self._route()
@@ -180,7 +226,7 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                     entry["core-metadata"] = {"sha256": digest}
                 entries.append(entry)
             serials = index.behaviour.serials
-            document = {
+            document: dict[str, Any] = {
                 "meta": {"api-version": "1.1", "_last-serial": serials[name] if serials else 7},
                 "name": name,
                 "files": entries,
@@ -195,6 +241,9 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 + f">{html.escape(str(e['filename']))}</a>\n"
                 for e in entries
             )
+            edit = index.behaviour.pages.get(name)
+            if edit is not None:
+                edit(document)
             return self._page(document, anchors)
 
         def _page(self, document: object, anchors: str) -> tuple[bytes, str, int, dict[str, str]]:

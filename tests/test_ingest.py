@@ -372,7 +372,7 @@ def test_the_cli_syncs_from_the_configured_source_and_summarises(
     out = capsys.readouterr().out
     assert "synced 3 projects" in out
     assert "3 changed" in out
-    assert "0 errors, 1 commits" in out
+    assert "0 errors, 0 projects not synced, 1 commits" in out
 
 
 def test_two_spellings_of_one_version_become_one_release(meta: Storage, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ MAX_MODULE_LINES = 400
 # may import the modules listed before it in its own layer and anything in a layer below its own.
 LAYERS: list[tuple[str, list[str]]] = [
     ("", ["errors", "names", "tables", "buildsettings", "model"]),
-    ("repo", ["tomlcodec", "projectfile", "storage", "catalog"]),
+    ("repo", ["tomlcodec", "projectfile", "worktree", "storage", "catalog"]),
     (
         "index",
         [
@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "archives",
             "client",
             "filemetadata",
+            "pagefiles",
             "sync",
             "rootindex",
             "syncstate",

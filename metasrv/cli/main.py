@@ -230,14 +230,16 @@ def _follow(storage: Storage, source: str, options: SyncOptions, interval: float
 
 
 def _print_summary(summary: SyncSummary, source: str) -> None:
+    for skipped in summary.skipped_files:
+        print(f"skipped: {skipped}", file=sys.stderr)
     for failure in summary.failed_projects:
-        print(f"not synced: {failure}", file=sys.stderr)
+        print(f"not synced (kept as it was): {failure}", file=sys.stderr)
     print(
         f"synced {summary.projects} projects from {source}: {summary.changed} changed, "
         f"{summary.removed} removed, {summary.releases_added} releases added, "
         f"{summary.files_added} files added, {summary.files_changed} files changed, "
-        f"{summary.errors} errors, {len(summary.commits)} commits, "
-        f"{summary.requests} requests",
+        f"{summary.errors} errors, {len(summary.failed_projects)} projects not synced, "
+        f"{len(summary.commits)} commits, {summary.requests} requests",
         flush=True,
     )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import re
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,6 +22,7 @@ from packaging.utils import (
 
 from metasrv.errors import InvalidArchive
 from metasrv.model import CoreMetadata, MetadataStatus
+from metasrv.names import MAX_VERSION_LENGTH
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -31,6 +35,20 @@ MAX_SDIST_BYTES = 100 * 1024 * 1024
 SDIST_HEAD_BYTES = 256 * 1024
 # Metadata 2.2 (PEP 643) is the first version whose sdist fields are trustworthy unless Dynamic.
 STATIC_SDIST_METADATA = (2, 2)
+# What a .tar.gz sdist may inflate to before its PKG-INFO: gzip packs zeros 1000:1, so the
+# compressed cap alone would allow 100 GB of work.
+MAX_UNPACKED_SDIST_BYTES = 256 * 1024 * 1024
+_METADATA_VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})")
+# The fields we keep; one packaging could not parse must not be dropped silently.
+_READ_FIELDS = (
+    "metadata-version",
+    "name",
+    "version",
+    "requires-dist",
+    "requires-python",
+    "provides-extra",
+    "dynamic",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +59,30 @@ class ReadMetadata:
     name: str | None
     status: MetadataStatus | None = None
     reason: str | None = None
+    version: str | None = None
 
 
 def parse_metadata(content: bytes) -> ReadMetadata:
     """Parse a METADATA / PKG-INFO file with packaging."""
     if len(content) > MAX_METADATA_BYTES:
         raise InvalidArchive(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    raw, _unparsed = parse_email(content)
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Core metadata is UTF-8; pip refuses other bytes (UnsupportedWheel, "Error decoding
+        # metadata") and uv too, so a guess would tell resolvers what no installer sees.
+        byte = content[exc.start]
+        raise InvalidArchive(f"metadata is not UTF-8: byte {exc.start} is {byte:#x}") from None
+    raw, unparsed = parse_email(content)
+    unread = [key for key in _READ_FIELDS if key in unparsed]
+    if unread:
+        raise InvalidArchive(
+            f"metadata field {unread[0]} cannot be read: {unparsed[unread[0]]!r:.80}"
+        )
     if "metadata_version" not in raw:
         raise InvalidArchive("metadata has no Metadata-Version")
+    if not _METADATA_VERSION.fullmatch(raw["metadata_version"]):
+        raise InvalidArchive(f"invalid Metadata-Version {raw['metadata_version'][:40]!r}")
     metadata = CoreMetadata(
         metadata_version=raw["metadata_version"],
         requires_dist=tuple(raw.get("requires_dist", ())),
@@ -57,17 +90,17 @@ def parse_metadata(content: bytes) -> ReadMetadata:
         provides_extra=tuple(raw.get("provides_extra", ())),
         dynamic=tuple(raw.get("dynamic", ())),
     )
-    return ReadMetadata(metadata, raw.get("name"))
+    return ReadMetadata(metadata, raw.get("name"), version=raw.get("version"))
 
 
 def sdist_metadata(content: bytes) -> ReadMetadata:
     """Return what an sdist's PKG-INFO states, trusting it only as PEP 643 allows."""
     read = parse_metadata(content)
     assert read.metadata is not None
-    version = tuple(int(part) for part in read.metadata.metadata_version.split(".")[:2])
+    version = tuple(int(part) for part in read.metadata.metadata_version.split("."))
     if version < STATIC_SDIST_METADATA:
         reason = f"sdist metadata {read.metadata.metadata_version} does not declare static fields"
-        return ReadMetadata(None, read.name, MetadataStatus.DYNAMIC, reason)
+        return ReadMetadata(None, read.name, MetadataStatus.DYNAMIC, reason, read.version)
     return read
 
 
@@ -196,7 +229,7 @@ def sdist_metadata_from_bytes(filename: str, content: bytes) -> ReadMetadata:
                 with archive.open(info) as entry:
                     return sdist_metadata(entry.read(MAX_METADATA_BYTES + 1))
         # Stream mode reads members in order and stops at PKG-INFO, which sdists put near the front.
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r|*") as archive:
+        with tarfile.open(fileobj=_unpacked(content), mode="r|") as archive:
             for member in archive:
                 if member.name.count("/") == 1 and member.name.endswith("/PKG-INFO"):
                     if not member.isfile() or member.size > MAX_METADATA_BYTES:
@@ -205,8 +238,34 @@ def sdist_metadata_from_bytes(filename: str, content: bytes) -> ReadMetadata:
                     assert extracted is not None
                     return sdist_metadata(extracted.read(MAX_METADATA_BYTES + 1))
         raise InvalidArchive("sdist has no top-level PKG-INFO")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
         raise InvalidArchive(f"corrupt sdist: {exc}") from None
+
+
+class _CappedReader(io.RawIOBase):
+    """A stream that fails once more than ``limit`` bytes have been read from it."""
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int) -> None:
+        self.stream, self.limit, self.count = stream, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        read = self.stream.readinto(view)
+        self.count += read
+        if self.count > self.limit:
+            raise InvalidArchive(f"sdist inflates past {self.limit} bytes before its PKG-INFO")
+        return read
+
+
+def _unpacked(content: bytes) -> io.BufferedReader:
+    """Return a .tar.gz's tar stream, inflated lazily and capped; a plain tar as it is."""
+    if not content.startswith(b"\x1f\x8b"):
+        return io.BufferedReader(io.BytesIO(content))
+    inflated = gzip.GzipFile(fileobj=io.BytesIO(content))
+    return io.BufferedReader(_CappedReader(inflated, MAX_UNPACKED_SDIST_BYTES), 1024 * 1024)
 
 
 def _parse_filename(filename: str) -> tuple[str, str] | None:
@@ -217,9 +276,17 @@ def _parse_filename(filename: str) -> tuple[str, str] | None:
             name, version = parse_sdist_filename(filename)
         else:
             return None
-    except (InvalidWheelFilename, InvalidSdistFilename):
+    except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+        # ValueError: a version of more digits than Python converts (4,300).
+        return None
+    if len(str(version)) > MAX_VERSION_LENGTH:
         return None
     return str(name), str(version)
+
+
+def name_and_version_of_filename(filename: str) -> tuple[str, str] | None:
+    """Return the normalized name and version a wheel or sdist filename carries, or None."""
+    return _parse_filename(filename)
 
 
 def project_of_filename(filename: str) -> str | None:

@@ -25,6 +25,8 @@ from metasrv.index.pages import (
     SourceFile,
     parse_html_listing,
     parse_html_project,
+    parse_json_listing,
+    parse_json_project,
 )
 from metasrv.model import SourceState
 from metasrv.names import normalize_name
@@ -34,6 +36,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_DELAY_SECONDS = 60.0
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 USER_AGENT = "metasrv-sync"
+SINK_DEADLINE_FACTOR = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +49,38 @@ class FetchOptions:
     timeout_seconds: float = 30.0
 
 
-def _read_file_url(url: str, headers: Mapping[str, str]) -> Fetched:
-    """Answer a file:// GET from disk: directory index pages, byte ranges, 404s."""
+def _read_file_url(url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched:
+    """Answer a file:// GET from disk: directory index pages, byte ranges, 404s, size caps."""
     path = Path(url2pathname(urlsplit(url).path))
     if path.is_dir():
         path = next((path / n for n in ("index.json", "index.html") if (path / n).is_file()), path)
     if not path.is_file():
         return Fetched(404, httpx.Headers(), b"", url)
-    content = path.read_bytes()
     content_type = (
         MIME_SIMPLE_JSON if path.suffix == ".json" else mimetypes.guess_type(path.name)[0]
     )
     response_headers = httpx.Headers({"content-type": content_type or "application/octet-stream"})
     byte_range = headers.get("range", "")
-    if byte_range.startswith("bytes="):
-        start, end = _parse_range(byte_range.removeprefix("bytes="), len(content))
-        response_headers["content-range"] = f"bytes {start}-{end - 1}/{len(content)}"
-        return Fetched(206, response_headers, content[start:end], url)
-    return Fetched(200, response_headers, content, url)
+    if not byte_range.startswith("bytes="):
+        return Fetched(200, response_headers, read_capped(path, max_bytes), url)
+    size = path.stat().st_size
+    start, end = _parse_range(byte_range.removeprefix("bytes="), size)
+    with path.open("rb") as file:
+        file.seek(start)
+        content = file.read(min(end - start, max_bytes + 1))
+    if len(content) > max_bytes:
+        raise InvalidArchive(f"{path.name}: range larger than {max_bytes} bytes")
+    response_headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+    return Fetched(206, response_headers, content, url)
+
+
+def read_capped(path: Path, max_bytes: int) -> bytes:
+    """Return a local file's bytes, or InvalidArchive when it holds more than ``max_bytes``."""
+    with path.open("rb") as file:
+        content = file.read(max_bytes + 1)
+    if len(content) > max_bytes:
+        raise InvalidArchive(f"{path.name}: larger than {max_bytes} bytes")
+    return content
 
 
 def _parse_range(spec: str, size: int) -> tuple[int, int]:
@@ -99,15 +116,22 @@ class Fetched:
         encoding = "utf-8"
         if charset and "charset=" in charset[0]:
             encoding = charset[0].split("charset=", 1)[1].split(";")[0].strip() or "utf-8"
-        return self.content.decode(encoding, errors="replace")
+        try:
+            return self.content.decode(encoding, errors="replace")
+        except LookupError:  # a charset Python does not know: read it as the default
+            return self.content.decode("utf-8", errors="replace")
 
 
 class Fetcher:
     """GETs with bounded concurrency, timeouts, and retries with backoff that honour Retry-After."""
 
-    def __init__(self, client: httpx.AsyncClient, options: FetchOptions) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, options: FetchOptions, *, local: bool = False
+    ) -> None:
         self.client = client
         self.options = options
+        # Whether file:// URLs may be read: only for a source that is itself on this machine.
+        self.local = local
         self._slots = asyncio.Semaphore(options.concurrency)
         self.bytes_fetched = 0
         self.requests = 0
@@ -119,20 +143,31 @@ class Fetcher:
         max_bytes: int = MAX_PAGE_BYTES,
         sink: BinaryIO | None = None,
     ) -> Fetched:
-        """Return the response to a GET; 5xx, 429 and transport errors are retried.
+        """Return the response to a GET; 5xx, 429, timeouts and transport errors are retried.
 
         With a ``sink`` the body goes there instead of into memory (a root index at PyPI scale).
         """
+        if urlsplit(url).scheme == "file":
+            if not self.local:
+                # An http(s) index must not make us read this machine's files (nor tell of them).
+                raise InvalidArchive(f"{url[:200]}: a file:// URL from a source that is not local")
+            return _drain(_read_file_url(url, headers or {}, max_bytes), sink)
+        # One deadline for the whole request, as a source trickling a byte at a time never trips
+        # a per-read timeout; a streamed root listing (PyPI: hundreds of MB) gets more time.
+        deadline = self.options.timeout_seconds * (SINK_DEADLINE_FACTOR if sink else 1)
         problem = ""
         for attempt in range(self.options.retries + 1):
             delay = self.options.backoff_seconds * 2**attempt
-            if url.startswith("file:"):
-                return _drain(_read_file_url(url, headers or {}), sink)
             try:
-                async with self._slots:
+                async with self._slots, asyncio.timeout(deadline):
                     response = await self._get_capped(url, headers or {}, max_bytes, sink)
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except (TimeoutError, httpx.TimeoutException):
+                problem = f"no whole answer within {deadline:g} s"
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                # Redirect loops, redirects to other schemes, undecodable bodies: not transient.
+                raise SourceError(f"{url[:200]}: {type(exc).__name__}: {exc}") from None
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -140,7 +175,7 @@ class Fetcher:
                 delay = _retry_after(response) or delay
             if attempt < self.options.retries:
                 await asyncio.sleep(min(delay, MAX_RETRY_DELAY_SECONDS))
-        raise SourceError(f"{url}: {problem} after {self.options.retries + 1} attempts")
+        raise SourceError(f"{url[:200]}: {problem} after {self.options.retries + 1} attempts")
 
     async def _get_capped(
         self, url: str, headers: Mapping[str, str], max_bytes: int, sink: BinaryIO | None
@@ -154,6 +189,7 @@ class Fetcher:
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise InvalidArchive(f"{url}: larger than {max_bytes} bytes ({declared})")
             chunks, total = [], 0
+            # Counted after Content-Encoding is undone, so a compressed bomb stops at the cap too.
             async for chunk in response.aiter_bytes():
                 total += len(chunk)
                 if total > max_bytes:
@@ -203,8 +239,7 @@ class IndexSource:
         response = await self.fetcher.get(self.url, {"accept": ACCEPT})
         _check_status(response, self.url)
         if _is_json(response):
-            document = _json_object(response)
-            listed = [str(project["name"]) for project in document.get("projects", [])]
+            listed = parse_json_listing(_json_object(response), self.url)
         else:
             listed = parse_html_listing(response.text)
         projects: dict[str, str | None] = {}
@@ -231,17 +266,23 @@ class IndexSource:
         _check_status(response, url)
         base = response.url
         if _is_json(response):
-            page = _json_page(_json_object(response), base)
+            page = parse_json_project(_json_object(response), base)
         else:
             page = parse_html_project(response.text, base, normalized_name)
         serial_header = response.headers.get("x-pypi-last-serial")
         page_state = SourceState(
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
-            serial=page.state.serial
-            or (int(serial_header) if serial_header and serial_header.isdigit() else None),
+            serial=page.state.serial or _serial(serial_header),
         )
         return ProjectPage(page.name, page.files, page.versions, page_state)
+
+
+def _serial(header: str | None) -> int | None:
+    """Return an X-PyPI-Last-Serial header's number, or None when it is none."""
+    if header is None or not header.isascii() or not header.isdigit() or len(header) > 18:
+        return None
+    return int(header)
 
 
 def _check_status(response: Fetched, url: str) -> None:
@@ -254,41 +295,12 @@ def _is_json(response: Fetched) -> bool:
     return content_type.split(";", maxsplit=1)[0].strip() == MIME_SIMPLE_JSON
 
 
-def _json_object(response: Fetched) -> dict[str, Any]:
+def _json_object(response: Fetched) -> Any:
     try:
         document = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SourceError(f"{response.url}: invalid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise SourceError(f"{response.url}: expected a JSON object")
     return document
-
-
-def _json_page(document: dict[str, Any], base: str) -> ProjectPage:
-    """Parse a PEP 691 project page (with PEP 700 and PEP 714 fields)."""
-    try:
-        files = tuple(
-            SourceFile(
-                filename=str(item["filename"]),
-                url=urljoin(base, str(item["url"])),
-                hashes={str(k): str(v) for k, v in item.get("hashes", {}).items()},
-                requires_python=item.get("requires-python") or None,
-                yanked=item.get("yanked", False),
-                size=item.get("size"),
-                upload_time=item.get("upload-time"),
-                core_metadata=item.get("core-metadata", item.get("dist-info-metadata", False)),
-            )
-            for item in document["files"]
-        )
-        serial = document.get("meta", {}).get("_last-serial")
-        return ProjectPage(
-            name=str(document["name"]),
-            files=files,
-            versions=tuple(str(v) for v in document.get("versions", ())),
-            state=SourceState(serial=int(serial) if serial is not None else None),
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise SourceError(f"{base}: malformed PEP 691 page ({exc!r})") from None
 
 
 class FolderSource:
@@ -327,13 +339,14 @@ class FolderSource:
 
 
 def _folder_file(path: Path) -> SourceFile:
-    content = path.read_bytes()
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
     stat = path.stat()
     return SourceFile(
         filename=path.name,
         url=path.resolve().as_uri(),
-        hashes={"sha256": hashlib.sha256(content).hexdigest()},
-        size=len(content),
+        hashes={"sha256": digest},
+        size=stat.st_size,
         upload_time=datetime.fromtimestamp(stat.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     )
 
@@ -348,4 +361,5 @@ def open_source(location: str, fetcher: Fetcher) -> IndexSource | FolderSource:
         raise SourceError(f"source {location!r} is neither an http(s) index nor a folder")
     if any(p.suffix in (".whl", ".gz", ".zip") for p in path.iterdir()):
         return FolderSource(path)
+    fetcher.local = True
     return IndexSource(path.resolve().as_uri() + "/", fetcher)

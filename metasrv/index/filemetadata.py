@@ -7,15 +7,54 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from metasrv.errors import InvalidArchive, SourceError
+from metasrv.errors import InvalidArchive, InvalidInput, SourceError
 from metasrv.index import archives
-from metasrv.index.client import Fetcher, FolderSource, IndexSource
+from metasrv.index.client import Fetcher, FolderSource, IndexSource, read_capped
 from metasrv.index.pages import SourceFile
+from metasrv.names import normalize_name, parse_version
 
 MAX_ARCHIVE_BYTES = archives.MAX_SDIST_BYTES
 
 
 async def read_metadata(
+    source: IndexSource | FolderSource, source_file: SourceFile
+) -> archives.ReadMetadata:
+    """Return a file's core metadata, checked against the name and version of its file name."""
+    read = await _read_metadata(source, source_file)
+    _check_identity(source_file.filename, read)
+    return read
+
+
+def _check_identity(filename: str, read: archives.ReadMetadata) -> None:
+    """Raise InvalidArchive when metadata names another project or version than the file does."""
+    expected = archives.name_and_version_of_filename(filename)
+    if expected is None:
+        return
+    name, version = expected
+    stated_name, stated_version = read.name or "", read.version or ""
+    # Installers check the same (pip: "has inconsistent name / version") and refuse the file.
+    if not _same_name(stated_name, name) or not _same_version(stated_version, version):
+        raise InvalidArchive(
+            f"metadata says {stated_name[:100]!r} {stated_version[:100]!r}, "
+            f"the file name {name!r} {version!r}"
+        )
+
+
+def _same_name(stated: str, normalized: str) -> bool:
+    try:
+        return normalize_name(stated) == normalized
+    except InvalidInput:
+        return False
+
+
+def _same_version(stated: str, version: str) -> bool:
+    try:
+        return parse_version(stated) == parse_version(version)
+    except InvalidInput:
+        return False
+
+
+async def _read_metadata(
     source: IndexSource | FolderSource, source_file: SourceFile
 ) -> archives.ReadMetadata:
     """Return a file's core metadata: its PEP 658 file, its wheel by ranges, or its sdist."""
@@ -86,7 +125,7 @@ def _from_whole_file(source_file: SourceFile, content: bytes) -> archives.ReadMe
 
 
 def _read_local(url: str) -> bytes:
-    return Path(url2pathname(urlsplit(url).path)).read_bytes()
+    return read_capped(Path(url2pathname(urlsplit(url).path)), MAX_ARCHIVE_BYTES)
 
 
 def _require_ok(status: int, url: str, expected: int = 200) -> None:

@@ -1,18 +1,27 @@
-"""Simple repository API constants and the parsing of PEP 503 HTML pages."""
+"""Simple repository API constants and the parsing of a source's PEP 503 / 691 pages."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from urllib.parse import urldefrag, urljoin
+from typing import Any
+from urllib.parse import urldefrag, urljoin, urlsplit
 
+from metasrv.errors import SourceError
 from metasrv.model import SourceState
 
 MIME_SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"  # PEP 691
 MIME_SIMPLE_HTML = "application/vnd.pypi.simple.v1+html"  # PEP 691
 MIME_HTML = "text/html"  # PEP 503
 API_VERSION = "1.1"  # PEP 700 added versions, size and upload-time
+# Schemes a page may link files with; file:// is followed only when the source is itself local.
+FILE_URL_SCHEMES = frozenset({"http", "https", "file"})
+_HEX = re.compile(r"[0-9a-fA-F]{1,256}")
+_HASH_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# Far longer than any real value; it bounds what one page entry can put into a project file.
+MAX_VALUE_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,10 @@ def parse_html_project(html: str, page_url: str, normalized_name: str) -> Projec
         if not href:
             continue
         url, fragment = urldefrag(urljoin(base, href))
+        if urlsplit(url).scheme not in FILE_URL_SCHEMES:
+            continue  # a link to anything but a file (mailto:, ftp:) is no file of the project
+        for value in (*attrs.values(), text):
+            _expect(value or "", str, "a link attribute", page_url)
         hashes = dict([fragment.split("=", 1)]) if "=" in fragment else {}
         yanked: bool | str = False
         if "data-yanked" in attrs:
@@ -101,4 +114,104 @@ def parse_html_project(html: str, page_url: str, normalized_name: str) -> Projec
                 core_metadata=core_metadata,
             )
         )
-    return ProjectPage(name=normalized_name, files=tuple(files))
+    return ProjectPage(name=normalized_name, files=unique_files(files))
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) -> Any:
+    """Return ``value`` if it has the type the page format gives it, else SourceError."""
+    # bool is an int subclass: a size of `true` is not a size, nor `1` a yank.
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    wrong_bool = isinstance(value, bool) and bool not in kinds
+    if not isinstance(value, kind) or wrong_bool:
+        raise SourceError(f"{where}: {what} must be {_KINDS.get(kind, kind)}, not {value!r:.80}")
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise SourceError(f"{where}: {what} is longer than {MAX_VALUE_CHARS} characters")
+    return value
+
+
+_KINDS: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    list: "an array",
+    dict: "an object",
+    (bool, str): "a boolean or a reason string",
+    (str, type(None)): "a string or null",
+    (int, type(None)): "an integer or null",
+    (bool, dict): "a boolean or an object of hashes",
+}
+
+
+def _hashes(value: Any, what: str, where: str) -> dict[str, str]:
+    """Return a PEP 691 hashes object: hash names to hex digests."""
+    hashes = _expect(value, dict, what, where)
+    for name, digest in hashes.items():
+        if not (isinstance(name, str) and _HASH_NAME.fullmatch(name)):
+            raise SourceError(f"{where}: {what} has a hash name that is none: {name!r:.80}")
+        if not (isinstance(digest, str) and _HEX.fullmatch(digest)):
+            raise SourceError(f"{where}: {what}[{name!r}] is no hex digest: {digest!r:.80}")
+    return dict(hashes)
+
+
+def _json_file(item: Any, base: str, where: str) -> SourceFile:
+    """Return one PEP 691 file entry, every value checked for the type the PEP gives it."""
+    entry = _expect(item, dict, "a file entry", where)
+    filename = _expect(entry.get("filename"), str, "filename", where)
+    where = f"{where} {filename[:100]!r}"
+    url = urljoin(base, _expect(entry.get("url"), str, "url", where))
+    if urlsplit(url).scheme not in FILE_URL_SCHEMES:
+        raise SourceError(f"{where}: url scheme is not http(s) or file: {url[:100]!r}")
+    core_metadata = entry.get("core-metadata", entry.get("dist-info-metadata", False))
+    _expect(core_metadata, (bool, dict), "core-metadata", where)
+    size = _expect(entry.get("size"), (int, type(None)), "size", where)
+    if size is not None and not 0 <= size < 2**63:
+        raise SourceError(f"{where}: size {size} is out of range")
+    return SourceFile(
+        filename=filename,
+        url=url,
+        hashes=_hashes(entry.get("hashes", {}), "hashes", where),
+        requires_python=_expect(
+            entry.get("requires-python"), (str, type(None)), "requires-python", where
+        )
+        or None,
+        yanked=_expect(entry.get("yanked", False), (bool, str), "yanked", where),
+        size=size,
+        upload_time=_expect(entry.get("upload-time"), (str, type(None)), "upload-time", where),
+        core_metadata=(
+            _hashes(core_metadata, "core-metadata", where)
+            if isinstance(core_metadata, dict)
+            else core_metadata
+        ),
+    )
+
+
+def parse_json_project(document: Any, base: str) -> ProjectPage:
+    """Parse a PEP 691 project page (with PEP 700 and 714 fields), checking every value's type."""
+    page = _expect(document, dict, "the page", base)
+    files = _expect(page.get("files"), list, "files", base)
+    meta = _expect(page.get("meta", {}), dict, "meta", base)
+    serial = _expect(meta.get("_last-serial"), (int, type(None)), "meta._last-serial", base)
+    versions = _expect(page.get("versions", []), list, "versions", base)
+    if isinstance(serial, int) and not 0 <= serial < 2**63:
+        raise SourceError(f"{base}: meta._last-serial is out of range")
+    return ProjectPage(
+        name=_expect(page.get("name"), str, "name", base),
+        files=unique_files(_json_file(item, base, f"{base}: file") for item in files),
+        versions=tuple(_expect(v, str, "a version", f"{base}: versions") for v in versions),
+        state=SourceState(serial=serial),
+    )
+
+
+def unique_files(files: Iterable[SourceFile]) -> tuple[SourceFile, ...]:
+    """Return a page's files with each file name once, as the page first lists it."""
+    by_name: dict[str, SourceFile] = {}
+    for source_file in files:
+        by_name.setdefault(source_file.filename, source_file)
+    return tuple(by_name.values())
+
+
+def parse_json_listing(document: Any, base: str) -> list[str]:
+    """Return the project names a PEP 691 root page lists."""
+    page = _expect(document, dict, "the page", base)
+    projects = _expect(page.get("projects", []), list, "projects", base)
+    entries = (_expect(entry, dict, "a project entry", base) for entry in projects)
+    return [_expect(entry.get("name"), str, "a project name", base) for entry in entries]

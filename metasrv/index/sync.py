@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from packaging.utils import NormalizedName
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
-from metasrv.errors import InvalidData, InvalidInput, MetasrvError, NotFound, SourceError
+from metasrv.errors import InvalidData, InvalidInput, MetasrvError, NotFound
 from metasrv.index import archives
 from metasrv.index.client import (
     Fetcher,
@@ -19,15 +19,12 @@ from metasrv.index.client import (
     make_client,
     open_source,
 )
-from metasrv.index.filemetadata import read_metadata
-from metasrv.index.pages import ProjectPage, SourceFile
+from metasrv.index.pagefiles import read_page_files, version_of
 from metasrv.model import DistFile, MetadataStatus, Project, Release, SourceState
-from metasrv.names import normalize_name, project_path
+from metasrv.names import normalize_name, parse_version, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
-from metasrv.repo.projectfile import write_project
+from metasrv.repo.projectfile import read_project, write_project
 from metasrv.repo.storage import CommitId, Storage
-
-WHEELS_GIVE_METADATA = "the release's wheels give its metadata"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +51,12 @@ class SyncSummary:
     requests: int = 0
     bytes_fetched: int = 0
     failed_projects: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        """Return 0 when everything landed, 1 when some files were recorded as errors."""
-        return 1 if self.errors else 0
+        """Return 0 when everything landed, 1 when files or projects were recorded as errors."""
+        return 1 if self.errors or self.failed_projects or self.skipped_files else 0
 
 
 Progress = Callable[[int, int, SyncSummary], None]
@@ -126,7 +124,9 @@ async def run_plan(
 ) -> bool:
     """Sync a plan a checkpoint at a time, removals in the last; False when ``stop`` ended it."""
     branch = options.branch or storage.head_branch()
-    catalog = Catalog(storage)
+    run = _Run(source, Catalog(storage), summary, plan.named)
+    # A writer killed between moving the branch and updating the checkout is finished first.
+    storage.recover()
     parent = storage.branch_commit(branch)
     targets = list(plan.targets)
     starts = range(0, len(targets), options.checkpoint) if targets else range(1)
@@ -134,15 +134,12 @@ async def run_plan(
         batch = targets[start : start + options.checkpoint]
         projects = await asyncio.gather(
             *(
-                _sync_project(
-                    source,
-                    catalog,
+                _sync_project_or_record(
+                    run,
                     parent,
                     name,
                     listed_serial=plan.serials.get(name),
                     listed_name=plan.spellings.get(name, name) if plan.root_spells_names else None,
-                    summary=summary,
-                    named=plan.named,
                 )
                 for name in batch
             )
@@ -195,37 +192,76 @@ def _commit(
 ) -> CommitId | None:
     if not changes:
         return parent
-    commit_id = storage.commit(branch, changes, message, expected_parent=parent)
+    # Another writer may have moved the branch meanwhile (an `understanding add`, another sync):
+    # the changes are re-applied on its head, and a path both wrote keeps these newer bytes.
+    commit_id = storage.commit(branch, changes, message)
     if commit_id is None:
-        return parent
+        return storage.branch_commit(branch)
     summary.commits.append(commit_id)
     return commit_id
 
 
-async def _sync_project(
-    source: IndexSource | FolderSource,
-    catalog: Catalog,
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every project of one sync shares."""
+
+    source: IndexSource | FolderSource
+    catalog: Catalog
+    summary: SyncSummary
+    named: bool
+
+
+async def _sync_project_or_record(
+    run: _Run,
     parent: CommitId | None,
     normalized_name: NormalizedName,
     *,
     listed_serial: int | None,
     listed_name: str | None,
-    summary: SyncSummary,
-    named: bool,
 ) -> Project | None:
-    existing, state = _existing(catalog, parent, normalized_name)
+    """Return a project's new state, or None; its failure is recorded and its file kept as is."""
     try:
-        page = await source.project_page(normalized_name, state)
+        project = await _sync_project(
+            run, parent, normalized_name, listed_serial=listed_serial, listed_name=listed_name
+        )
+        if project is not None:
+            # What is committed must be what the server can read back: checked, not assumed.
+            read_project(write_project(project), f"{normalized_name} as synced")
     except NotFound:
-        if named:
+        if run.named:
             raise
         return None
+    except MetasrvError as exc:
+        # One project the source serves badly must not stop a mirror of thousands: its file
+        # keeps its last good state, the summary names it, and the exit status is 1.
+        run.summary.failed_projects.append(f"{normalized_name}: {exc.message}")
+        return None
+    return project
+
+
+async def _sync_project(
+    run: _Run,
+    parent: CommitId | None,
+    normalized_name: NormalizedName,
+    *,
+    listed_serial: int | None,
+    listed_name: str | None,
+) -> Project | None:
+    source, summary = run.source, run.summary
+    existing, state = _existing(run.catalog, parent, normalized_name)
+    page = await source.project_page(normalized_name, state)
     if page is None:
         return _with_serial(existing, listed_serial)
     if page.state.serial is None and listed_serial is not None:
         page = replace(page, state=replace(page.state, serial=listed_serial))
     known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
-    read = await _read_page_files(source, page, known)
+    read = await read_page_files(source, page, known)
+    summary.skipped_files += [
+        f"{page.name}: {f.filename[:120]!r} is no valid wheel or sdist file name"
+        for f in page.files
+        if archives.version_of_filename(f.filename) is None
+        and f.filename.endswith((".whl", ".tar.gz", ".zip"))
+    ]
     # One release per PEP 440 version, spelled as the index first lists it: files name versions
     # normalized, and old PyPI releases may spell one version twice ("0.12.01" and "0.12.1").
     by_version: dict[Version, tuple[str, list[DistFile]]] = {}
@@ -234,8 +270,8 @@ async def _sync_project(
             by_version.setdefault(Version(text), (text, []))
     newest_name: tuple[Version, str] | None = None
     for dist_file, stated_name, failed in read:
-        version = Version(_version(dist_file.filename))
-        by_version.setdefault(version, (_version(dist_file.filename), []))[1].append(dist_file)
+        version = Version(version_of(dist_file.filename))
+        by_version.setdefault(version, (version_of(dist_file.filename), []))[1].append(dist_file)
         if stated_name and (newest_name is None or version >= newest_name[0]):
             newest_name = (version, stated_name)
         previous = known.get(dist_file.filename)
@@ -249,13 +285,7 @@ async def _sync_project(
     )
     name = name or (existing.name if existing is not None else page.name)
     releases = [Release.from_files(text, tuple(files)) for text, files in by_version.values()]
-    try:
-        project = Project.create(name, releases, page.state)
-    except InvalidData as exc:
-        # One project the model cannot hold must not stop a mirror of thousands; it is counted.
-        summary.errors += 1
-        summary.failed_projects.append(f"{normalized_name}: {exc.message}")
-        return None
+    project = Project.create(name, releases, page.state)
     if existing is not None and project == existing:
         return None
     old_versions = {r.version for r in existing.releases} if existing else set()
@@ -282,6 +312,10 @@ def _existing(
         existing = catalog.get_project(parent, normalized_name)
     except NotFound:
         return None, SourceState()
+    except InvalidData:
+        # A file the server cannot read (written by hand, or by an older sync) is rewritten
+        # whole from the source instead of wedging every sync that includes it.
+        return None, SourceState()
     statuses = (f.metadata_status for r in existing.releases for f in r.files)
     if MetadataStatus.FETCH_FAILED in statuses:
         # Files whose fetch failed are read again, though the page itself may not be new.
@@ -289,43 +323,10 @@ def _existing(
     return existing, existing.source_state
 
 
-async def _read_page_files(
-    source: IndexSource | FolderSource, page: ProjectPage, known: dict[str, DistFile]
-) -> list[tuple[DistFile, str | None, bool]]:
-    """Read the metadata of a page's files: wheels first, then the sdists still needed."""
-    files = [f for f in page.files if archives.version_of_filename(f.filename) is not None]
-    wheels = [f for f in files if archives.is_wheel(f.filename)]
-    read = list(
-        await asyncio.gather(*(_read_file(source, f, known.get(f.filename)) for f in wheels))
-    )
-    # Metadata in order: PEP 658, then wheels, then sdists; an sdist is read (often a whole
-    # download) only for releases whose wheels gave none.
-    covered = {Version(_version(d.filename)) for d, _, _ in read if d.metadata is not None}
-    read += await asyncio.gather(
-        *(
-            _read_file(
-                source,
-                f,
-                known.get(f.filename),
-                skip=Version(_version(f.filename)) in covered and not f.core_metadata,
-            )
-            for f in files
-            if not archives.is_wheel(f.filename)
-        )
-    )
-    return read
-
-
-def _version(filename: str) -> str:
-    version_text = archives.version_of_filename(filename)
-    assert version_text is not None
-    return version_text
-
-
 def _is_version(text: str) -> bool:
     try:
-        Version(text)
-    except InvalidVersion:
+        parse_version(text)
+    except InvalidInput:
         return False
     return True
 
@@ -335,57 +336,3 @@ def _same_project(stated: str, normalized_name: NormalizedName) -> bool:
         return normalize_name(stated) == normalized_name
     except InvalidInput:
         return False
-
-
-async def _read_file(
-    source: IndexSource | FolderSource,
-    source_file: SourceFile,
-    previous: DistFile | None,
-    *,
-    skip: bool = False,
-) -> tuple[DistFile, str | None, bool]:
-    """Return a file with its core metadata, the Name it states, and whether reading it failed.
-
-    Metadata is reused when the file's hashes are unchanged, unless fetching it failed last time.
-    """
-    dist_file = DistFile(
-        filename=source_file.filename,
-        url=source_file.url,
-        hashes=dict(source_file.hashes),
-        size=source_file.size,
-        upload_time=source_file.upload_time,
-        requires_python=source_file.requires_python,
-        yanked=source_file.yanked,
-    )
-    if (
-        previous is not None
-        and previous.hashes == dist_file.hashes
-        and dist_file.hashes
-        and previous.metadata_status is not MetadataStatus.FETCH_FAILED
-    ):
-        # Metadata that could not be fetched is read again; other states belong to the bytes.
-        reused = replace(
-            dist_file,
-            metadata=previous.metadata,
-            metadata_status=previous.metadata_status,
-            metadata_reason=previous.metadata_reason,
-            metadata_built_on=previous.metadata_built_on,
-        )
-        return reused, None, False
-    if skip:
-        skipped = replace(
-            dist_file, metadata_status=MetadataStatus.SKIPPED, metadata_reason=WHEELS_GIVE_METADATA
-        )
-        return skipped, None, False
-    try:
-        read = await read_metadata(source, source_file)
-    except SourceError as exc:
-        failed = MetadataStatus.FETCH_FAILED
-        return replace(dist_file, metadata_status=failed, metadata_reason=exc.message), None, True
-    except MetasrvError as exc:
-        unusable = MetadataStatus.UNUSABLE
-        return replace(dist_file, metadata_status=unusable, metadata_reason=exc.message), None, True
-    read_file = replace(
-        dist_file, metadata=read.metadata, metadata_status=read.status, metadata_reason=read.reason
-    )
-    return read_file, read.name, False

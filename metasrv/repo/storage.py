@@ -1,4 +1,4 @@
-"""The only module that imports pygit2: resolve refs, read at a commit, diff, commit atomically."""
+"""With worktree.py, the only module that imports pygit2: resolve refs, read, diff, commit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pygit2
 from pygit2.enums import ObjectType
 
 from metasrv.errors import Conflict, InvalidInput, NotFound, SourceError
+from metasrv.repo import worktree
 
 CommitId = NewType("CommitId", str)
 """A full 40-hex commit id, produced only by ref resolution or by a commit."""
@@ -261,13 +262,17 @@ class Storage:
     ) -> CommitId | None:
         """Write ``changes`` (path -> bytes, or None to delete) as one commit on ``branch``.
 
-        Only the trees on changed paths are rebuilt. Returns None when nothing changed. Raises
-        Conflict when ``expected_parent`` is given and the branch has moved since. A new branch
-        starts at ``start_point``. When ``branch`` is checked out, the changed paths of the
-        working tree and index follow, unless they hold edits of their own. ``sign`` turns the
-        commit object's bytes into the signature stored in it.
+        The changes are applied on the branch's head at the moment of writing, under a lock
+        shared by every writer process: a branch another writer moved since the caller read it
+        gets them re-applied on its new head, and a path both wrote ends with these bytes. Only
+        with ``expected_parent`` does a moved branch raise Conflict instead. Only the trees on
+        changed paths are rebuilt. Returns None when nothing changed. A new branch starts at
+        ``start_point``. When ``branch`` is checked out, the changed paths of the working tree
+        and index follow (see worktree.py), unless they hold edits of their own. ``sign`` turns
+        the commit object's bytes into the signature stored in it.
         """
         with self._write_lock():
+            worktree.recover(self._repo)
             parent = self.branch_commit(branch) or start_point
             if expected_parent is not None and parent != expected_parent:
                 raise Conflict(f"branch {branch!r} moved while writing; try again")
@@ -292,40 +297,28 @@ class Storage:
                 commit_id = self._repo.create_commit_with_signature(
                     content, sign(content.encode()).decode()
                 )
-            # The ref update itself goes through libgit2's lockfile, so readers see old or new.
-            self._repo.references.create(f"refs/heads/{branch}", commit_id, force=True)
+
+            def move_ref() -> None:
+                # Through libgit2's lockfile, so readers see the old commit or the new one.
+                self._repo.references.create(f"refs/heads/{branch}", commit_id, force=True)
+
             if self.workdir is not None and parent is not None and self.head_branch() == branch:
-                self._follow_in_worktree(self.workdir, parent, changes)
+                worktree.follow(
+                    self._repo,
+                    branch=branch,
+                    old_commit=parent,
+                    new_commit=str(commit_id),
+                    paths=changes,
+                    move_ref=move_ref,
+                )
+            else:
+                move_ref()
             return CommitId(str(commit_id))
 
-    def _follow_in_worktree(
-        self, workdir: Path, old_commit: CommitId, changes: Mapping[str, bytes | None]
-    ) -> None:
-        """Bring changed paths of the working tree and index to the new commit.
-
-        A path whose working-tree bytes differ from the old commit holds the user's edits and is
-        left alone, as ``git checkout`` would.
-        """
-        index = self._repo.index
-        index.read()
-        for path, content in changes.items():
-            old_id = self.blob_id(old_commit, path)
-            target = workdir / path
-            current = target.read_bytes() if target.is_file() else None
-            current_id = str(pygit2.hash(current)) if current is not None else None
-            if current_id != old_id:
-                continue
-            if content is None:
-                target.unlink(missing_ok=True)
-                if path in index:
-                    index.remove(path)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.metasrv-tmp")
-            temporary.write_bytes(content)
-            temporary.replace(target)
-            index.add(pygit2.IndexEntry(path, pygit2.hash(content), pygit2.enums.FileMode.BLOB))
-        index.write()
+    def recover(self) -> None:
+        """Finish a checkout step that a writer killed mid-commit left half done."""
+        with self._write_lock():
+            worktree.recover(self._repo)
 
     def _write_tree(
         self, base: pygit2.Tree | None, changes: dict[str, bytes | dict[str, object] | None]
