@@ -117,6 +117,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 body = b"<<<not a page>>>"
             if fault == "bad-encoding":
                 extra = {**extra, "content-encoding": "gzip"}  # the body is not gzip
+                self._send(status, body, content_type, extra, compress=False)
+                return
             if fault == "trickle":
                 self._trickle(status, body, content_type)
                 return
@@ -256,8 +258,16 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             page = f"<!DOCTYPE html><html><body>\n{anchors}</body></html>\n".encode()
             return page, "text/html", 200, {"etag": etag}
 
-        def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str]) -> None:
-            compressible = status == 200 and self.path.startswith("/simple/")
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            extra: dict[str, str],
+            *,
+            compress: bool = True,
+        ) -> None:
+            compressible = compress and status == 200 and self.path.startswith("/simple/")
             if compressible and "gzip" in self.headers.get("accept-encoding", ""):
                 body = gzip.compress(body)
                 extra = {**extra, "content-encoding": "gzip"}

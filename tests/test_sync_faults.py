@@ -13,6 +13,7 @@ from packaging.utils import NormalizedName
 from metasrv.cli.main import main
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, sync
+from metasrv.index.wholeindex import sync_all
 from metasrv.model import MetadataStatus
 from metasrv.names import project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
@@ -177,7 +178,7 @@ def test_a_fault_of_one_project_is_recorded_and_the_others_land(
         pages={"victim": fault.page_edit} if fault.page_edit else {},
     )
     with serve_index(folder, behaviour) as index:
-        summary = sync(meta, index.simple_url, [], OPTIONS)
+        summary = sync_all(meta, index.simple_url, OPTIONS)
     assert summary.exit_code == 1
     _assert_every_project_reads(meta)
     catalog, head = Catalog(meta), meta.resolve(None)
@@ -206,11 +207,11 @@ def test_a_project_that_fails_keeps_its_last_good_state(meta: Storage, tmp_path:
     folder.mkdir()
     _wheel(folder)
     with serve_index(folder) as index:
-        assert sync(meta, index.simple_url, [], OPTIONS).exit_code == 0
+        assert sync_all(meta, index.simple_url, OPTIONS).exit_code == 0
         good = meta.read(meta.resolve(None), VICTIM_PATH)
         build_wheel(folder, "victim", "2.0")
         index.behaviour.pages["victim"] = _set_file_value("yanked", 1)
-        summary = sync(meta, index.simple_url, [], OPTIONS)
+        summary = sync_all(meta, index.simple_url, OPTIONS)
     assert summary.exit_code == 1
     assert meta.read(meta.resolve(None), VICTIM_PATH) == good
     assert good is not None
@@ -262,7 +263,7 @@ def test_the_cli_names_the_project_that_was_not_synced(
     _wheel(folder)
     behaviour = IndexBehaviour(pages={"victim": _set_file_value("size", "123")})
     with serve_index(folder, behaviour) as index:
-        code = main(["sync", "--repo", str(meta.path), "--source", index.simple_url])
+        code = main(["sync", "--repo", str(meta.path), "--source", index.simple_url, "--all"])
     assert code == 1
     captured = capsys.readouterr()
     assert "not synced (kept as it was): victim: " in captured.err

@@ -15,6 +15,7 @@ import pytest
 from metasrv.cli.main import main
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, sync
+from metasrv.index.wholeindex import sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.repo.worktree import JOURNAL_NAME
@@ -91,12 +92,12 @@ def test_a_sync_killed_at_any_moment_leaves_a_repository_the_rerun_makes_clean(
             for name in PROJECTS:
                 build_wheel(folder, name, f"2.{round_number}")
             committed = set(_git(meta, "ls-tree", "-r", "--name-only", "main").split())
-            process = _start_sync(meta, index)
+            process = _start_sync(meta, index, "--all")
             _kill_when(meta, process, commits=1 + round_number % 4)
             # Whatever the moment, an operator's `git commit` now cannot delete committed data.
             staged_deletions = _git(meta, "diff", "--cached", "--name-only", "--diff-filter=D")
             assert not set(staged_deletions.split()) & committed
-            summary = sync(meta, index.simple_url, [], FAST)
+            summary = sync_all(meta, index.simple_url, FAST)
             assert summary.exit_code == 0
             assert _git(meta, "status", "--porcelain", "--untracked-files=all") == ""
             assert not (meta.path / JOURNAL_NAME).exists()
