@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from packaging.utils import NormalizedName
@@ -134,12 +134,18 @@ async def run_plan(
         batch = targets[start : start + options.checkpoint]
         projects = await asyncio.gather(
             *(
-                _sync_project_or_record(
+                _recorded(
                     run,
-                    parent,
                     name,
-                    listed_serial=plan.serials.get(name),
-                    listed_name=plan.spellings.get(name, name) if plan.root_spells_names else None,
+                    _sync_project(
+                        run,
+                        parent,
+                        name,
+                        listed_serial=plan.serials.get(name),
+                        listed_name=plan.spellings.get(name, name)
+                        if plan.root_spells_names
+                        else None,
+                    ),
                 )
                 for name in batch
             )
@@ -211,19 +217,12 @@ class _Run:
     named: bool
 
 
-async def _sync_project_or_record(
-    run: _Run,
-    parent: CommitId | None,
-    normalized_name: NormalizedName,
-    *,
-    listed_serial: int | None,
-    listed_name: str | None,
+async def _recorded(
+    run: _Run, normalized_name: NormalizedName, syncing: Awaitable[Project | None]
 ) -> Project | None:
     """Return a project's new state, or None; its failure is recorded and its file kept as is."""
     try:
-        project = await _sync_project(
-            run, parent, normalized_name, listed_serial=listed_serial, listed_name=listed_name
-        )
+        project = await syncing
         if project is not None:
             # What is committed must be what the server can read back: checked, not assumed.
             read_project(write_project(project), f"{normalized_name} as synced")
