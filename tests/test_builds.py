@@ -206,3 +206,43 @@ def test_a_hostile_build_is_stopped_leaves_nothing_and_the_next_build_works(
     assert _sandbox_processes("4242.5") == []
     assert set(Path(tempfile.gettempdir()).glob("metasrv-build-*")) == build_folders
     assert setup.build("afterwards", requires_dist=("idna",)).reason is None
+
+
+EVIL_BACKEND = """\
+import os
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    {body}
+"""
+EVIL = {
+    "METADATA is a link to a secret": (
+        "dist_info = os.path.join(metadata_directory, 'x-1.0.dist-info')\n"
+        "    os.makedirs(dist_info)\n"
+        "    os.symlink({secret!r}, os.path.join(dist_info, 'METADATA'))\n"
+        "    return 'x-1.0.dist-info'"
+    ),
+    "the dist-info it names is outside": "return '../' * 12 + {folder!r}",
+}
+
+
+@pytest.mark.parametrize("case", list(EVIL))
+def test_an_in_tree_backend_cannot_make_metasrv_read_a_file_for_it(
+    setup: BuildSetup, tmp_path: Path, case: str
+) -> None:
+    secret = tmp_path / "METADATA"
+    secret.write_text(f"Metadata-Version: 2.1\nName: x\nVersion: 1.0\nRequires-Dist: {SECRET}\n")
+    body = EVIL[case].format(secret=str(secret), folder=str(tmp_path).lstrip("/"))
+    sdist = build_sdist(
+        setup.sdists,
+        "evil",
+        "1.0",
+        metadata_version="1.2",
+        pyproject='[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
+        files={"evil.py": EVIL_BACKEND.format(body=body)},
+    )
+    result = setup.builder.build(sdist)
+    assert result.metadata is None
+    assert result.reason is not None
+    assert SECRET not in result.reason
+    assert result.reason.startswith(("the build left no regular file", "backend evil put"))
