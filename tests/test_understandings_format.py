@@ -11,7 +11,7 @@ from metasrv.model import Project
 from metasrv.names import name_from_path, project_path
 from metasrv.repo import tomlcodec
 from metasrv.understandings.authoring import check_rule_file
-from metasrv.understandings.rules import Registration, RuleFile
+from metasrv.understandings.rules import Registration, Rule, RuleFile
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "understandings"
@@ -55,3 +55,37 @@ def test_every_bundled_rule_file_is_valid_against_the_sample_data(path: Path) ->
     canonical = Project.from_toml(tomlcodec.loads(data.read_bytes(), where="data"), "data")
     assert check_rule_file(rules, where, canonical, text) == []
     assert tomlcodec.dumps(rules.to_toml()) == text
+
+
+def _table_keys(heading: str) -> list[str]:
+    """Return the keys of the README table that follows ``heading``."""
+    after = (FOLDER / "README.md").read_text().split(heading, 1)[1]
+    table = re.search(r"^\|.*?(?=\n\n)", after, flags=re.MULTILINE | re.DOTALL)
+    assert table is not None
+    return re.findall(r"^\| `([a-z-]+)` \|", table.group(0), flags=re.MULTILINE)
+
+
+def test_every_registration_key_is_specified_in_the_readme() -> None:
+    everything = Registration(
+        "audit", "d", "https://git.test/audit", "main", "rules", "signers", gate=True
+    )
+    assert list(everything.to_toml()) == _table_keys("## Registrations:")
+
+
+def test_every_rule_key_is_specified_in_the_readme() -> None:
+    table = {
+        "id": "r",
+        "versions": "<2",
+        "uploaded-before": "2024-01-01T00:00:00+00:00",
+        "files": "wheels",
+        "open-ended": True,
+        "relax": ["a"],
+        "replace": ["b<2"],
+        "remove": ["c"],
+        "add": ["d"],
+        "requires-python": ">=3.8",
+        "yank": "bad",
+        "approve": True,
+        "reason": "why",
+    }
+    assert list(Rule.from_toml(table, "README").to_toml()) == _table_keys("### A rule:")
