@@ -60,3 +60,15 @@ class Unverified(MetasrvError):
     """A commit that an understanding's allowed signers did not sign, asked for by a client."""
 
     http_status = 403
+
+
+class NotAllowed(MetasrvError):
+    """A registration whose repository the operator's allow list does not admit."""
+
+    http_status = 403
+
+
+class Unavailable(MetasrvError):
+    """Something that is being prepared or whose last refresh failed: retry later."""
+
+    http_status = 503

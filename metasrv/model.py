@@ -347,10 +347,12 @@ def _most_common_metadata(files: tuple[DistFile, ...]) -> CoreMetadata | None:
 
 @dataclass(frozen=True, slots=True)
 class MetaConfig:
-    """A meta repository's ``metasrv.toml``: which source repository it mirrors."""
+    """A meta repository's ``metasrv.toml``: its source repository and what it may mirror."""
 
     source_url: str | None = None
     builds: BuildSettings = field(default_factory=BuildSettings)
+    # Prefixes an understanding's repository must start with; None: https only (see registry).
+    understandings_allow: tuple[str, ...] | None = None
 
     @classmethod
     def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
@@ -359,8 +361,13 @@ class MetaConfig:
         reader.require_format()
         source = TableReader(reader.optional_table("source") or {}, f"{where}: source")
         builds = BuildSettings.from_toml(reader.optional_table("builds") or {}, f"{where}: builds")
-        config = cls(source_url=source.optional_string("url"), builds=builds)
+        understandings = TableReader(
+            reader.optional_table("understandings") or {}, f"{where}: understandings"
+        )
+        allow = understandings.optional_strings("allow")  # [] allows only "." (itself)
+        config = cls(source.optional_string("url"), builds, allow)
         source.reject_unknown()
+        understandings.reject_unknown()
         reader.reject_unknown()
         return config
 
@@ -371,6 +378,8 @@ class MetaConfig:
             document["source"] = {"url": self.source_url}
         if self.builds.to_toml():
             document["builds"] = self.builds.to_toml()
+        if self.understandings_allow is not None:
+            document["understandings"] = {"allow": list(self.understandings_allow)}
         return document
 
 

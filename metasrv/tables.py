@@ -53,7 +53,13 @@ class TableReader:
 
     def strings(self, key: str) -> tuple[str, ...]:
         """Return an array of strings, empty when absent."""
-        values = self._get(key, list, "an array of strings", required=False) or []
+        return self.optional_strings(key) or ()
+
+    def optional_strings(self, key: str) -> tuple[str, ...] | None:
+        """Return an array of strings, or None when absent (so that [] can mean "none")."""
+        values = self._get(key, list, "an array of strings", required=False)
+        if values is None:
+            return None
         if not all(isinstance(value, str) for value in values):
             raise InvalidData(f"{self._where}: {key!r} must be an array of strings")
         return tuple(values)

@@ -81,6 +81,14 @@ def create_meta_repository(path: Path, *projects: Project) -> Storage:
     return storage
 
 
+def allow_repositories(storage: Storage, *prefixes: str) -> None:
+    """Commit a metasrv.toml whose [understandings] allow lists ``prefixes``."""
+    config = MetaConfig(source_url=SOURCE_URL, understandings_allow=prefixes)
+    storage.commit(
+        storage.head_branch(), {"metasrv.toml": tomlcodec.dumps(config.to_toml())}, "allow"
+    )
+
+
 FACTS = Path(__file__).resolve().parents[1] / "markers" / "facts"
 
 

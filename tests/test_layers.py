@@ -32,7 +32,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "buildrun",
         ],
     ),
-    ("understandings", ["rules", "overrides", "cooldown", "signatures", "registry", "authoring"]),
+    (
+        "understandings",
+        ["rules", "overrides", "cooldown", "signatures", "mirrors", "registry", "authoring"],
+    ),
     ("", ["markers"]),
     (
         "http",

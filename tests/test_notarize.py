@@ -11,6 +11,7 @@ from metasrv.http.app import create_app
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import Storage
 from metasrv.understandings.rules import Registration
+from tests.builders import allow_repositories
 from tests.conftest import AsgiClient
 from tests.signing import allowed_signers_line, git, git_commit, make_key
 
@@ -28,6 +29,7 @@ class Notary:
         self.repository.mkdir()
         git(self.repository, "init", "-q", "-b", "main")
         self.start = git_commit(self.repository, {"README.md": b"notary\n"}, None)
+        allow_repositories(meta, str(tmp_path))  # its repository is a local path
         for key, value in (
             ("commit.gpgsign", "true"),
             ("gpg.format", "ssh"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from metasrv.repo import tomlcodec
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.rules import Registration
 from metasrv.understandings.signatures import SshSigner
+from tests.builders import allow_repositories
 from tests.conftest import AsgiClient, running_server
 from tests.signing import allowed_signers_line, git, git_commit, make_key
 from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, rule_file
@@ -35,6 +37,7 @@ class Signed:
         self.repository.mkdir()
         git(self.repository, "init", "-q", "-b", "main")
         self.mirrors = tmp_path / "mirrors"
+        allow_repositories(meta, str(tmp_path))  # its repository is a local path
         registration = Registration(
             "audit", "audited", str(self.repository), "main", "", allowed_signers=SIGNERS_PATH
         )
@@ -189,8 +192,14 @@ def test_without_ssh_keygen_nothing_is_served_and_nothing_is_remembered(
 ) -> None:
     head = signed.commit(signed.alice, CAP_WERKZEUG)
     client = signed.client()
+    # git stays reachable (mirrors are cloned by the git CLI); ssh-keygen does not.
+    tools = tmp_path / "no-tools"
+    tools.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (tools / "git").symlink_to(git_path)
     with monkeypatch.context() as patched:
-        patched.setenv("PATH", str(tmp_path / "no-tools"))
+        patched.setenv("PATH", str(tools))
         response = client.get("/v1/projects/flask/2.0.0?understanding=audit")
     assert response.status_code == 502
     assert f"(its head {head}: cannot run ssh-keygen: " in response.json()["error"]

@@ -13,6 +13,7 @@ from metasrv.names import normalize_name
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.rules import Registration, rule_path
+from tests.builders import allow_repositories
 from tests.conftest import AsgiClient
 
 CAP_WERKZEUG = {
@@ -107,6 +108,7 @@ def external(tmp_path: Path, storage: Storage) -> Storage:
     """Register an understanding kept in a repository of its own, on disk."""
     repository = Storage.init(tmp_path / "audit")
     add_rules(repository, "", "Flask", CAP_WERKZEUG)
+    allow_repositories(storage, "https://", str(tmp_path))
     register(storage, "audit", str(tmp_path / "audit"), "")
     return repository
 
@@ -114,7 +116,9 @@ def external(tmp_path: Path, storage: Storage) -> Storage:
 def test_an_external_understanding_is_mirrored_and_fetched_on_a_new_pin(
     storage: Storage, external: Storage, tmp_path: Path
 ) -> None:
-    client = AsgiClient(create_app(storage.path, mirrors=tmp_path / "mirrors"))
+    client = AsgiClient(
+        create_app(storage.path, mirrors=tmp_path / "mirrors", pin_fetch_interval=0)
+    )
     first = client.get("/v1/projects/flask/2.0.0?understanding=audit").json()
     assert first["requires-dist"] == ["Werkzeug<2.1,>=2.0"]
     assert (tmp_path / "mirrors" / "audit.git").is_dir()
@@ -127,15 +131,18 @@ def test_an_external_understanding_is_mirrored_and_fetched_on_a_new_pin(
 def test_a_failed_fetch_keeps_serving_the_last_good_mirror_and_says_so(
     storage: Storage, external: Storage, tmp_path: Path
 ) -> None:
-    client = AsgiClient(create_app(storage.path, mirrors=tmp_path / "mirrors"))
+    client = AsgiClient(
+        create_app(storage.path, mirrors=tmp_path / "mirrors", pin_fetch_interval=0)
+    )
     assert client.get("/v1/projects/flask/2.0.0?understanding=audit").status_code == 200
     shutil.rmtree(tmp_path / "audit")
     missing = client.get(f"/v1/projects/flask/2.0.0?understanding=audit@{'a' * 40}")
-    assert missing.status_code == 404
-    assert "has no commit" in missing.json()["error"]
+    # The commit may well exist where the mirror cannot reach now: not a 404.
+    assert missing.status_code == 503
+    assert "last fetch failed" in missing.json()["error"]
     status = client.get("/v1/understandings/audit").json()
     assert status["fetch-error"] is not None
-    assert "cannot fetch" in status["fetch-error"]
+    assert "does not appear to be a git repository" in status["fetch-error"]
     still = client.get("/v1/projects/flask/2.0.0?understanding=audit").json()
     assert still["requires-dist"] == ["Werkzeug<2.1,>=2.0"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metasrv.model import Project
+from metasrv.model import MetaConfig, Project
 from metasrv.names import name_from_path, project_path
 from metasrv.repo import tomlcodec
 from metasrv.understandings.authoring import check_rule_file
@@ -23,6 +23,11 @@ RULE_FILES = sorted(FOLDER.glob("*/*/*/*.toml"))
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda text: text.splitlines()[1])
 def test_the_readme_examples_are_registrations_and_rule_files(example: str) -> None:
     document = tomlcodec.loads(example, where="README")
+    if "understandings" in document:
+        # metasrv.toml's allow list, shown beside the registrations.
+        config = MetaConfig.from_toml(document, "README")
+        assert config.to_toml() == document
+        return
     if "name" in document:
         parsed: Registration | RuleFile = Registration.from_toml(document, "README")
     else:

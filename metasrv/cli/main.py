@@ -87,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
     )
+    serve.add_argument(
+        "--git-timeout",
+        type=float,
+        default=120.0,
+        help="seconds any clone or fetch of an understanding may take (default: 120)",
+    )
     serve.set_defaults(handler=_serve)
 
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
@@ -142,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
+    if args.git_timeout <= 0:
+        raise InvalidInput("--git-timeout must be positive")
     if not 0 <= args.port <= 65535:
         raise InvalidInput(f"--port {args.port} is not a TCP port (0 to 65535)")
     if args.workers < 1:
@@ -156,12 +164,18 @@ def _serve(args: argparse.Namespace) -> int:
     }
     repo_path = storage.workdir or storage.path
     if args.workers == 1:
-        app = create_app(repo_path, mirrors=args.mirrors, fetch_interval=args.fetch_interval)
+        app = create_app(
+            repo_path,
+            mirrors=args.mirrors,
+            fetch_interval=args.fetch_interval,
+            git_timeout=args.git_timeout,
+        )
         uvicorn.run(app, **settings)
         return 0
     # Each worker imports the app and builds its own repository handle and caches.
     os.environ[f"{ENVIRONMENT_PREFIX}REPO"] = str(repo_path)
     os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"] = str(args.fetch_interval)
+    os.environ[f"{ENVIRONMENT_PREFIX}GIT_TIMEOUT"] = str(args.git_timeout)
     if args.mirrors is not None:
         os.environ[f"{ENVIRONMENT_PREFIX}MIRRORS"] = str(args.mirrors.resolve())
     factory = f"{create_app_from_environment.__module__}:{create_app_from_environment.__name__}"
@@ -254,11 +268,11 @@ def _configured_source(storage: Storage) -> str:
 def _show(args: argparse.Namespace) -> int:
     storage = open_repository(args.repo)
     # The terminal shows exactly what the read API answers, computed by the same code.
-    read_api = ReadApi(
-        Catalog(storage),
-        Understandings(storage),
-        MarkerSets(storage),
-    )
+    understandings = Understandings(storage)
+    read_api = ReadApi(Catalog(storage), understandings, MarkerSets(storage))
+    if args.understanding:
+        # A terminal may wait for a mirror; the server never does on its event loop.
+        understandings.prepare_blocking(read_api.pin(args.at).commit_id, args.understanding)
     if args.version is None:
         answer = (
             read_api.patched_project(args.at, args.project, args.understanding)

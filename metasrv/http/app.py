@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,12 +24,14 @@ from metasrv.http.views import SimpleApi, WheelCache
 from metasrv.markers import MarkerSets
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
-from metasrv.understandings.registry import Understandings
+from metasrv.understandings.mirrors import Deadlines
+from metasrv.understandings.registry import PIN_FETCH_INTERVAL_SECONDS, Understandings
 
 MIME_JSON = "application/json"
 FETCH_LOCK = ".fetch.lock"
 # How ``serve --workers`` hands its options to worker processes, which uvicorn starts by import.
 ENVIRONMENT_PREFIX = "METASRV_SERVE_"
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _respond(request: Request, answer: Answer) -> Response:
@@ -58,15 +60,24 @@ def _error_response(status: int, message: str) -> Response:
 
 
 def create_app(
-    repo_path: Path | str, *, mirrors: Path | None = None, fetch_interval: float = 10.0
+    repo_path: Path | str,
+    *,
+    mirrors: Path | None = None,
+    fetch_interval: float = 10.0,
+    git_timeout: float | None = None,
+    pin_fetch_interval: float = PIN_FETCH_INTERVAL_SECONDS,
 ) -> ASGIApp:
     """Build the application serving the meta repository at ``repo_path``.
 
     Understandings' repositories are mirrored under ``mirrors`` (default: inside the meta
-    repository's git folder) and fetched at start and every ``fetch_interval`` seconds.
+    repository's git folder) and fetched at start and every ``fetch_interval`` seconds, each
+    remote operation within ``git_timeout`` seconds (default: 120).
     """
     storage = Storage(repo_path)
-    understandings = Understandings(storage, mirrors)
+    deadlines = Deadlines.within(git_timeout) if git_timeout is not None else Deadlines()
+    understandings = Understandings(
+        storage, mirrors, deadlines=deadlines, pin_fetch_interval=pin_fetch_interval
+    )
     catalog = Catalog(storage)
     read_api = ReadApi(catalog, understandings, MarkerSets(storage))
     wheels = WheelCache(storage.path / "metasrv-wheels")
@@ -120,11 +131,13 @@ def create_app(
         return _respond(request, answer)
 
     async def understanding_list(request: Request) -> Response:
+        await read_api.prepare_all(request.query_params.get("at"))
         return _respond(request, read_api.understanding_list(request.query_params.get("at")))
 
     async def understanding(request: Request) -> Response:
         query = request.query_params
         name = request.path_params["name"]
+        await read_api.prepare(query.get("at"), name)
         return _respond(
             request, read_api.understanding(query.get("at"), name, query.get("project"))
         )
@@ -140,8 +153,8 @@ def create_app(
     routes = [
         Route("/", root),
         Route("/v1/projects", projects),
-        Route("/v1/projects/{name}", project),
-        Route("/v1/projects/{name}/{version}", release),
+        Route("/v1/projects/{name}", _prepared(read_api, project)),
+        Route("/v1/projects/{name}/{version}", _prepared(read_api, release)),
         Route("/v1/understandings", understanding_list),
         Route("/v1/understandings/{name}", understanding),
         Route("/v1/markers", marker_set_list),
@@ -157,19 +170,34 @@ def create_app(
     return Compressor(HotPath(read_api, app))
 
 
-async def _fetch_mirrors(understandings: Understandings, interval: float) -> None:
-    """Fetch every registered mirror now and then every ``interval`` seconds, off the loop.
+def _prepared(read_api: ReadApi, endpoint: Endpoint) -> Endpoint:
+    """Wrap an endpoint so that the mirrors its ?understanding= needs are refreshed first."""
 
-    Of several workers serving one repository only the one holding the fetch lock fetches:
-    concurrent fetches into one mirror fail on git's ref locks. The others read what it fetched.
+    async def prepared(request: Request) -> Response:
+        understanding = request.query_params.get("understanding")
+        if understanding is not None:
+            await read_api.prepare(request.query_params.get("at"), understanding)
+        return await endpoint(request)
+
+    return prepared
+
+
+async def _fetch_mirrors(understandings: Understandings, interval: float) -> None:
+    """Refresh every registered mirror now and then every ``interval`` seconds, off the loop.
+
+    The refreshes run in parallel on worker threads; the next round starts when all of this one
+    are done or past their deadline, so a hung remote delays no other mirror. Of several workers
+    serving one repository only the one holding the fetch lock refreshes periodically; a refresh
+    a request needs takes the mirror's own lock (see Mirrors), so processes never fetch at once.
     """
-    understandings.mirrors.mkdir(parents=True, exist_ok=True)
-    with open(understandings.mirrors / FETCH_LOCK, "w") as lock_file:
+    understandings.mirrors.folder.mkdir(parents=True, exist_ok=True)
+    with open(understandings.mirrors.folder / FETCH_LOCK, "w") as lock_file:
         while True:
             if _try_lock(lock_file.fileno()):
                 try:
-                    head = understandings.meta.resolve(None)
-                    await asyncio.to_thread(understandings.fetch_all, head)
+                    jobs = understandings.refresh_all(understandings.meta.resolve(None))
+                    if jobs:
+                        await asyncio.wait([asyncio.wrap_future(job) for job in jobs])
                 except MetasrvError:
                     pass  # no served commit yet, or a broken registration: the routes report those
             await asyncio.sleep(interval)
@@ -190,4 +218,5 @@ def create_app_from_environment() -> ASGIApp:
         os.environ[f"{ENVIRONMENT_PREFIX}REPO"],
         mirrors=Path(mirrors) if mirrors else None,
         fetch_interval=float(os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"]),
+        git_timeout=float(os.environ[f"{ENVIRONMENT_PREFIX}GIT_TIMEOUT"]),
     )

@@ -10,8 +10,8 @@ from packaging.utils import NormalizedName
 
 from metasrv.model import CoreMetadata, DistFile, Project, Release, render_metadata
 from metasrv.repo.catalog import ProjectChange
+from metasrv.understandings.mirrors import MirrorStatus
 from metasrv.understandings.overrides import PatchedRelease
-from metasrv.understandings.registry import MirrorStatus
 from metasrv.understandings.rules import Registration
 from metasrv.understandings.signatures import SignedHead
 

@@ -27,6 +27,7 @@ from metasrv.names import normalize_name, parse_version
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import BlobId, CommitId
 from metasrv.understandings.cooldown import Cooldown, apply_cooldown
+from metasrv.understandings.mirrors import MirrorStatus
 from metasrv.understandings.overrides import Layer, PatchedRelease, apply_layers
 from metasrv.understandings.registry import Understandings
 from metasrv.understandings.rules import Registration, rule_path
@@ -106,6 +107,23 @@ class ReadApi:
         commit_id = self.catalog.storage.resolve(at)
         # Only a full sha names the same commit forever; resolution returns full shas.
         return Pin(commit_id, immutable=at == commit_id)
+
+    async def prepare(self, at: str | None, understanding: str) -> None:
+        """Wait, off the loop and within a bound, for the mirror refreshes a read needs."""
+        try:
+            pin = self.pin(at)
+        except MetasrvError:
+            return  # the read itself reports it
+        await self.understandings.prepare(pin.commit_id, understanding)
+
+    async def prepare_all(self, at: str | None) -> None:
+        """Wait, off the loop and within a bound, for missing mirrors of every registration."""
+        try:
+            pin = self.pin(at)
+            names = ",".join(self.understandings.registrations(pin.commit_id))
+        except MetasrvError:
+            return  # the read itself reports it
+        await self.understandings.prepare(pin.commit_id, names)
 
     def root(self, at: str | None) -> Answer:
         """Describe the server: source repository, branch, commit, endpoints."""
@@ -330,15 +348,16 @@ class ReadApi:
         return Answer(answer.pin, f"{answer.etag}-{markers}", encode(document))
 
     def _registration(self, pin: Pin, registration: Registration) -> dict[str, Any]:
+        status = self.understandings.status.get(registration.name)
         try:
             signed = self.understandings.signed_head(registration, pin.commit_id)
         except MetasrvError:
             signed = None
         try:
             head: str | None = self.understandings.head(registration, pin.commit_id)
-        except MetasrvError:
-            head = None  # an unreachable mirror or no verified commit: reported beside it
-        status = self.understandings.status.get(registration.name)
+        except MetasrvError as exc:
+            head = None  # why: a refused registration, a failing mirror, no verified commit
+            status = replace(status or MirrorStatus(), error=exc.message)
         return documents.render_registration(registration, head, status, signed)
 
 

@@ -51,7 +51,10 @@ class SimpleRoutes:
             ]
         return table
 
-    def _mount(self, request: Request) -> Mount:
+    async def _mount(self, request: Request) -> Mount:
+        spec = request.path_params.get("understandings")
+        if spec is not None:
+            await self.api.prepare(request.path_params.get("commit"), spec)
         return self.api.mount(
             request.path_params.get("commit"),
             request.path_params.get("understandings"),
@@ -71,7 +74,7 @@ class SimpleRoutes:
 
     async def index(self, request: Request) -> Response:
         """Answer the root page listing every project."""
-        mount = self._mount(request)
+        mount = await self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
         # The page lists names only: it is the data tree's, whichever commit holds that tree.
         tree_id = self.api.catalog.data_tree(mount.commit_id)
@@ -94,7 +97,7 @@ class SimpleRoutes:
 
     async def project(self, request: Request) -> Response:
         """Answer a project's page, redirecting other spellings to the normalized one."""
-        mount = self._mount(request)
+        mount = await self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
         name = request.path_params["project"]
         normalized_name, blob_id = self.api.catalog.project_blob(mount.commit_id, name)
@@ -113,7 +116,7 @@ class SimpleRoutes:
 
     async def file(self, request: Request) -> Response:
         """Answer a file: its .metadata, a rewritten wheel, or a redirect to the source."""
-        mount = self._mount(request)
+        mount = await self._mount(request)
         name, filename = request.path_params["project"], request.path_params["filename"]
         if filename.endswith(METADATA_SUFFIX):
             content = await self.api.metadata_file(mount, name, filename[: -len(METADATA_SUFFIX)])

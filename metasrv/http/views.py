@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidInput, NotFound, SourceError
+from metasrv.errors import InvalidInput, MetasrvError, NotFound, SourceError
 from metasrv.http.simplepages import SimpleFile, project_page
 from metasrv.http.wheels import render_metadata_file, rewrite_wheel
 from metasrv.index.archives import is_wheel
@@ -156,6 +156,14 @@ class SimpleApi:
         self.catalog = catalog
         self.understandings = understandings
         self.wheels = wheels
+
+    async def prepare(self, at: str | None, spec: str) -> None:
+        """Wait, off the loop and within a bound, for the mirror refreshes a view needs."""
+        try:
+            commit_id = self.catalog.storage.resolve(at)
+        except MetasrvError:
+            return  # mount reports it
+        await self.understandings.prepare(commit_id, spec)
 
     def mount(
         self, at: str | None, spec: str | None, root: str = "", cooldown: str | None = None

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from concurrent import futures
+from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidData, InvalidInput, NotFound, SourceError, Unverified
+from metasrv.errors import (
+    InvalidData,
+    InvalidInput,
+    MetasrvError,
+    NotAllowed,
+    NotFound,
+    SourceError,
+    Unavailable,
+    Unverified,
+)
+from metasrv.model import MetaConfig
 from metasrv.repo import tomlcodec
+from metasrv.repo.catalog import CONFIG_PATH
 from metasrv.repo.storage import BlobId, CommitId, Storage
+from metasrv.understandings.mirrors import Deadlines, Mirrors, MirrorStatus, git_url, is_allowed
 from metasrv.understandings.overrides import Layer
 from metasrv.understandings.rules import (
     Registration,
@@ -24,16 +40,11 @@ from metasrv.understandings.signatures import SignedHead, newest_verified, verif
 
 UNDERSTANDINGS_ROOT = "understandings"
 MAX_UNDERSTANDINGS_PER_REQUEST = 16
+# A pin to a commit the mirror lacks fetches at most this often per understanding.
+PIN_FETCH_INTERVAL_SECONDS = 10.0
+# The repositories understandings may be cloned from when metasrv.toml does not say.
+DEFAULT_UNDERSTANDINGS_ALLOW = ("https://",)
 _FULL_SHA = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass(slots=True)
-class MirrorStatus:
-    """When a mirror was last fetched, and the error of the last attempt if it failed."""
-
-    last_fetch: float | None = None
-    last_attempt: float | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +63,31 @@ def registration_path(name: str) -> str:
 
 
 class Understandings:
-    """The understandings a meta repository registers, read at whichever commit is served."""
+    """The understandings a meta repository registers, read at whichever commit is served.
 
-    def __init__(self, meta: Storage, mirrors: Path | None = None) -> None:
+    Readers never touch the network: mirrors are cloned and fetched on worker threads under
+    deadlines (``refresh_all``, ``prepare``), and a reader finds a mirror ready or is told to
+    retry (503), with the reason the last refresh gave.
+    """
+
+    def __init__(
+        self,
+        meta: Storage,
+        mirrors: Path | None = None,
+        *,
+        deadlines: Deadlines | None = None,
+        pin_fetch_interval: float = PIN_FETCH_INTERVAL_SECONDS,
+    ) -> None:
         self.meta = meta
-        self.mirrors = mirrors or meta.path / "metasrv-mirrors"
-        self.status: dict[str, MirrorStatus] = {}
-        self._storages: dict[str, Storage] = {}
+        self.deadlines = deadlines or Deadlines()
+        self.mirrors = Mirrors(mirrors or meta.path / "metasrv-mirrors", self.deadlines)
+        self.status = self.mirrors.status
+        self.pin_fetch_interval = pin_fetch_interval
         self._registrations = lru_cache(maxsize=64)(self._read_registrations)
         self._rule_files = lru_cache(maxsize=1024)(self._parse_rule_file)
         self._last_verified: dict[tuple[str, bytes], CommitId] = {}
+        self._configs = lru_cache(maxsize=8)(self._read_config)
+        self._pin_fetches: dict[str, float] = {}  # when an unseen pin last caused a fetch
 
     def registrations(self, meta_commit: CommitId) -> dict[str, Registration]:
         """Return every registration at a meta commit, by name."""
@@ -88,51 +114,127 @@ class Understandings:
             raise NotFound(f"unknown understanding {name!r}")
         return registration
 
+    def allowed(self) -> tuple[str, ...]:
+        """Return the repository prefixes the served branch's ``metasrv.toml`` allows now."""
+        blob_id = self.meta.blob_id(self.meta.resolve(None), CONFIG_PATH)
+        return DEFAULT_UNDERSTANDINGS_ALLOW if blob_id is None else self._configs(blob_id)
+
+    def _read_config(self, blob_id: BlobId) -> tuple[str, ...]:
+        document = tomlcodec.loads(self.meta.read_blob(blob_id), where=CONFIG_PATH)
+        allow = MetaConfig.from_toml(document, CONFIG_PATH).understandings_allow
+        return DEFAULT_UNDERSTANDINGS_ALLOW if allow is None else allow
+
+    def check_allowed(self, registration: Registration) -> None:
+        """Raise NotAllowed unless the operator allows mirroring this registration's repository."""
+        if registration.is_embedded or is_allowed(registration.repository, self.allowed()):
+            return
+        # Only the registration's own text is echoed: nothing was read from the repository.
+        raise NotAllowed(
+            f"understanding {registration.name!r}: repository {registration.repository[:200]!r} "
+            f"is not in {CONFIG_PATH} [understandings] allow"
+        )
+
     def storage_for(self, registration: Registration) -> Storage:
-        """Return the repository an understanding's rules live in, cloning its mirror if new."""
+        """Return the repository an understanding's rules live in; never waits on a network."""
         if registration.is_embedded:
             return self.meta
-        path = self.mirrors / f"{registration.name}.git"
-        if registration.name in self._storages:
-            return self._storages[registration.name]
-        if path.exists():
-            return self._storages.setdefault(registration.name, Storage(path))
-        self.mirrors.mkdir(parents=True, exist_ok=True)
-        status = self.status.setdefault(registration.name, MirrorStatus())
-        status.last_attempt = time.time()
-        try:
-            storage = Storage.clone_mirror(registration.repository, path)
-        except SourceError as exc:
-            status.error = exc.message
-            raise
-        status.last_fetch, status.error = time.time(), None
-        return self._storages.setdefault(registration.name, storage)
+        self.check_allowed(registration)
+        storage = self.mirrors.open(registration.name)
+        status = self.status.get(registration.name)
+        reason = status.error if status is not None and status.error else "being cloned"
+        if storage is None:
+            raise Unavailable(f"understanding {registration.name!r} is not mirrored yet: {reason}")
+        if self.mirrors.origin(registration.name) != git_url(registration.repository):
+            # Never serve the old repository's rules under the new registration.
+            raise Unavailable(
+                f"understanding {registration.name!r} moved to another repository, "
+                f"not mirrored yet: {reason}"
+            )
+        return storage
 
-    def fetch(self, registration: Registration) -> None:
-        """Fetch an understanding's mirror; a failure keeps the last good copy and is recorded."""
+    def refresh(self, registration: Registration) -> Future[None] | None:
+        """Start cloning or fetching a mirror in the background (joined if already running)."""
         if registration.is_embedded:
-            return
-        status = self.status.setdefault(registration.name, MirrorStatus())
-        if not (self.mirrors / f"{registration.name}.git").exists():
-            self.storage_for(registration)
-            return
-        status.last_attempt = time.time()
+            return None
         try:
-            # A handle of its own: the fetch runs on a worker thread beside request handlers.
-            Storage(self.mirrors / f"{registration.name}.git").fetch_mirror()
-        except SourceError as exc:
-            status.error = exc.message
-            return
-        status.last_fetch, status.error = time.time(), None
+            self.check_allowed(registration)
+        except NotAllowed as exc:
+            self.status.setdefault(registration.name, MirrorStatus()).error = exc.message
+            return None
+        meta_commit = self.meta.resolve(None)
 
-    def fetch_all(self, meta_commit: CommitId) -> None:
-        """Fetch every registered mirror, recording failures instead of raising them."""
-        for registration in self.registrations(meta_commit).values():
+        def verify() -> None:
+            with suppress(SourceError, InvalidData, InvalidInput, NotFound):
+                self._verify_fetched(registration, meta_commit)  # requests report failures
+
+        return self.mirrors.refresh(registration.name, git_url(registration.repository), verify)
+
+    def refresh_all(self, meta_commit: CommitId) -> list[Future[None]]:
+        """Refresh every registered mirror in parallel; each one fails on its own."""
+        jobs = [self.refresh(r) for r in self.registrations(meta_commit).values()]
+        return [job for job in jobs if job is not None]
+
+    def needed(self, meta_commit: CommitId, spec: str) -> list[Future[None]]:
+        """Return the refreshes a read of ``spec`` waits for: missing mirrors, unseen pins.
+
+        A pin to an unseen commit fetches at most once per ``pin_fetch_interval`` per
+        understanding (random shas cost one fetch, not one each); errors are left to ``pin``.
+        """
+        jobs = []
+        current = self.registrations(self.meta.resolve(None))
+        # Unregistered names are skipped: the work is bounded by the registrations.
+        for item in spec.split(","):
+            name, _, ref = item.strip().partition("@")
             try:
-                self.fetch(registration)
-                self._verify_fetched(registration, meta_commit)
-            except (SourceError, InvalidData, InvalidInput, NotFound):
+                registration = self.get(meta_commit, name)
+            except MetasrvError:
                 continue
+            # Mirrors follow the served branch's registration (its repository may have moved).
+            registration = current.get(registration.name, registration)
+            if registration.is_embedded or not self._needs_refresh(registration, ref):
+                continue
+            job = self.refresh(registration)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _needs_refresh(self, registration: Registration, ref: str) -> bool:
+        try:
+            storage = self.storage_for(registration)
+        except Unavailable:
+            return True  # missing, unreadable, or cloned from the old repository
+        except MetasrvError:
+            return False
+        if not ref or self._has_commit(storage, ref):
+            return False
+        if self.mirrors.is_refreshing(registration.name):
+            return True  # join it: the commit may be on its way
+        last = self._pin_fetches.get(registration.name)
+        if last is not None and time.monotonic() - last < self.pin_fetch_interval:
+            return False
+        self._pin_fetches[registration.name] = time.monotonic()
+        return True
+
+    @staticmethod
+    def _has_commit(storage: Storage, ref: str) -> bool:
+        try:
+            storage.resolve(ref)
+        except NotFound:
+            return False
+        except MetasrvError:
+            return True  # a malformed ref: nothing to fetch, pin reports it
+        return True
+
+    async def prepare(self, meta_commit: CommitId, spec: str) -> None:
+        """Wait (off the loop, at most the request wait) for the refreshes a read needs."""
+        jobs = self.needed(meta_commit, spec)
+        if jobs:
+            waiting = [asyncio.wrap_future(job) for job in jobs]
+            await asyncio.wait(waiting, timeout=self.deadlines.request_wait_seconds)
+
+    def prepare_blocking(self, meta_commit: CommitId, spec: str) -> None:
+        """Wait for the refreshes a read needs, for a command line that may block."""
+        futures.wait(self.needed(meta_commit, spec), timeout=self.deadlines.whole_seconds)
 
     def _verify_fetched(self, registration: Registration, meta_commit: CommitId) -> None:
         """Verify a fetched branch's new commits here, so no request waits on ssh-keygen."""
@@ -140,7 +242,7 @@ class Understandings:
         if signers is None:
             return
         # A handle of its own, as for the fetch; the verdicts land in a cache requests share.
-        mirror = Storage(self.mirrors / f"{registration.name}.git")
+        mirror = Storage(self.mirrors.path(registration.name))
         newest_verified(mirror, mirror.resolve(registration.branch), signers)
 
     def head(self, registration: Registration, meta_commit: CommitId) -> CommitId:
@@ -188,7 +290,7 @@ class Understandings:
         return SignedHead(self._last_verified.get(key), found.refused)
 
     def pin(self, meta_commit: CommitId, spec: str) -> list[Pinned]:
-        """Resolve ``name[@ref],...`` in client order; an unseen pinned sha triggers a fetch."""
+        """Resolve ``name[@ref],...`` in client order, from the mirrors as they are."""
         items = [item.strip() for item in spec.split(",")]
         if not spec or len(items) > MAX_UNDERSTANDINGS_PER_REQUEST or not all(items):
             raise InvalidInput(
@@ -217,11 +319,14 @@ class Understandings:
         except NotFound:
             if registration.is_embedded:
                 raise
-        self.fetch(registration)
-        try:
-            return storage.resolve(ref)
-        except NotFound:
-            raise NotFound(f"understanding {registration.name!r} has no commit {ref!r}") from None
+        status = self.status.get(registration.name)
+        if status is not None and status.error:
+            # The commit may exist where we cannot reach: a failing source is never a 404.
+            raise Unavailable(
+                f"understanding {registration.name!r}: commit {ref!r} is not mirrored and the "
+                f"last fetch failed: {status.error}"
+            )
+        raise NotFound(f"understanding {registration.name!r} has no commit {ref!r}")
 
     def _require_verified(
         self, registration: Registration, meta_commit: CommitId, storage: Storage, commit: CommitId

@@ -1,0 +1,106 @@
+"""Git remotes on 127.0.0.1 that misbehave: one that never answers, one that answers slowly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class HungRemote:
+    """A URL on a server that accepts connections and never answers, and what it holds."""
+
+    url: str
+    held: list[socket.socket] = field(default_factory=list)
+
+
+@contextmanager
+def hung_remote() -> Iterator[HungRemote]:
+    """Accept connections and never answer; yield an http URL of a repository on it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    remote = HungRemote(f"http://127.0.0.1:{listener.getsockname()[1]}/rules.git")
+    held = remote.held
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(connection)  # kept open, never read from or written to
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield remote
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the hung remote's accept loop did not stop"
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+@dataclass
+class SlowRemote:
+    """A repository served over git's dumb HTTP protocol, each response delayed."""
+
+    url: str
+    git_dir: Path
+    requests: list[str] = field(default_factory=list)
+
+    def publish(self) -> None:
+        """Write the files a dumb-protocol client reads (after every commit)."""
+        subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "update-server-info"], check=True, timeout=30
+        )
+
+    def count(self, path_suffix: str) -> int:
+        """Return how many requests asked for a path ending in ``path_suffix``."""
+        return sum(1 for path in self.requests if path.split("?")[0].endswith(path_suffix))
+
+
+class _SlowHandler(SimpleHTTPRequestHandler):
+    remote: SlowRemote
+    delay: float
+
+    def do_GET(self) -> None:
+        self.remote.requests.append(self.path)
+        time.sleep(self.delay)  # the fault under test: a remote that answers slowly
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
+    """Serve ``git_dir`` read-only over dumb HTTP on 127.0.0.1, ``delay`` seconds a response."""
+    remote = SlowRemote("", git_dir)
+    handler = type("Handler", (_SlowHandler,), {"remote": remote, "delay": delay})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(git_dir)))
+    remote.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    remote.publish()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield remote
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the slow remote did not stop"
