@@ -79,7 +79,9 @@ def test_a_rule_built_in_code_is_written_in_packagings_spelling() -> None:
         add=(Requirement("blinker>=1"),),
         requires_python=SpecifierSet(">=3.8"),
     )
-    assert rule.to_toml() == {
+    table = rule.to_toml()
+    assert type(table["versions"]) is type(table["requires-python"]) is str
+    assert table == {
         "id": "r",
         "versions": "<3,>=2",
         "replace": ["werkzeug>=2"],
@@ -195,6 +197,7 @@ def test_a_rule_file_with_an_unknown_key_is_rejected() -> None:
         ("/", "fl/b8/flask.toml"),
         ("understandings/pallets", "understandings/pallets/fl/b8/flask.toml"),
         ("/understandings/pallets/", "understandings/pallets/fl/b8/flask.toml"),
+        ("Xrules/X", "Xrules/X/fl/b8/flask.toml"),
     ],
 )
 def test_a_rule_file_sits_at_its_projects_path_in_the_folder(folder: str, path: str) -> None:

@@ -34,6 +34,7 @@ JSON, HTML, SIMPLE_HTML = MIME_SIMPLE_JSON, MIME_HTML, MIME_SIMPLE_HTML
         (f"{JSON};level=1;q=0.4, {HTML};q=0.3", None, JSON),
         (f"{JSON};q=abc, {HTML};q=0.1", None, HTML),
         (f"{HTML};q=1, {JSON}", None, JSON),
+        (f"{JSON};q=1, {HTML}", None, JSON),
         (f"{JSON};q==0.5, {HTML};q=0.1", None, HTML),
         (f"{JSON.upper()}", None, JSON),
         ("text/*", None, HTML),

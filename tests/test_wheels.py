@@ -86,13 +86,26 @@ def build(
             if extras:
                 info.extra = struct.pack("<HH4s", 0xCAFE, 4, b"xtra")
                 info.comment = f"comment of {path}".encode()
-                # Some tools always set the UTF-8 flag and ask for a newer version to extract.
-                info.flag_bits |= 0x800
-                info.extract_version = 45
+                info.extract_version = 45  # as some tools write, though nothing needs it
             archive.writestr(info, content)
         if extras:
             archive.comment = b"archive comment"
-    return buffer.getvalue()
+    return _flag_utf8(buffer.getvalue()) if extras else buffer.getvalue()
+
+
+def _flag_utf8(wheel: bytes) -> bytes:
+    """Set the UTF-8 name flag on every entry, as some tools do (zipfile only for non-ASCII)."""
+    patched = bytearray(wheel)
+    end = wheel.rindex(b"PK\x05\x06")
+    count, _, cd_offset = struct.unpack_from("<H2L", wheel, end + 10)
+    position = cd_offset
+    for _ in range(count):
+        central = struct.unpack_from("<4s6H3L5H2L", wheel, position)
+        struct.pack_into("<H", patched, position + 8, central[3] | 0x800)
+        local_flags = struct.unpack_from("<H", wheel, central[16] + 6)[0]
+        struct.pack_into("<H", patched, central[16] + 6, local_flags | 0x800)
+        position += 46 + central[10] + central[11] + central[12]
+    return bytes(patched)
 
 
 def read_metadata(wheel: bytes) -> str:
@@ -265,17 +278,27 @@ def check_structure(wheel: bytes) -> list[dict[str, int]]:
     assert cd_offset + cd_size == end
     headers = []
     position = cd_offset
+    entry_start = 0  # entries follow one another with no gap and no overlap
     for _ in range(count):
         central = struct.unpack_from("<4s6H3L5H2L", wheel, position)
         local = struct.unpack_from("<4s5H3L2H", wheel, central[16])
         assert local[0] == b"PK\x03\x04"
+        assert central[16] == entry_start
         descriptor = bool(central[3] & 0x08)
         # version needed, flags, method, time, date; with a data descriptor the rest may be 0.
         assert local[1:6] == central[2:7]
-        if not descriptor:
+        entry_start = central[16] + 30 + local[9] + local[10] + central[8]
+        if descriptor:
+            # APPNOTE 4.3.9: crc and sizes after the data, with an optional signature first.
+            if wheel[entry_start : entry_start + 4] == b"PK\x07\x08":
+                entry_start += 4
+            assert struct.unpack_from("<3L", wheel, entry_start) == central[7:10]
+            entry_start += 12
+        else:
             assert local[6:9] == central[7:10]
         headers.append({"flags": local[2], "method": local[3], "extra_length": local[10]})
         position += 46 + central[10] + central[11] + central[12]
+    assert entry_start == cd_offset
     return headers
 
 
