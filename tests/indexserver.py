@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import html
 import json
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +33,8 @@ class IndexBehaviour:
     pep658: bool = True
     ranges: bool = True
     # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
-    # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize"
+    # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
+    # "gzip-bomb" (a few kB that inflate past the page cap)
     faults: dict[str, list[str]] = field(default_factory=dict)
     # project -> edits of its PEP 691 page document before it is served (wrong types, ...)
     pages: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
@@ -103,6 +106,11 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "oversize":
                 self._stream_zeros(MAX_PAGE_BYTES + 1)
+                return
+            if fault == "gzip-bomb":
+                bomb = _gzip_bomb()
+                extra = {"content-encoding": "gzip"}
+                self._send(200, bomb, MIME_JSON, extra, compress=False)
                 return
             body, content_type, status, extra = self._route()
             if fault == "truncate":
@@ -283,6 +291,15 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 index.bytes_sent += len(body)
 
     return Handler
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """Return a gzip body of spaces that inflates to just past the page cap."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b" " * (1024 * 1024)
+    parts = [compressor.compress(chunk) for _ in range(MAX_PAGE_BYTES // len(chunk) + 1)]
+    return b"".join(parts) + compressor.flush()
 
 
 def _metadata_of(archive_path: Path) -> bytes:

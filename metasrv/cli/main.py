@@ -108,7 +108,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--source", help="index URL or folder (default: metasrv.toml's source)")
     sync.add_argument("--concurrency", type=int, default=8, help="requests at once (default 8)")
     sync.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
-    sync.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sync.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds for each whole request (default 30)"
+    )
     sync.add_argument("--checkpoint", type=int, default=200, help="commit every N projects")
     sync.set_defaults(handler=_sync)
 

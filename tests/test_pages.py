@@ -1,0 +1,82 @@
+"""A source's PEP 691 page: any JSON at all is a typed page or a SourceError, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metasrv.errors import SourceError
+from metasrv.index.pages import parse_json_project
+
+BASE = "https://index.test/simple/a/"
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+FILE_KEYS = [
+    "filename",
+    "url",
+    "hashes",
+    "requires-python",
+    "yanked",
+    "size",
+    "upload-time",
+    "core-metadata",
+]
+
+
+def _valid_file() -> dict[str, Any]:
+    return {
+        "filename": "a-1.0-py3-none-any.whl",
+        "url": "../../files/a-1.0-py3-none-any.whl",
+        "hashes": {"sha256": "ab" * 32},
+        "requires-python": ">=3.8",
+        "yanked": False,
+        "size": 10,
+        "upload-time": "2024-01-02T03:04:05.000000Z",
+        "core-metadata": {"sha256": "cd" * 32},
+    }
+
+
+def _check_types(document: Any) -> None:
+    try:
+        page = parse_json_project(document, BASE)
+    except SourceError:
+        return
+    assert isinstance(page.name, str)
+    assert all(isinstance(version, str) for version in page.versions)
+    for source_file in page.files:
+        assert isinstance(source_file.filename, str)
+        assert source_file.url.startswith(("http://", "https://", "file://"))
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in source_file.hashes.items())
+        assert source_file.requires_python is None or isinstance(source_file.requires_python, str)
+        assert isinstance(source_file.yanked, (bool, str))
+        assert source_file.size is None or (
+            isinstance(source_file.size, int) and not isinstance(source_file.size, bool)
+        )
+        assert source_file.upload_time is None or isinstance(source_file.upload_time, str)
+        assert isinstance(source_file.core_metadata, (bool, dict))
+
+
+@given(key=st.sampled_from(FILE_KEYS), value=JSON)
+def test_one_wrong_value_in_a_file_entry_is_a_source_error_or_typed(key: str, value: Any) -> None:
+    entry = _valid_file()
+    entry[key] = value
+    _check_types({"name": "a", "files": [entry], "meta": {"_last-serial": 1}})
+
+
+@given(document=JSON)
+def test_any_json_document_is_a_source_error_or_typed(document: Any) -> None:
+    _check_types(document)
+
+
+@given(key=st.sampled_from(["name", "files", "meta", "versions"]), value=JSON)
+def test_one_wrong_top_level_value_is_a_source_error_or_typed(key: str, value: Any) -> None:
+    document: dict[str, Any] = {"name": "a", "files": [_valid_file()], "versions": ["1.0"]}
+    document[key] = value
+    _check_types(document)
