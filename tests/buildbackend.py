@@ -12,6 +12,7 @@ BACKEND_SOURCE = '''\
 """tinybackend: a PEP 517 backend for metasrv's tests."""
 import os
 import runpy
+import warnings
 import zipfile
 
 
@@ -29,6 +30,8 @@ def get_requires_for_build_wheel(config_settings=None):
 
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    # Real backends warn (setuptools, a lot); pyproject-hooks passes warnings on to its caller.
+    warnings.warn("tinybackend is only for tests")
     text = _build_py()["METADATA"]
     dist_info = _dist_info(text)
     os.makedirs(os.path.join(metadata_directory, dist_info))

@@ -9,6 +9,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ MAX_REASON_CHARACTERS = 200
 # The part of a build's folder the sandbox may write; its logs stay beside it, out of reach.
 SANDBOXED = "sandboxed"
 _T = TypeVar("_T")
+BACKEND_WARNING: type[Warning] = getattr(pyproject_hooks, "BuildBackendWarning", UserWarning)
 # What a build's log says when the code is Python 2, or when it wanted to compile C.
 _PYTHON_2 = re.compile(r"Missing parentheses in call to '?print|print [\"']|except \w+, \w+:")
 _COMPILER = re.compile(r"\bgcc\b|Python\.h|\bcc\b|compiler|cl\.exe", re.IGNORECASE)
@@ -151,7 +153,11 @@ def _require_regular_file(path: Path) -> None:
 
 def _call(hook: Callable[[], _T], backend: str) -> _T:
     try:
-        return hook()
+        # pyproject-hooks re-raises the backend's warnings here (setuptools has many): they
+        # belong to the build's log, not to metasrv's output.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BACKEND_WARNING)
+            return hook()
     except pyproject_hooks.BackendUnavailable:
         raise BuildFailed(f"backend {backend} not found") from None
     except pyproject_hooks.HookMissing as exc:
