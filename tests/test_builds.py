@@ -212,6 +212,10 @@ EVIL_BACKEND = """\
 import os
 
 
+def get_requires_for_build_wheel(config_settings=None):
+    return {requires}
+
+
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     {body}
 """
@@ -223,11 +227,12 @@ EVIL = {
         "    return 'x-1.0.dist-info'"
     ),
     "the dist-info it names is outside": "return '../' * 12 + {folder!r}",
+    "it asks for requirements that are not strings": "return 'x-1.0.dist-info'",
 }
 
 
 @pytest.mark.parametrize("case", list(EVIL))
-def test_an_in_tree_backend_cannot_make_metasrv_read_a_file_for_it(
+def test_an_in_tree_backend_that_lies_fails_and_makes_metasrv_read_no_host_file(
     setup: BuildSetup, tmp_path: Path, case: str
 ) -> None:
     secret = tmp_path / "METADATA"
@@ -239,10 +244,16 @@ def test_an_in_tree_backend_cannot_make_metasrv_read_a_file_for_it(
         "1.0",
         metadata_version="1.2",
         pyproject='[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
-        files={"evil.py": EVIL_BACKEND.format(body=body)},
+        files={
+            "evil.py": EVIL_BACKEND.format(
+                body=body, requires="[42]" if "strings" in case else "[]"
+            )
+        },
     )
     result = setup.builder.build(sdist)
     assert result.metadata is None
     assert result.reason is not None
     assert SECRET not in result.reason
-    assert result.reason.startswith(("the build left no regular file", "backend evil put"))
+    assert result.reason.startswith(
+        ("the build left no regular file", "backend evil put", "backend evil asked")
+    )

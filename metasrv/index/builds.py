@@ -79,6 +79,8 @@ class Builder:
         environment = self.environments.ensure(requires)
         caller = self._caller(workdir, source, environment, backend, backend_path)
         extra = _call(caller.get_requires_for_build_wheel, backend)
+        if not isinstance(extra, list) or not all(isinstance(r, str) for r in extra):
+            raise BuildFailed(f"backend {backend} asked for build requirements not as strings")
         if extra:
             environment = self.environments.ensure([*requires, *extra])
             caller = self._caller(workdir, source, environment, backend, backend_path)
