@@ -21,6 +21,7 @@ from metasrv.errors import SourceError
 from metasrv.index.client import FetchOptions
 from metasrv.index.rootindex import iter_html_projects, iter_json_projects
 from metasrv.index.sync import SyncOptions
+from metasrv.index.syncstate import STATE_FOLDER
 from metasrv.index.wholeindex import sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
@@ -119,6 +120,22 @@ def test_an_unchanged_root_answers_304_and_nothing_else_is_asked(mirror: Mirror)
     assert summary.requests == 1
     assert summary.commits == []
     assert mirror.meta.resolve(None) == head
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled"])
+def test_the_sync_state_is_rebuilt_from_git_when_lost(mirror: Mirror, damage: str) -> None:
+    (state_file,) = (mirror.meta.path / STATE_FOLDER).iterdir()
+    if damage == "deleted":
+        state_file.unlink()
+    else:
+        state_file.write_text('{"commit": 7')
+    summary = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    # Without the root's ETag the root comes whole; the serials come from the project files.
+    assert mirror.index.page_requests() == ["/simple/"]
+    assert summary.commits == []
+    mirror.index.requests.clear()
+    sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    assert mirror.index.requests == [("/simple/", None)]  # and the ETag is kept again
 
 
 def test_a_root_without_serials_falls_back_to_a_conditional_request_per_project(
