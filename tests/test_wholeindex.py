@@ -20,9 +20,9 @@ from metasrv.cli.main import main
 from metasrv.errors import SourceError
 from metasrv.index.client import FetchOptions
 from metasrv.index.rootindex import iter_html_projects, iter_json_projects
-from metasrv.index.sync import SyncOptions
+from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.syncstate import STATE_FOLDER
-from metasrv.index.wholeindex import sync_all
+from metasrv.index.wholeindex import Follower, sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.distributions import build_wheel
@@ -216,6 +216,36 @@ def test_follow_stops_between_commits_on_sigterm_and_leaves_a_whole_repository(
     rest = sync_all(mirror.meta, index.simple_url, FAST)
     assert rest.changed == 2
     assert len(rest.commits) == 1
+
+
+def test_a_server_follower_syncs_in_its_thread_one_per_repository_and_stops(
+    mirror: Mirror,
+) -> None:
+    serials = mirror.index.behaviour.serials
+    assert serials is not None
+    before = mirror.meta.resolve(None)
+    build_wheel(mirror.folder, _name(5), "2.0")
+    serials[_name(5)] += 1000
+    reports: list[list[SyncSummary | Exception]] = [[], []]
+    followers = [
+        Follower(mirror.meta.path, mirror.index.simple_url, FAST, interval=0.05, report=r.append)
+        for r in reports
+    ]
+    for follower in followers:
+        follower.start()
+    try:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while sum(len(r) for r in reports) < 3:
+            assert time.monotonic() < deadline, f"the followers reported {reports}"
+            time.sleep(0.01)  # polling the followers' reports, with a deadline
+    finally:
+        assert all(follower.stop(DEADLINE_SECONDS) for follower in followers)
+    assert sorted(len(r) > 0 for r in reports) == [False, True]  # the lock let one follow
+    first = next(r for r in reports if r)[0]
+    assert isinstance(first, SyncSummary)
+    assert first.changed == 1
+    changed = Catalog(mirror.meta).changed_since(before, mirror.meta.resolve(None))
+    assert [c.normalized_name for c in changed] == [_name(5)]
 
 
 ENTRY = st.fixed_dictionaries(

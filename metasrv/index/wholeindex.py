@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from packaging.utils import NormalizedName
 
@@ -19,10 +22,11 @@ from metasrv.index.sync import (
     check_options,
     run_plan,
 )
-from metasrv.index.syncstate import SyncState
+from metasrv.index.syncstate import STATE_FOLDER, SyncState
 from metasrv.repo.storage import CommitId, Storage
 
 Report = Callable[[SyncSummary | Exception], None]
+FOLLOW_LOCK = "follow.lock"
 
 
 def sync_all(
@@ -120,3 +124,74 @@ async def follow(
             report(summary)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
+
+
+class Follower:
+    """``follow`` in a thread of its own, for a server; one per repository across processes.
+
+    The thread opens its own repository handle (pygit2 objects stay in one thread) and follows
+    only while it holds the repository's follow lock, so of several server workers one syncs.
+    """
+
+    def __init__(
+        self,
+        repo_path: Path,
+        source_location: str,
+        options: SyncOptions,
+        *,
+        interval: float,
+        report: Report,
+    ) -> None:
+        self.repo_path, self.source_location, self.options = repo_path, source_location, options
+        self.interval, self.report = interval, report
+        self._thread = threading.Thread(target=self._run, name="metasrv-follow", daemon=True)
+        self._started, self._stopping = threading.Event(), threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        """Start following in the background."""
+        self._thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop between commits and wait up to ``timeout`` seconds; return whether it ended."""
+        self._stopping.set()
+        if self._started.wait(timeout) and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        asyncio.run(self._follow())
+
+    async def _follow(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started.set()
+        if self._stopping.is_set():
+            return
+        storage = Storage(self.repo_path)
+        lock_path = storage.path / STATE_FOLDER / FOLLOW_LOCK
+        lock_path.parent.mkdir(exist_ok=True)
+        with open(lock_path, "w") as lock_file:
+            while not _try_lock(lock_file.fileno()):  # another process follows: wait for it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+                if self._stop.is_set():
+                    return
+            await follow(
+                storage,
+                self.source_location,
+                self.options,
+                interval=self.interval,
+                stop=self._stop,
+                report=self.report,
+            )
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+    except BlockingIOError:
+        return False
+    return True
