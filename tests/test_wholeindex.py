@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -134,6 +134,21 @@ def test_the_sync_state_is_rebuilt_from_git_when_lost(mirror: Mirror, damage: st
     mirror.index.requests.clear()
     sync_all(mirror.meta, mirror.index.simple_url, FAST)
     assert mirror.index.requests == [("/simple/", None)]  # and the ETag is kept again
+
+
+def test_a_sync_onto_a_new_branch_starts_it_at_heads_commit(mirror: Mirror) -> None:
+    serials = mirror.index.behaviour.serials
+    assert serials is not None
+    head = mirror.meta.resolve(None)
+    build_wheel(mirror.folder, _name(4), "2.0")
+    serials[_name(4)] += 1000
+    summary = sync_all(mirror.meta, mirror.index.simple_url, replace(FAST, branch="pulled"))
+    # Only the moved project is asked for: the new branch knows what HEAD's commit knows.
+    assert sorted(mirror.index.page_requests()) == ["/simple/", "/simple/proj04/"]
+    (commit_id,) = summary.commits
+    assert mirror.meta.first_parent(commit_id) == head
+    assert mirror.meta.resolve("pulled") == commit_id
+    assert mirror.meta.resolve(None) == head
 
 
 def test_a_root_without_serials_falls_back_to_a_conditional_request_per_project(

@@ -127,7 +127,7 @@ async def run_plan(
     run = _Run(source, Catalog(storage), summary, plan.named)
     # A writer killed between moving the branch and updating the checkout is finished first.
     storage.recover()
-    parent = storage.branch_commit(branch)
+    parent = base_commit(storage, branch)
     targets = list(plan.targets)
     starts = range(0, len(targets), options.checkpoint) if targets else range(1)
     for start in starts:
@@ -187,6 +187,13 @@ def _message(changed: int, removals: Sequence[str], source_url: str) -> str:
     )
 
 
+def base_commit(storage: Storage, branch: str) -> CommitId | None:
+    """Return a branch's commit or, for a branch not made yet, HEAD's, where it will start."""
+    # A pull-through branch starts at HEAD's commit: an orphan would lack metasrv.toml and
+    # every project, so its first sync would fetch the whole index again.
+    return storage.branch_commit(branch) or storage.branch_commit(storage.head_branch())
+
+
 def _commit(
     storage: Storage,
     branch: str,
@@ -200,7 +207,7 @@ def _commit(
         return parent
     # Another writer may have moved the branch meanwhile (an `understanding add`, another sync):
     # the changes are re-applied on its head, and a path both wrote keeps these newer bytes.
-    commit_id = storage.commit(branch, changes, message)
+    commit_id = storage.commit(branch, changes, message, start_point=base_commit(storage, branch))
     if commit_id is None:
         return storage.branch_commit(branch)
     summary.commits.append(commit_id)

@@ -19,6 +19,7 @@ from metasrv.index.sync import (
     Progress,
     SyncOptions,
     SyncSummary,
+    base_commit,
     check_options,
     run_plan,
 )
@@ -60,7 +61,7 @@ async def sync_all_once(
     async with make_client(options.fetch) as client:
         fetcher = Fetcher(client, options.fetch)
         source = open_source(source_location, fetcher)
-        head = storage.branch_commit(branch)
+        head = base_commit(storage, branch)
         listing = await read_root(source, state.root_etag(source.url, head))
         if listing is not None:
             plan = _plan(listing, state.serials(head))
@@ -68,7 +69,7 @@ async def sync_all_once(
                 storage, source, plan, options, summary, progress=progress, stop=stop
             )
             if completed:
-                _record_root(state, source.url, listing, storage.branch_commit(branch))
+                _record_root(state, source.url, listing, base_commit(storage, branch))
         summary.requests, summary.bytes_fetched = fetcher.requests, fetcher.bytes_fetched
     return summary
 
