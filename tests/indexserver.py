@@ -34,7 +34,8 @@ class IndexBehaviour:
     ranges: bool = True
     # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
-    # "gzip-bomb" (a few kB that inflate past the page cap)
+    # "gzip-bomb" (a few kB that inflate past the page cap), "huge-total" (a 5,000-digit
+    # Content-Range total on a range answer)
     faults: dict[str, list[str]] = field(default_factory=dict)
     # project -> edits of its PEP 691 page document before it is served (wrong types, ...)
     pages: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
@@ -123,6 +124,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "garbage":
                 body = b"<<<not a page>>>"
+            if fault == "huge-total" and status == 206:
+                extra = {"content-range": f"bytes 0-0/{'9' * 5000}"}
             if fault == "bad-encoding":
                 extra = {**extra, "content-encoding": "gzip"}  # the body is not gzip
                 self._send(status, body, content_type, extra, compress=False)

@@ -24,6 +24,7 @@ from tests.indexserver import IndexBehaviour, serve_index
 # One retry keeps the rows fast; the request deadline stays far above a healthy answer's time.
 OPTIONS = SyncOptions(fetch=FetchOptions(retries=1, backoff_seconds=0.01, timeout_seconds=2))
 VICTIM_PAGE = "/simple/victim/"
+VICTIM_WHEEL = "/files/victim-1.0-py3-none-any.whl"
 VICTIM_PATH = f"{DATA_ROOT}/{project_path(NormalizedName('victim'))}"
 
 
@@ -60,7 +61,7 @@ class Fault:
 
     id: str
     make: Callable[[Path], object] = _wheel
-    faults: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()  # faults of the victim's page, or of its wheel for huge-total
     page_edit: Callable[[dict[str, Any]], None] | None = None
     project_error: str | None = None
     file_error: str | None = None
@@ -144,6 +145,12 @@ FAULTS = [
         pep658=False,
     ),
     Fault(
+        "5000-digit-content-range",
+        faults=("huge-total",),
+        file_error="206 without a Content-Range total",
+        pep658=False,
+    ),
+    Fault(
         "sdist-inflating-to-1GiB",
         make=lambda folder: build_sdist_bomb(folder, "victim", "1.0", 1024 * 1024 * 1024),
         file_error="inflates past",
@@ -175,7 +182,7 @@ def test_a_fault_of_one_project_is_recorded_and_the_others_land(
     fault.make(folder)
     behaviour = IndexBehaviour(
         pep658=fault.pep658,
-        faults={VICTIM_PAGE: list(fault.faults)},
+        faults={VICTIM_WHEEL if "huge-total" in fault.faults else VICTIM_PAGE: list(fault.faults)},
         pages={"victim": fault.page_edit} if fault.page_edit else {},
     )
     with serve_index(folder, behaviour) as index:

@@ -98,10 +98,16 @@ async def _read_wheel_by_ranges(fetcher: Fetcher, source_file: SourceFile) -> ar
         return _from_whole_file(source_file, response.content)
     _require_ok(response.status_code, source_file.url, expected=206)
     total = response.headers.get("content-range", "").rpartition("/")[2]
-    if not total.isdigit():
+    if not (total.isascii() and total.isdigit() and len(total) <= 18):
         raise InvalidArchive(f"{source_file.url}: 206 without a Content-Range total")
+    fetched = len(response.content)
 
     async def read_range(start: int, end: int) -> bytes:
+        nonlocal fetched
+        fetched += end - start
+        # A central directory that claims to be huge must not make us fetch the whole wheel.
+        if fetched > MAX_ARCHIVE_BYTES:
+            raise InvalidArchive(f"wheel needs more than {MAX_ARCHIVE_BYTES} bytes of ranges")
         ranged = await fetcher.get(
             source_file.url,
             {"range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"},
