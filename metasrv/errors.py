@@ -26,6 +26,18 @@ class NotFound(MetasrvError):
     http_status = 404
 
 
+class UnknownProject(NotFound):
+    """A project the data at a commit does not hold (pull-through may still find it)."""
+
+
+class MetadataPending(NotFound):
+    """A file whose metadata pull-through has not read yet; ``version_text`` names its release."""
+
+    def __init__(self, message: str, version_text: str) -> None:
+        super().__init__(message)
+        self.version_text = version_text
+
+
 class InvalidData(MetasrvError):
     """A file in a repository that does not follow its documented format."""
 
@@ -36,6 +48,12 @@ class SourceError(MetasrvError):
     """A source repository that failed or answered with something unusable."""
 
     http_status = 502
+
+
+class SourceUnavailable(SourceError):
+    """A source that is down or failing right now, asked for something we do not hold."""
+
+    http_status = 503
 
 
 class Conflict(MetasrvError):

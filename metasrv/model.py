@@ -12,10 +12,9 @@ from typing import Any
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from metasrv.buildsettings import BuildSettings
 from metasrv.errors import InvalidData, InvalidInput
 from metasrv.names import normalize_name, parse_version
-from metasrv.tables import DATA_FORMAT_VERSION, FORMAT_VERSION, TableReader
+from metasrv.tables import DATA_FORMAT_VERSION, TableReader
 
 Yanked = bool | str
 """PEP 592 / PEP 691: False, True, or the reason it was yanked."""
@@ -152,6 +151,11 @@ class DistFile:
         )
         reader.reject_unknown()
         return dist_file
+
+    @property
+    def metadata_pending(self) -> bool:
+        """Return whether the file's metadata has not been read yet (pull-through)."""
+        return self.metadata_status is MetadataStatus.PENDING
 
     def to_toml(self, common: CoreMetadata | None) -> dict[str, Any]:
         """Return the ``files`` entry; metadata is written only where it differs from ``common``."""
@@ -343,44 +347,6 @@ def _most_common_metadata(files: tuple[DistFile, ...]) -> CoreMetadata | None:
         if dist_file.metadata is not None and counts[dist_file.metadata] == best:
             return dist_file.metadata
     raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True, slots=True)
-class MetaConfig:
-    """A meta repository's ``metasrv.toml``: its source repository and what it may mirror."""
-
-    source_url: str | None = None
-    builds: BuildSettings = field(default_factory=BuildSettings)
-    # Prefixes an understanding's repository must start with; None: https only (see registry).
-    understandings_allow: tuple[str, ...] | None = None
-
-    @classmethod
-    def from_toml(cls, document: Mapping[str, Any], where: str) -> MetaConfig:
-        """Build from a parsed ``metasrv.toml``."""
-        reader = TableReader(document, where)
-        reader.require_format()
-        source = TableReader(reader.optional_table("source") or {}, f"{where}: source")
-        builds = BuildSettings.from_toml(reader.optional_table("builds") or {}, f"{where}: builds")
-        understandings = TableReader(
-            reader.optional_table("understandings") or {}, f"{where}: understandings"
-        )
-        allow = understandings.optional_strings("allow")  # [] allows only "." (itself)
-        config = cls(source.optional_string("url"), builds, allow)
-        source.reject_unknown()
-        understandings.reject_unknown()
-        reader.reject_unknown()
-        return config
-
-    def to_toml(self) -> dict[str, Any]:
-        """Return the canonical document."""
-        document: dict[str, Any] = {"format": FORMAT_VERSION}
-        if self.source_url is not None:
-            document["source"] = {"url": self.source_url}
-        if self.builds.to_toml():
-            document["builds"] = self.builds.to_toml()
-        if self.understandings_allow is not None:
-            document["understandings"] = {"allow": list(self.understandings_allow)}
-        return document
 
 
 def render_metadata(metadata: CoreMetadata | None) -> dict[str, Any]:

@@ -7,7 +7,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from metasrv.cli.main import main
-from metasrv.model import CoreMetadata, DistFile, MetaConfig, MetadataStatus, Project, Release
+from metasrv.config import MetaConfig, PullThroughConfig
+from metasrv.model import (
+    CoreMetadata,
+    DistFile,
+    MetadataStatus,
+    Project,
+    Release,
+)
 from metasrv.names import project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.projectfile import write_project
@@ -76,14 +83,20 @@ def create_meta_repository(path: Path, *projects: Project) -> Storage:
     """Create a meta repository holding ``projects`` in its first commit."""
     storage = Storage.init(path)
     files = project_files(*projects)
-    files["metasrv.toml"] = tomlcodec.dumps(MetaConfig(source_url=SOURCE_URL).to_toml())
+    # SOURCE_URL serves nothing: these repositories answer from git alone.
+    config = MetaConfig(source_url=SOURCE_URL, pull_through=PullThroughConfig(enabled=False))
+    files["metasrv.toml"] = tomlcodec.dumps(config.to_toml())
     storage.commit("main", files, "Create meta repository")
     return storage
 
 
 def allow_repositories(storage: Storage, *prefixes: str) -> None:
     """Commit a metasrv.toml whose [understandings] allow lists ``prefixes``."""
-    config = MetaConfig(source_url=SOURCE_URL, understandings_allow=prefixes)
+    config = MetaConfig(
+        source_url=SOURCE_URL,
+        pull_through=PullThroughConfig(enabled=False),
+        understandings_allow=prefixes,
+    )
     storage.commit(
         storage.head_branch(), {"metasrv.toml": tomlcodec.dumps(config.to_toml())}, "allow"
     )

@@ -76,10 +76,43 @@ def client(storage: Storage) -> AsgiClient:
 class RunningServer:
     """A real ``metasrv serve`` process on 127.0.0.1, its stderr drained by a thread."""
 
-    def __init__(self, process: subprocess.Popen[str], url: str, drain: threading.Thread) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[str],
+        url: str,
+        drain: threading.Thread,
+        output: queue.Queue[str | None],
+        seen: list[str],
+    ) -> None:
         self.process = process
         self.url = url
         self.drain = drain
+        self._output = output
+        self.lines = seen  # stderr so far, as far as wait_for_line has read it
+
+    def read_all(self) -> list[str]:
+        """Return every stderr line, once the server has exited and its stderr is closed."""
+        while (line := self._output.get(timeout=THREAD_DEADLINE_SECONDS)) is not None:
+            self.lines.append(line)
+        self._output.put(None)  # read_all again, or wait_for_line, sees the end too
+        return self.lines
+
+    def wait_for_line(self, text: str) -> str:
+        """Return the first stderr line containing ``text``, reading up to a deadline."""
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        found = next((line for line in self.lines if text in line), None)
+        while found is None and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._output.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            found = line if text in line else None
+        if found is None:
+            raise AssertionError(f"no line with {text!r} in {''.join(self.lines)}")
+        return found
 
 
 def start_server(args: list[str], cwd: Path | None = None) -> RunningServer:
@@ -117,7 +150,7 @@ def start_server(args: list[str], cwd: Path | None = None) -> RunningServer:
         seen.append(line)
         if "Uvicorn running on " in line:
             url = line.split("Uvicorn running on ", 1)[1].split()[0]
-            return RunningServer(process, url, thread)
+            return RunningServer(process, url, thread, lines, seen)
     _stop(process, thread)
     raise AssertionError(
         f"metasrv serve did not start within {STARTUP_DEADLINE_SECONDS} s: {''.join(seen)}"

@@ -12,8 +12,8 @@ MAX_MODULE_LINES = 400
 # The data flow, lowest first: source -> git -> understandings / markers -> HTTP and CLI. A module
 # may import the modules listed before it in its own layer and anything in a layer below its own.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("", ["errors", "names", "tables", "buildsettings", "model"]),
-    ("repo", ["tomlcodec", "projectfile", "worktree", "storage", "catalog"]),
+    ("", ["errors", "names", "tables", "buildsettings", "config", "model"]),
+    ("repo", ["tomlcodec", "projectfile", "worktree", "paths", "storage", "catalog"]),
     (
         "index",
         [
@@ -30,6 +30,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "buildenvs",
             "builds",
             "buildrun",
+            "projectmerge",
+            "pullthrough",
         ],
     ),
     (
@@ -46,8 +48,10 @@ LAYERS: list[tuple[str, list[str]]] = [
             "views",
             "bytecache",
             "readapi",
+            "pulling",
             "hotpath",
             "compression",
+            "accesslog",
             "simpleroutes",
             "app",
         ],

@@ -34,7 +34,11 @@ def test_a_running_server_answers_and_serves_new_commits_without_restart(
     pygit2.discover_repository(str(PROJECT_ROOT)) is None, reason="not run from a git clone"
 )
 def test_serve_with_no_arguments_serves_this_repositorys_own_data() -> None:
-    with running_server([], cwd=PROJECT_ROOT) as server, httpx.Client(base_url=server.url) as http:
+    # Offline: nothing in the tests contacts PyPI, which this repository's metasrv.toml names.
+    with (
+        running_server(["--offline"], cwd=PROJECT_ROOT) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
         root = http.get("/").json()
         assert root["source"] == "https://pypi.org/simple/"
         flask = http.get("/v1/projects/flask/2.0.0").json()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from metasrv.model import MetaConfig, Project
+from metasrv.config import MetaConfig
+from metasrv.model import Project
 from metasrv.names import name_from_path, project_path
 from metasrv.repo import tomlcodec
 from metasrv.understandings.authoring import check_rule_file

@@ -15,13 +15,13 @@ from typing import Any
 
 from metasrv.cli import builds
 from metasrv.cli.contribute import add_parsers, open_repository
+from metasrv.config import MetaConfig
 from metasrv.errors import InvalidInput, MetasrvError
 from metasrv.http.readapi import ReadApi
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, SyncSummary, sync
 from metasrv.index.wholeindex import follow, sync_all
 from metasrv.markers import MarkerSets
-from metasrv.model import MetaConfig
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import CONFIG_PATH, Catalog
 from metasrv.repo.storage import Storage
@@ -93,6 +93,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=120.0,
         help="seconds any clone or fetch of an understanding may take (default: 120)",
     )
+    serve.add_argument(
+        "--offline", action="store_true", help="serve only what is in git; never ask the source"
+    )
+    serve.add_argument(
+        "--quiet", action="store_true", help="no line per request and per pull-through"
+    )
     serve.set_defaults(handler=_serve)
 
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
@@ -146,6 +152,7 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from metasrv.http.accesslog import print_line
     from metasrv.http.app import ENVIRONMENT_PREFIX, create_app, create_app_from_environment
 
     if args.fetch_interval <= 0:
@@ -171,6 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
             mirrors=args.mirrors,
             fetch_interval=args.fetch_interval,
             git_timeout=args.git_timeout,
+            offline=args.offline,
+            log=None if args.quiet else print_line,
         )
         uvicorn.run(app, **settings)
         return 0
@@ -178,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[f"{ENVIRONMENT_PREFIX}REPO"] = str(repo_path)
     os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"] = str(args.fetch_interval)
     os.environ[f"{ENVIRONMENT_PREFIX}GIT_TIMEOUT"] = str(args.git_timeout)
+    os.environ[f"{ENVIRONMENT_PREFIX}OFFLINE"] = "1" if args.offline else ""
+    os.environ[f"{ENVIRONMENT_PREFIX}QUIET"] = "1" if args.quiet else ""
     if args.mirrors is not None:
         os.environ[f"{ENVIRONMENT_PREFIX}MIRRORS"] = str(args.mirrors.resolve())
     factory = f"{create_app_from_environment.__module__}:{create_app_from_environment.__name__}"

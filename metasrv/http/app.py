@@ -15,13 +15,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from metasrv.errors import MetasrvError
+from metasrv.errors import MetasrvError, NotFound, SourceError
+from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
+from metasrv.http.pulling import STALE_HEADER, PulledReads
 from metasrv.http.readapi import Answer, ReadApi, encode
 from metasrv.http.simpleroutes import SimpleRoutes
 from metasrv.http.views import SimpleApi, WheelCache
+from metasrv.index.pullthrough import PullThrough
 from metasrv.markers import MarkerSets
+from metasrv.names import parse_version
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.understandings.mirrors import Deadlines
@@ -34,9 +38,10 @@ ENVIRONMENT_PREFIX = "METASRV_SERVE_"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _respond(request: Request, answer: Answer) -> Response:
+def _respond(request: Request, answer: Answer, extra: dict[str, str] | None = None) -> Response:
     """Translate an answer into a 200, or a 304 when the client holds it already."""
     headers = {key.decode(): value.decode() for key, value in answer.headers()}
+    headers.update(extra or {})
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, headers["etag"]):
         return Response(status_code=304, headers=headers)
@@ -66,12 +71,16 @@ def create_app(
     fetch_interval: float = 10.0,
     git_timeout: float | None = None,
     pin_fetch_interval: float = PIN_FETCH_INTERVAL_SECONDS,
+    offline: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> ASGIApp:
     """Build the application serving the meta repository at ``repo_path``.
 
     Understandings' repositories are mirrored under ``mirrors`` (default: inside the meta
     repository's git folder) and fetched at start and every ``fetch_interval`` seconds, each
-    remote operation within ``git_timeout`` seconds (default: 120).
+    remote operation within ``git_timeout`` seconds (default: 120). Unless ``offline``,
+    projects the data lacks are pulled through from the source (metasrv.toml). ``log`` gets
+    one line per request and per pull-through.
     """
     storage = Storage(repo_path)
     deadlines = Deadlines.within(git_timeout) if git_timeout is not None else Deadlines()
@@ -79,9 +88,13 @@ def create_app(
         storage, mirrors, deadlines=deadlines, pin_fetch_interval=pin_fetch_interval
     )
     catalog = Catalog(storage)
+    pulled = PulledReads(open_pull_through(storage, catalog, offline=offline, log=log))
     read_api = ReadApi(catalog, understandings, MarkerSets(storage))
     wheels = WheelCache(storage.path / "metasrv-wheels")
-    simple_routes = SimpleRoutes(SimpleApi(catalog, understandings, wheels))
+    simple_routes = SimpleRoutes(
+        SimpleApi(catalog, understandings, wheels, pending_metadata=pulled.pull is not None),
+        pulled,
+    )
 
     async def root(request: Request) -> Response:
         return _respond(request, read_api.root(request.query_params.get("at")))
@@ -92,29 +105,30 @@ def create_app(
 
     async def project(request: Request) -> Response:
         query, name = request.query_params, request.path_params["name"]
-        understanding, cooldown = query.get("understanding"), query.get("cooldown")
-        if understanding is None and cooldown is None:
-            return _respond(request, read_api.project(query.get("at"), name))
-        return _respond(
-            request, read_api.patched_project(query.get("at"), name, understanding, cooldown)
-        )
+        at, understanding = query.get("at"), query.get("understanding")
+        cooldown = query.get("cooldown")
+
+        def read() -> Answer:
+            if understanding is None and cooldown is None:
+                return read_api.project(at, name)
+            return read_api.patched_project(at, name, understanding, cooldown)
+
+        return await _pulled_answer(request, pulled, at, name, None, read=read)
 
     async def release(request: Request) -> Response:
         query = request.query_params
         name, version = request.path_params["name"], request.path_params["version"]
-        understanding, markers = query.get("understanding"), query.get("markers")
-        cooldown = query.get("cooldown")
-        if markers is not None:
-            answer = read_api.annotated_release(
-                query.get("at"), name, version, markers, understanding
-            )
-        elif understanding is not None or cooldown is not None:
-            answer = read_api.patched_release(
-                query.get("at"), name, version, understanding, cooldown
-            )
-        else:
-            answer = read_api.release(query.get("at"), name, version)
-        return _respond(request, answer)
+        at, understanding = query.get("at"), query.get("understanding")
+        markers, cooldown = query.get("markers"), query.get("cooldown")
+
+        def read() -> Answer:
+            if markers is not None:
+                return read_api.annotated_release(at, name, version, markers, understanding)
+            if understanding is not None or cooldown is not None:
+                return read_api.patched_release(at, name, version, understanding, cooldown)
+            return read_api.release(at, name, version)
+
+        return await _pulled_answer(request, pulled, at, name, version, read=read)
 
     async def marker_set_list(request: Request) -> Response:
         return _respond(request, read_api.marker_set_list(request.query_params.get("at")))
@@ -149,6 +163,8 @@ def create_app(
             yield
         finally:
             task.cancel()
+            if pulled.pull is not None:
+                await asyncio.to_thread(pulled.pull.close)
 
     routes = [
         Route("/", root),
@@ -167,7 +183,56 @@ def create_app(
         exception_handlers={MetasrvError: _metasrv_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    return Compressor(HotPath(read_api, app))
+    served = Compressor(HotPath(read_api, app, pulled))
+    return served if log is None else AccessLog(served, log)
+
+
+def open_pull_through(
+    storage: Storage,
+    catalog: Catalog,
+    *,
+    offline: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> PullThrough | None:
+    """Return the pull-through metasrv.toml configures, or None when it is off or offline.
+
+    The data branch it names, if any, is the branch unpinned reads follow, offline too.
+    """
+    try:
+        config = catalog.config(storage.resolve(None))
+    except NotFound:
+        return None  # a repository without commits has no source to pull from
+    storage.data_branch = config.pull_through.branch
+    if offline or not config.pull_through.enabled or config.source_url is None:
+        return None
+    return PullThrough(
+        storage.path,
+        config.source_url,
+        branch=config.pull_through.branch,
+        refresh=config.pull_through.refresh,
+        log=log,
+    )
+
+
+async def _pulled_answer(
+    request: Request,
+    pulled: PulledReads,
+    at: str | None,
+    name: str,
+    version: str | None,
+    *,
+    read: Callable[[], Answer],
+) -> Response:
+    """Answer a read, pulling the project through and reading pending metadata as needed."""
+    answer = await pulled.read(at, name, read)
+    headers = pulled.headers(at, name)
+    if answer.pending:
+        try:
+            if await pulled.complete(at, name, parse_version(version) if version else None):
+                answer = read()
+        except SourceError as exc:
+            headers[STALE_HEADER] = f"metadata not read: {exc.message}"
+    return _respond(request, answer, headers)
 
 
 def _prepared(read_api: ReadApi, endpoint: Endpoint) -> Endpoint:
@@ -219,4 +284,6 @@ def create_app_from_environment() -> ASGIApp:
         mirrors=Path(mirrors) if mirrors else None,
         fetch_interval=float(os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"]),
         git_timeout=float(os.environ[f"{ENVIRONMENT_PREFIX}GIT_TIMEOUT"]),
+        offline=bool(os.environ.get(f"{ENVIRONMENT_PREFIX}OFFLINE")),
+        log=None if os.environ.get(f"{ENVIRONMENT_PREFIX}QUIET") else print_line,
     )

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from metasrv.errors import MetasrvError
+from metasrv.http.pulling import PulledReads
 from metasrv.http.readapi import Answer, ReadApi
 
 Scope = MutableMapping[str, Any]
@@ -28,9 +29,10 @@ _JSON_HEADER = (b"content-type", b"application/json")
 class HotPath:
     """An ASGI app that answers successful project and release reads, else defers to ``app``."""
 
-    def __init__(self, read_api: ReadApi, app: ASGIApp) -> None:
+    def __init__(self, read_api: ReadApi, app: ASGIApp, pulled: PulledReads | None = None) -> None:
         self.read_api = read_api
         self.app = app
+        self.pulled = pulled or PulledReads(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = self._answer(scope) if scope["type"] == "http" else None
@@ -62,12 +64,19 @@ class HotPath:
         parts = path[len(_PREFIX) :].split("/")
         try:
             if len(parts) == 1 and parts[0]:
-                return self.read_api.project(at, parts[0])
-            if len(parts) == 2 and parts[0] and parts[1]:
-                return self.read_api.release(at, parts[0], parts[1])
+                answer = self.read_api.project(at, parts[0])
+            elif len(parts) == 2 and parts[0] and parts[1]:
+                answer = self.read_api.release(at, parts[0], parts[1])
+            else:
+                return None
+            # Pending metadata and stale data are answered by the routes, which say so.
+            if answer.pending or self.pulled.headers(at, parts[0]):
+                return None
         except MetasrvError:
             return None
-        return None
+        if self.pulled.active(at):
+            self.pulled.touch(parts[0])
+        return answer
 
 
 def _holds(scope: Scope, etag: bytes) -> bool:

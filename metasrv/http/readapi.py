@@ -53,6 +53,7 @@ class Answer:
     pin: Pin
     etag: str
     body: bytes  # without "at", which is spliced in per response
+    pending: bool = False  # some file's metadata is not read yet (pull-through)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Return the ETag, Cache-Control and X-Metasrv-At headers."""
@@ -132,7 +133,7 @@ class ReadApi:
         body = {
             "api-version": documents.API_VERSION,
             "source": config.source_url,
-            "branch": at or self.catalog.storage.head_branch(),
+            "branch": at or self.catalog.storage.served_branch(),
             "endpoints": {
                 "projects": "/v1/projects",
                 "project": "/v1/projects/{name}",
@@ -191,6 +192,9 @@ class ReadApi:
                 self.bodies.put(("missing", blob_id, version_text), message.encode())
                 raise NotFound(message)
             body = encode(documents.render_release(name, normalized_name, release))
+            if _pending(release):
+                # Not cached: pull-through reads the metadata and the next read shows it.
+                return Answer(pin, f"{pin.commit_id}-{blob_id}", body, pending=True)
             self.bodies.put(key, body)
         return Answer(pin, f"{pin.commit_id}-{blob_id}", body)
 
@@ -213,7 +217,7 @@ class ReadApi:
         document = documents.render_patched_release(
             registered, view.normalized_name, patched, view.commits
         )
-        return Answer(view.pin, view.etag, encode(document))
+        return Answer(view.pin, view.etag, encode(document), pending=_pending(release))
 
     def patched_project(
         self, at: str | None, name: str, understanding: str | None, cooldown: str | None = None
@@ -227,7 +231,11 @@ class ReadApi:
         for version, patched_release in zip(document["versions"], patched, strict=True):
             version["hidden"] = patched_release.hidden_release
         document["understandings"] = [{"name": n, "commit": c} for n, c in view.commits]
-        return Answer(view.pin, view.etag, encode(document))
+        # Rules select releases by their metadata, so every release's metadata is wanted.
+        pending = any(layer.rules is not None for layer in view.layers) and any(
+            _pending(release) for release in project.releases
+        )
+        return Answer(view.pin, view.etag, encode(document), pending=pending)
 
     def _layered(
         self, at: str | None, name: str, understanding: str | None, cooldown: str | None = None
@@ -345,7 +353,9 @@ class ReadApi:
                 marker_set.environments,
             ),
         }
-        return Answer(answer.pin, f"{answer.etag}-{markers}", encode(document))
+        return Answer(
+            answer.pin, f"{answer.etag}-{markers}", encode(document), pending=answer.pending
+        )
 
     def _registration(self, pin: Pin, registration: Registration) -> dict[str, Any]:
         status = self.understandings.status.get(registration.name)
@@ -359,6 +369,10 @@ class ReadApi:
             head = None  # why: a refused registration, a failing mirror, no verified commit
             status = replace(status or MirrorStatus(), error=exc.message)
         return documents.render_registration(registration, head, status, signed)
+
+
+def _pending(release: Release) -> bool:
+    return any(dist_file.metadata_pending for dist_file in release.files)
 
 
 def _state_key(body: bytes) -> str:

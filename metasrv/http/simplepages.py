@@ -70,6 +70,7 @@ class SimpleFile:
     size: int | None
     upload_time: str | None
     metadata_sha256: str | None
+    metadata_pending: bool = False  # not read yet, served on request (pull-through)
 
 
 def project_page(name: str, versions: Iterable[str], files: Iterable[SimpleFile]) -> dict[str, Any]:
@@ -91,6 +92,9 @@ def project_page(name: str, versions: Iterable[str], files: Iterable[SimpleFile]
             # PEP 714: core-metadata; pip before 23.3 reads only dist-info-metadata.
             entry["core-metadata"] = {"sha256": simple_file.metadata_sha256}
             entry["dist-info-metadata"] = {"sha256": simple_file.metadata_sha256}
+        elif simple_file.metadata_pending:
+            # PEP 714: true says the file exists without a hash; we read it when asked.
+            entry["core-metadata"] = entry["dist-info-metadata"] = True
         entries.append(entry)
     return {
         "meta": {"api-version": API_VERSION},
@@ -116,7 +120,10 @@ def render_project_html(page: dict[str, Any]) -> bytes:
         if entry["yanked"] is not False:
             reason = "" if entry["yanked"] is True else html.escape(entry["yanked"])
             attributes.append(f'data-yanked="{reason}"')
-        if "core-metadata" in entry:
+        if entry.get("core-metadata") is True:
+            attributes.append('data-core-metadata="true"')
+            attributes.append('data-dist-info-metadata="true"')
+        elif "core-metadata" in entry:
             value = f"sha256={entry['core-metadata']['sha256']}"
             attributes.append(f'data-core-metadata="{value}"')
             attributes.append(f'data-dist-info-metadata="{value}"')

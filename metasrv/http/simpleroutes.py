@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from packaging.utils import NormalizedName
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from metasrv.errors import NotFound
+from metasrv.errors import MetadataPending, NotFound
 from metasrv.http import readapi
 from metasrv.http.hotpath import etag_matches
+from metasrv.http.pulling import PulledReads
 from metasrv.http.simplepages import index_page_chunks, negotiate, render_json, render_project_html
 from metasrv.http.views import Mount, SimpleApi
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
+from metasrv.names import parse_version
+from metasrv.repo.storage import BlobId
 
 IMMUTABLE = readapi.IMMUTABLE.decode()
 MOVING = readapi.MOVING.decode()
@@ -35,8 +39,9 @@ def _media_type(content_type: str) -> str:
 class SimpleRoutes:
     """The simple API's endpoints over one SimpleApi."""
 
-    def __init__(self, simple_api: SimpleApi) -> None:
+    def __init__(self, simple_api: SimpleApi, pulled: PulledReads | None = None) -> None:
         self.api = simple_api
+        self.pulled = pulled or PulledReads(None)
         # The root page at PyPI scale is ~40 MB; it is built once per data tree and content type.
         self._index_cache: dict[tuple[str, str], bytes] = {}
 
@@ -55,6 +60,10 @@ class SimpleRoutes:
         spec = request.path_params.get("understandings")
         if spec is not None:
             await self.api.prepare(request.path_params.get("commit"), spec)
+        return self._view(request)
+
+    def _view(self, request: Request) -> Mount:
+        """Return the request's view at the served head now (its mirrors already prepared)."""
         return self.api.mount(
             request.path_params.get("commit"),
             request.path_params.get("understandings"),
@@ -99,8 +108,16 @@ class SimpleRoutes:
         """Answer a project's page, redirecting other spellings to the normalized one."""
         mount = await self._mount(request)
         content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
-        name = request.path_params["project"]
-        normalized_name, blob_id = self.api.catalog.project_blob(mount.commit_id, name)
+        name, at = request.path_params["project"], request.path_params.get("commit")
+
+        def locate() -> tuple[Mount, NormalizedName, BlobId]:
+            mount = self._view(request)
+            return mount, *self.api.catalog.project_blob(mount.commit_id, name)
+
+        mount, normalized_name, blob_id = await self.pulled.read(at, name, locate)
+        if self.pulled.active(at) and self.api.needs_metadata(mount, name):
+            await self.pulled.complete(at, name, None)
+            mount, normalized_name, blob_id = locate()
         if name != normalized_name:
             # PEP 503: the canonical URL uses the normalized name.
             target = request.url.path.replace(f"/simple/{name}/", f"/simple/{normalized_name}/")
@@ -108,18 +125,36 @@ class SimpleRoutes:
                 target += f"?{request.url.query}"  # ?format= must survive the redirect
             return RedirectResponse(target, status_code=301)
         headers = self._headers(mount, f"{mount.key}-{blob_id}-{content_type}", content_type)
+        headers.update(self.pulled.headers(at, name))
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
             return Response(status_code=304, headers=headers)
         page = await self.api.project(mount, name)
         body = render_json(page) if content_type == MIME_SIMPLE_JSON else render_project_html(page)
         return Response(body, media_type=_media_type(content_type), headers=headers)
 
+    def _located_mount(self, request: Request, name: str) -> Mount:
+        mount = self._view(request)
+        self.api.catalog.project_blob(mount.commit_id, name)  # an unknown project is pulled
+        return mount
+
     async def file(self, request: Request) -> Response:
         """Answer a file: its .metadata, a rewritten wheel, or a redirect to the source."""
-        mount = await self._mount(request)
         name, filename = request.path_params["project"], request.path_params["filename"]
+        at = request.path_params.get("commit")
+        await self._mount(request)  # prepares the mirrors its understandings need
+        mount = await self.pulled.read(at, name, lambda: self._located_mount(request, name))
         if filename.endswith(METADATA_SUFFIX):
-            content = await self.api.metadata_file(mount, name, filename[: -len(METADATA_SUFFIX)])
+            try:
+                content = await self.api.metadata_file(
+                    mount, name, filename[: -len(METADATA_SUFFIX)]
+                )
+            except MetadataPending as pending:
+                if not await self.pulled.complete(at, name, parse_version(pending.version_text)):
+                    raise
+                mount = self._view(request)
+                content = await self.api.metadata_file(
+                    mount, name, filename[: -len(METADATA_SUFFIX)]
+                )
             return Response(
                 content,
                 media_type="text/plain; charset=utf-8",

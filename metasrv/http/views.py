@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidInput, MetasrvError, NotFound, SourceError
+from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
 from metasrv.http.simplepages import SimpleFile, project_page
 from metasrv.http.wheels import render_metadata_file, rewrite_wheel
 from metasrv.index.archives import is_wheel
@@ -151,11 +151,18 @@ class SimpleApi:
     """The simple API over a catalog, with understandings and rewritten wheels."""
 
     def __init__(
-        self, catalog: Catalog, understandings: Understandings, wheels: WheelCache
+        self,
+        catalog: Catalog,
+        understandings: Understandings,
+        wheels: WheelCache,
+        *,
+        pending_metadata: bool = False,
     ) -> None:
         self.catalog = catalog
         self.understandings = understandings
         self.wheels = wheels
+        # With pull-through, a wheel's metadata not read yet is offered and read on request.
+        self.pending_metadata = pending_metadata
 
     async def prepare(self, at: str | None, spec: str) -> None:
         """Wait, off the loop and within a bound, for the mirror refreshes a view needs."""
@@ -233,6 +240,11 @@ class SimpleApi:
             metadata_sha256=(
                 hashlib.sha256(metadata_bytes).hexdigest() if metadata_bytes is not None else None
             ),
+            metadata_pending=(
+                self.pending_metadata
+                and located.original.metadata_pending
+                and is_wheel(patched.filename)
+            ),
         )
 
     async def _rewritten(self, located: _Located) -> Rewritten | None:
@@ -258,9 +270,23 @@ class SimpleApi:
                 return located
         raise NotFound(f"no file {filename!r} of project {name!r}")
 
+    def needs_metadata(self, mount: Mount, name: str) -> bool:
+        """Return whether an understanding's rules may select releases whose metadata is pending."""
+        if not mount.pinned:
+            return False
+        project = self.catalog.get_project(mount.commit_id, name)
+        if not any(f.metadata_pending for r in project.releases for f in r.files):
+            return False
+        layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
+        return any(layer.rules is not None for layer in layers)
+
     async def metadata_file(self, mount: Mount, name: str, filename: str) -> bytes:
         """Return a file's PEP 658 metadata as the view shows it."""
         located = self._find(mount, name, filename)
+        if located.original.metadata_pending:
+            raise MetadataPending(
+                f"the metadata of {filename!r} is not read yet", located.release.version_text
+            )
         content = self._metadata_bytes(located, await self._rewritten(located))
         if content is None:
             raise NotFound(f"the metadata of {filename!r} is not known")

@@ -15,6 +15,8 @@ from metasrv.index.pages import ProjectPage, SourceFile
 from metasrv.model import DistFile, MetadataStatus
 
 WHEELS_GIVE_METADATA = "the release's wheels give its metadata"
+# Metadata in these states is read again by the next sync; other states belong to the bytes.
+READ_AGAIN = frozenset({MetadataStatus.FETCH_FAILED, MetadataStatus.PENDING})
 
 
 async def read_page_files(
@@ -54,6 +56,19 @@ def version_of(filename: str) -> str:
     return version_text
 
 
+def listed_file(source_file: SourceFile) -> DistFile:
+    """Return a file as its source page lists it, its metadata not read."""
+    return DistFile(
+        filename=source_file.filename,
+        url=source_file.url,
+        hashes=dict(source_file.hashes),
+        size=source_file.size,
+        upload_time=source_file.upload_time,
+        requires_python=source_file.requires_python,
+        yanked=source_file.yanked,
+    )
+
+
 async def _read_file(
     source: IndexSource | FolderSource,
     source_file: SourceFile,
@@ -65,22 +80,13 @@ async def _read_file(
 
     Metadata is reused when the file's hashes are unchanged, unless fetching it failed last time.
     """
-    dist_file = DistFile(
-        filename=source_file.filename,
-        url=source_file.url,
-        hashes=dict(source_file.hashes),
-        size=source_file.size,
-        upload_time=source_file.upload_time,
-        requires_python=source_file.requires_python,
-        yanked=source_file.yanked,
-    )
+    dist_file = listed_file(source_file)
     if (
         previous is not None
         and previous.hashes == dist_file.hashes
         and dist_file.hashes
-        and previous.metadata_status is not MetadataStatus.FETCH_FAILED
+        and previous.metadata_status not in READ_AGAIN
     ):
-        # Metadata that could not be fetched is read again; other states belong to the bytes.
         reused = replace(
             dist_file,
             metadata=previous.metadata,

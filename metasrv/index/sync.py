@@ -19,8 +19,9 @@ from metasrv.index.client import (
     make_client,
     open_source,
 )
-from metasrv.index.pagefiles import read_page_files, version_of
-from metasrv.model import DistFile, MetadataStatus, Project, Release, SourceState
+from metasrv.index.pagefiles import READ_AGAIN, read_page_files, version_of
+from metasrv.index.pages import ProjectPage
+from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name, parse_version, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import read_project, write_project
@@ -268,6 +269,22 @@ async def _sync_project(
         if archives.version_of_filename(f.filename) is None
         and f.filename.endswith((".whl", ".tar.gz", ".zip"))
     ]
+    return assemble_project(
+        normalized_name, page, read, existing, registered=listed_name, summary=summary
+    )
+
+
+def assemble_project(
+    normalized_name: NormalizedName,
+    page: ProjectPage,
+    read: list[tuple[DistFile, str | None, bool]],
+    existing: Project | None,
+    *,
+    registered: str | None,
+    summary: SyncSummary,
+) -> Project | None:
+    """Return the project a page and its files' metadata make, or None when nothing changed."""
+    known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
     # One release per PEP 440 version, spelled as the index first lists it: files name versions
     # normalized, and old PyPI releases may spell one version twice ("0.12.01" and "0.12.1").
     by_version: dict[Version, tuple[str, list[DistFile]]] = {}
@@ -286,7 +303,7 @@ async def _sync_project(
         elif previous != dist_file:
             summary.files_changed += 1
         summary.errors += failed
-    name = listed_name or (
+    name = registered or (
         newest_name[1] if newest_name and _same_project(newest_name[1], normalized_name) else None
     )
     name = name or (existing.name if existing is not None else page.name)
@@ -322,9 +339,9 @@ def _existing(
         # A file the server cannot read (written by hand, or by an older sync) is rewritten
         # whole from the source instead of wedging every sync that includes it.
         return None, SourceState()
-    statuses = (f.metadata_status for r in existing.releases for f in r.files)
-    if MetadataStatus.FETCH_FAILED in statuses:
-        # Files whose fetch failed are read again, though the page itself may not be new.
+    if any(f.metadata_status in READ_AGAIN for r in existing.releases for f in r.files):
+        # Files whose fetch failed, or that pull-through has not read yet, are read again,
+        # though the page itself may not be new.
         return existing, SourceState()
     return existing, existing.source_state
 

@@ -8,8 +8,9 @@ from functools import lru_cache
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from metasrv.errors import NotFound
-from metasrv.model import MetaConfig, Project, Release
+from metasrv.config import MetaConfig
+from metasrv.errors import UnknownProject
+from metasrv.model import Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.projectfile import read_project, read_release, registered_name
@@ -61,7 +62,7 @@ class Catalog:
         normalized_name = normalize_name(name)
         blob_id = self.storage.blob_id(commit_id, f"{DATA_ROOT}/{project_path(normalized_name)}")
         if blob_id is None:
-            raise NotFound(f"unknown project {name!r}")
+            raise UnknownProject(f"unknown project {name!r}")
         return normalized_name, blob_id
 
     def get_project(self, commit_id: CommitId, name: str) -> Project:

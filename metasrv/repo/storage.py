@@ -16,6 +16,7 @@ from pygit2.enums import ObjectType
 
 from metasrv.errors import Conflict, InvalidInput, NotFound, SourceError
 from metasrv.repo import worktree
+from metasrv.repo.paths import split_paths
 
 CommitId = NewType("CommitId", str)
 """A full 40-hex commit id, produced only by ref resolution or by a commit."""
@@ -58,6 +59,7 @@ class Storage:
         except pygit2.GitError:
             raise InvalidInput(f"{path} is not a git repository") from None
         self.path = Path(self._repo.path).resolve()
+        self.data_branch: str | None = None  # pull-through's own branch, once it exists
 
     @classmethod
     def discover(cls, folder: Path) -> Storage:
@@ -112,7 +114,7 @@ class Storage:
     def resolve(self, ref: str | None = None) -> CommitId:
         """Return the commit a sha, a branch or a tag names; None means HEAD's branch now."""
         if ref is None:
-            return self._branch_commit(self.head_branch())
+            return self._branch_commit(self.served_branch())
         if len(ref) > MAX_REF_LENGTH:
             raise InvalidInput(f"ref is longer than {MAX_REF_LENGTH} characters")
         if _HEX_PREFIX.fullmatch(ref):
@@ -130,6 +132,13 @@ class Storage:
             if reference is not None:
                 return CommitId(str(reference.peel(pygit2.Commit).id))
         raise NotFound(f"unknown ref {ref!r}")
+
+    def served_branch(self) -> str:
+        """Return the branch unpinned reads follow: the data branch once it exists, else HEAD's."""
+        data_branch = self.data_branch
+        return (
+            data_branch if data_branch and self.branch_commit(data_branch) else self.head_branch()
+        )
 
     def head_commit(self) -> CommitId:
         """Return the commit HEAD is at, attached to a branch or detached (as CI checks out)."""
@@ -271,13 +280,27 @@ class Storage:
         and index follow (see worktree.py), unless they hold edits of their own. ``sign`` turns
         the commit object's bytes into the signature stored in it.
         """
+        return self.commit_computed(
+            branch, lambda _: (changes, message), expected_parent, start_point, sign
+        )
+
+    def commit_computed(
+        self,
+        branch: str,
+        compute: Callable[[CommitId | None], tuple[Mapping[str, bytes | None], str]],
+        expected_parent: CommitId | None = None,
+        start_point: CommitId | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
+    ) -> CommitId | None:
+        """Commit what ``compute(parent) -> (changes, message)`` makes, all under the lock."""
         with self._write_lock():
             worktree.recover(self._repo)
             parent = self.branch_commit(branch) or start_point
             if expected_parent is not None and parent != expected_parent:
                 raise Conflict(f"branch {branch!r} moved while writing; try again")
+            changes, message = compute(parent)
             base_tree = self._commit(parent).tree if parent is not None else None
-            tree_id = self._write_tree(base_tree, _split_paths(changes))
+            tree_id = self._write_tree(base_tree, split_paths(changes))
             if tree_id is None:
                 tree_id = self._repo.TreeBuilder().write()
             if base_tree is not None and tree_id == base_tree.id:
@@ -369,21 +392,3 @@ class Storage:
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-def _split_paths(
-    changes: Mapping[str, bytes | None],
-) -> dict[str, bytes | dict[str, object] | None]:
-    root: dict[str, bytes | dict[str, object] | None] = {}
-    for path, content in changes.items():
-        parts = path.split("/")
-        if any(part in ("", ".", "..", ".git") for part in parts):
-            raise InvalidInput(f"invalid path {path!r}")
-        node: dict[str, object] = root  # type: ignore[assignment]
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise InvalidInput(f"path {path!r} runs through a file being written")
-            node = child
-        node[parts[-1]] = content
-    return root

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
+from metasrv.config import MetaConfig
 from metasrv.errors import (
     InvalidData,
     InvalidInput,
@@ -24,7 +25,6 @@ from metasrv.errors import (
     Unavailable,
     Unverified,
 )
-from metasrv.model import MetaConfig
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import CONFIG_PATH
 from metasrv.repo.storage import BlobId, CommitId, Storage

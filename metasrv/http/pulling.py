@@ -1,0 +1,61 @@
+"""Unpinned reads that pull a project through from the source when the data lacks it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from packaging.version import Version
+
+from metasrv.errors import InvalidInput, UnknownProject
+from metasrv.index.pullthrough import PullThrough
+from metasrv.names import normalize_name
+
+STALE_HEADER = "x-metasrv-stale"
+
+T = TypeVar("T")
+
+
+class PulledReads:
+    """Wrap reads: on an unknown project fetch it, then read again; keep read projects fresh."""
+
+    def __init__(self, pull: PullThrough | None) -> None:
+        self.pull = pull
+
+    def active(self, at: str | None) -> bool:
+        """Return whether a read at ``at`` may contact the source: pinned reads never do."""
+        return self.pull is not None and at is None
+
+    async def read(self, at: str | None, name: str, read: Callable[[], T]) -> T:
+        """Return ``read()``, pulling the project through first when the data lacks it."""
+        if self.pull is None or at is not None:
+            return read()
+        try:
+            result = read()
+        except UnknownProject:
+            await self.pull.ensure(name)
+            result = read()
+        self.touch(name)
+        return result
+
+    async def complete(self, at: str | None, name: str, version: Version | None) -> bool:
+        """Read a release's pending metadata now; return whether the data may have changed."""
+        if self.pull is None or at is not None:
+            return False
+        await self.pull.complete(name, version)
+        return True
+
+    def touch(self, name: str) -> None:
+        """Schedule a background re-check of a project read unpinned."""
+        if self.pull is not None:
+            self.pull.touch(normalize_name(name))
+
+    def headers(self, at: str | None, name: str) -> dict[str, str]:
+        """Return the header saying an answer may be stale because the source is failing."""
+        if self.pull is None or at is not None:
+            return {}
+        try:
+            reason = self.pull.stale.get(normalize_name(name))
+        except InvalidInput:
+            return {}
+        return {} if reason is None else {STALE_HEADER: reason}

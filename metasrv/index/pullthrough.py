@@ -1,0 +1,376 @@
+"""Pull-through: a project the data lacks is fetched on its first request, committed, kept fresh.
+
+Everything that talks to the source or writes git runs on a thread of its own, with its own
+event loop and its own repository handles, so the server's loop only ever awaits futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from packaging.utils import NormalizedName
+from packaging.version import Version
+
+from metasrv.errors import (
+    InvalidData,
+    MetasrvError,
+    NotFound,
+    SourceError,
+    SourceUnavailable,
+    UnknownProject,
+)
+from metasrv.index.client import Fetcher, FetchOptions, FolderSource, IndexSource, make_client
+from metasrv.index.client import open_source as open_index
+from metasrv.index.pagefiles import read_page_files
+from metasrv.index.pages import ProjectPage
+from metasrv.index.projectmerge import Merge, adopt, fill, pending_files, pending_of
+from metasrv.index.sync import SyncSummary, assemble_project
+from metasrv.model import Project, SourceState
+from metasrv.names import normalize_name, project_path
+from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.projectfile import read_project, write_project
+from metasrv.repo.storage import CommitId, Storage
+
+# A source that fails answers fast: one retry, then the client hears 503 (or stale data).
+FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seconds=20.0)
+MISSING_SECONDS = 30.0  # a source's 404 is remembered this long: misses must not flood it
+PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking again
+METADATA_BATCH = 20  # releases read and committed together in the background
+START_DEADLINE_SECONDS = 10.0
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Job:
+    normalized_name: NormalizedName
+    merge: Merge
+    label: str
+    future: asyncio.Future[CommitId | None]
+
+
+@dataclass(slots=True)
+class _Batch:
+    jobs: list[_Job]
+    failures: dict[NormalizedName, MetasrvError] = field(default_factory=dict)
+
+
+class PullThrough:
+    """Fetch, commit and refresh projects of one source for one meta repository."""
+
+    def __init__(
+        self,
+        repo_path: Path,
+        source_url: str,
+        *,
+        branch: str | None = None,
+        refresh: float = 600.0,
+        fetch: FetchOptions = FETCH,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.source_url = source_url
+        self.refresh = refresh
+        self.stale: dict[NormalizedName, str] = {}
+        self._branch = branch
+        self._fetch = fetch
+        self._log = log or (lambda line: None)
+        self._storage = Storage(repo_path)  # read on the pull thread only
+        self._storage.data_branch = branch
+        self._catalog = Catalog(self._storage)
+        self._writer = Storage(repo_path)  # written in commit threads, one at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self._inflight: dict[tuple[str, ...], asyncio.Future[None]] = {}
+        self._missing: dict[NormalizedName, float] = {}
+        self._checked: dict[NormalizedName, float] = {}
+        self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
+        self._queue: list[_Job] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._source: IndexSource | FolderSource | None = None
+        self._fetcher: Fetcher | None = None
+
+    # Called from any thread or loop.
+
+    @property
+    def queued(self) -> int:
+        """Return how many changes wait to be committed, the one being committed included."""
+        return len(self._queue)
+
+    async def ensure(self, name: str) -> None:
+        """Make the project part of the served data, fetching it from the source if need be."""
+        normalized_name = normalize_name(name)  # invalid names never reach the source
+        self._raise_if_missing(normalized_name)
+        await self._call(self._ensure(normalized_name))
+
+    async def complete(self, name: str, version: Version | None = None) -> None:
+        """Read the pending metadata of one release (None: every release) and commit it."""
+        await self._call(self._complete(normalize_name(name), version))
+
+    def touch(self, normalized_name: NormalizedName) -> None:
+        """Re-check a project with the source in the background when ``refresh`` has passed."""
+        checked = self._checked.get(normalized_name)
+        if checked is not None and time.monotonic() - checked < self.refresh:
+            return
+        self._checked[normalized_name] = time.monotonic()  # one re-check per interval
+        self._start().call_soon_threadsafe(self._spawn_refresh, normalized_name)
+
+    def close(self) -> None:
+        """Stop the pull thread, cancelling background work."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        future.result(timeout=START_DEADLINE_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=START_DEADLINE_SECONDS)
+        self._loop = self._thread = None
+
+    def _raise_if_missing(self, normalized_name: NormalizedName) -> None:
+        until = self._missing.get(normalized_name)
+        if until is not None and time.monotonic() < until:
+            raise NotFound(f"the source has no project {normalized_name!r}")
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._starting:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.close()
+
+                thread = threading.Thread(target=run, name="metasrv-pull-through", daemon=True)
+                thread.start()
+                if not ready.wait(START_DEADLINE_SECONDS):
+                    raise RuntimeError("the pull-through thread did not start")
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    async def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._start())
+        return await asyncio.wrap_future(future)
+
+    # On the pull thread's loop.
+
+    async def _shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._fetcher is not None:
+            await self._fetcher.client.aclose()
+
+    def _open_source(self) -> IndexSource | FolderSource:
+        if self._source is None:
+            self._fetcher = Fetcher(make_client(self._fetch), self._fetch)
+            self._source = open_index(self.source_url, self._fetcher)
+        return self._source
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _spawn_refresh(self, normalized_name: NormalizedName) -> None:
+        self._spawn(self._refresh(normalized_name))
+
+    async def _single(
+        self, key: tuple[str, ...], start: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run one piece of work per key at a time; later callers wait on the running one."""
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(start())
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+            # Retrieved here too: callers that went away (a client hung up) must not leave it
+            # "never retrieved".
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(future)
+
+    def _head_project(self, normalized_name: NormalizedName) -> Project | None:
+        try:
+            return self._catalog.get_project(self._storage.resolve(None), normalized_name)
+        except UnknownProject:
+            return None
+
+    async def _ensure(self, normalized_name: NormalizedName) -> None:
+        head = self._storage.resolve(None)
+        try:
+            self._catalog.project_blob(head, normalized_name)
+        except UnknownProject:
+            await self._single(("pull", normalized_name), lambda: self._pull(normalized_name))
+
+    async def _refresh(self, normalized_name: NormalizedName) -> None:
+        existing = self._head_project(normalized_name)
+        if existing is None:
+            return
+        try:
+            await self._single(
+                ("pull", normalized_name), lambda: self._pull(normalized_name, existing)
+            )
+        except MetasrvError as exc:
+            self._log(f"pull-through {normalized_name}: refresh failed: {exc.message}")
+
+    async def _pull(self, normalized_name: NormalizedName, existing: Project | None = None) -> None:
+        started = time.monotonic()
+        source = self._open_source()
+        state = existing.source_state if existing is not None else SourceState()
+        try:
+            page = await source.project_page(normalized_name, state)
+        except NotFound:
+            self._missing[normalized_name] = time.monotonic() + MISSING_SECONDS
+            raise
+        except MetasrvError as exc:
+            self._checked[normalized_name] = time.monotonic()
+            if existing is not None:
+                self.stale[normalized_name] = f"the source failed: {exc.message}"
+                raise
+            raise SourceUnavailable(
+                f"{normalized_name}: the source {self.source_url} failed: {exc.message}"
+            ) from None
+        self._checked[normalized_name] = time.monotonic()
+        self.stale.pop(normalized_name, None)
+        if page is None:
+            return
+        self._remember_page(normalized_name, page)
+        known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
+        files = pending_files(page, known)
+        read = [(f, None, False) for f in files]
+        try:
+            project = assemble_project(
+                normalized_name, page, read, existing, registered=None, summary=SyncSummary()
+            )
+        except InvalidData as exc:
+            raise SourceError(f"the source's page is unusable: {exc.message}") from None
+        if project is None:
+            return
+        kind = "new" if existing is None else "refreshed"
+        commit_id = await self._write(
+            normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)"
+        )
+        elapsed = (time.monotonic() - started) * 1000
+        self._log(
+            f"pull-through {normalized_name}: {len(files)} files, {elapsed:.0f} ms, "
+            f"commit {(commit_id or '-')[:12]}"
+        )
+        if any(f.metadata_pending for f in files):
+            self._spawn(self._complete_quietly(normalized_name))
+
+    def _remember_page(self, normalized_name: NormalizedName, page: ProjectPage) -> None:
+        self._pages[normalized_name] = page
+        self._pages.move_to_end(normalized_name)
+        while len(self._pages) > PAGE_CACHE_SIZE:
+            self._pages.popitem(last=False)
+
+    async def _complete_quietly(self, normalized_name: NormalizedName) -> None:
+        try:
+            await self._complete(normalized_name, None)
+        except MetasrvError as exc:
+            self._log(f"pull-through {normalized_name}: metadata not read: {exc.message}")
+
+    async def _complete(self, normalized_name: NormalizedName, version: Version | None) -> None:
+        key = ("metadata", normalized_name, str(version))
+        await self._single(key, lambda: self._read_metadata(normalized_name, version))
+
+    async def _read_metadata(
+        self, normalized_name: NormalizedName, version: Version | None
+    ) -> None:
+        project = self._head_project(normalized_name)
+        releases = pending_of(project, version) if project is not None else []
+        if not releases:
+            return
+        page = self._pages.get(normalized_name)
+        source = self._open_source()
+        if page is None:
+            page = await source.project_page(normalized_name, SourceState())
+            assert page is not None  # an unconditional request always has a page
+            self._remember_page(normalized_name, page)
+        listed = {f.filename: f for f in page.files}
+        for start in range(0, len(releases), METADATA_BATCH):
+            chunk = releases[start : start + METADATA_BATCH]
+            wanted = tuple(
+                listed[f.filename] for r in chunk for f in r.files if f.filename in listed
+            )
+            read = await read_page_files(source, ProjectPage(page.name, wanted), {})
+            filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
+            stated = next((name for _, name, _ in reversed(read) if name), None)
+            await self._write(
+                normalized_name,
+                fill(filled, stated),
+                f"{normalized_name} (metadata of {len(filled)} files)",
+            )
+
+    async def _write(
+        self, normalized_name: NormalizedName, merge: Merge, label: str
+    ) -> CommitId | None:
+        """Queue a change; whoever commits next commits everything queued, in one commit."""
+        future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(normalized_name, merge, label, future))
+        if len(self._queue) == 1:
+            self._spawn(self._commit_queue())
+        return await future
+
+    async def _commit_queue(self) -> None:
+        # Jobs that arrive while a commit runs wait for the next one: many pulls, few commits.
+        while self._queue:
+            batch = _Batch(self._queue[:])
+            try:
+                commit_id = await asyncio.to_thread(self._commit, batch)
+            except Exception as exc:  # a failed commit fails its jobs, not the pull thread
+                for job in batch.jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            else:
+                for job in batch.jobs:
+                    failure = batch.failures.get(job.normalized_name)
+                    if failure is not None:
+                        job.future.set_exception(failure)
+                    else:
+                        job.future.set_result(commit_id)
+            del self._queue[: len(batch.jobs)]
+
+    def _commit(self, batch: _Batch) -> CommitId | None:
+        head_branch = self._writer.head_branch()
+        branch = self._branch or head_branch
+        start_point = self._writer.branch_commit(head_branch)
+
+        def compute(parent: CommitId | None) -> tuple[dict[str, bytes | None], str]:
+            changes: dict[str, bytes | None] = {}
+            labels: list[str] = []
+            grouped: dict[NormalizedName, list[_Job]] = {}
+            for job in batch.jobs:
+                grouped.setdefault(job.normalized_name, []).append(job)
+            for normalized_name, jobs in grouped.items():
+                path = f"{DATA_ROOT}/{project_path(normalized_name)}"
+                try:
+                    content = self._writer.read(parent, path) if parent is not None else None
+                    current = read_project(content, path) if content is not None else None
+                except InvalidData as exc:
+                    batch.failures[normalized_name] = exc
+                    continue
+                project = current
+                for job in jobs:
+                    project = job.merge(project)
+                if project is not None and project != current:
+                    changes[path] = write_project(project)
+                    labels += [job.label for job in jobs]
+            count = len(changes)
+            message = (
+                f"pull-through: {count} project{'s' if count != 1 else ''} "
+                f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)
+            )
+            return changes, message
+
+        commit_id = self._writer.commit_computed(branch, compute, start_point=start_point)
+        return commit_id or self._writer.branch_commit(branch)
