@@ -32,7 +32,7 @@ from metasrv.index.pagefiles import read_page_files
 from metasrv.index.pages import ProjectPage
 from metasrv.index.projectmerge import Merge, adopt, fill, pending_files, pending_of
 from metasrv.index.sync import SyncSummary, assemble_project
-from metasrv.model import Project, SourceState
+from metasrv.model import DistFile, Project, SourceState
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import read_project, write_project
@@ -246,7 +246,7 @@ class PullThrough:
         self._remember_page(normalized_name, page)
         known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
         files = pending_files(page, known)
-        read = [(f, None, False) for f in files]
+        read: list[tuple[DistFile, str | None, bool]] = [(f, None, False) for f in files]
         try:
             project = assemble_project(
                 normalized_name, page, read, existing, registered=None, summary=SyncSummary()
