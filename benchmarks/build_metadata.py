@@ -1,6 +1,6 @@
 """Measure `metasrv build-metadata` on this repository's sample: its dynamic sdists from PyPI.
 
-Run: python -m benchmarks.build_metadata [--limit N] [--compare 10]
+Run: python -m benchmarks.build_metadata [--limit N | --projects NAME ...] [--compare 10]
 Needs network to PyPI (the sdists, and build requirements through the index PyPI serves) and
 bubblewrap. Copies the sample's data/ into benchmarks/work/build-sample, builds every dynamic
 sdist once to warm the build environments, then again in a fresh copy with those environments
@@ -130,10 +130,13 @@ def compare(storage: Storage, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--limit", type=int, help="at most this many projects")
+    parser.add_argument("--projects", nargs="*", default=(), help="only these projects")
     parser.add_argument("--compare", type=int, default=10, help="results to check with pip")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     names = dynamic_projects(copy_sample(WORK / "build-warmup"), args.limit)
+    if args.projects:
+        names = [name for name in names if name in set(args.projects)]
     print(f"warming build environments: {len(names)} projects")
     run(Storage(WORK / "build-warmup"), names)
     print("measuring with warm environments")
