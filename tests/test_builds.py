@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from metasrv.index.buildenvs import BuildEnvironments
-from metasrv.index.builds import Builder, BuildResult
+from metasrv.index.builds import Builder, BuildResult, reason_from_log
 from metasrv.index.sandbox import Limits
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
 from tests.distributions import build_sdist, build_wheel
@@ -257,3 +257,36 @@ def test_an_in_tree_backend_that_lies_fails_and_makes_metasrv_read_no_host_file(
     assert result.reason.startswith(
         ("the build left no regular file", "backend evil put", "backend evil asked")
     )
+
+
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        (
+            '  File "setup.py", line 3\n    print "hi"\nSyntaxError: Missing parentheses',
+            "python 2 only",
+        ),
+        (
+            "    except OSError, e:\nSyntaxError: multiple exception types must be parenthesized",
+            "python 2 only",
+        ),
+        ("Traceback\nException: Sorry, Python 3 not yet supported", "python 2 only"),
+        ("ModuleNotFoundError: No module named '__builtin__'", "python 2 only"),
+        ("error: command 'gcc' failed: No such file or directory", "needs a compiler"),
+        (
+            "fatal error: Python.h: No such file or directory\nerror: build failed",
+            "needs a compiler",
+        ),
+        (
+            "ModuleNotFoundError: No module named 'numpy'",
+            "needs module 'numpy', which its build requirements do not install",
+        ),
+        (
+            "Traceback\nFileNotFoundError: 'README.rst'",
+            "build failed: FileNotFoundError: 'README.rst'",
+        ),
+        ("", "build failed: no output"),
+    ],
+)
+def test_a_failed_build_s_log_gives_a_short_reason(log: str, reason: str) -> None:
+    assert reason_from_log(log) == reason

@@ -34,7 +34,15 @@ SANDBOXED = "sandboxed"
 _T = TypeVar("_T")
 BACKEND_WARNING: type[Warning] = getattr(pyproject_hooks, "BuildBackendWarning", UserWarning)
 # What a build's log says when the code is Python 2, or when it wanted to compile C.
-_PYTHON_2 = re.compile(r"Missing parentheses in call to '?print|print [\"']|except \w+, \w+:")
+_PYTHON_2 = re.compile(
+    r"Missing parentheses in call to '?print|print [\"']|except [\w.]+, \w+:"
+    r"|multiple exception types must be parenthesized|invalid decimal literal"
+)
+# A setup.py that refuses Python 3 outright, or imports what only Python 2 had.
+_REFUSES_PYTHON_3 = re.compile(r"Python 3 (is )?not (yet )?supported|requires Python 2", re.I)
+_PYTHON_2_MODULES = frozenset(
+    {"__builtin__", "urllib2", "urlparse", "ConfigParser", "StringIO", "cPickle", "commands"}
+)
 _COMPILER = re.compile(r"\bgcc\b|Python\.h|\bcc\b|compiler|cl\.exe", re.IGNORECASE)
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
@@ -172,11 +180,15 @@ def _call(hook: Callable[[], _T], backend: str) -> _T:
 def reason_from_log(log: str) -> str:
     """Return a short reason for a failed build, read from the end of its output."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    if any("SyntaxError" in line for line in lines) and _PYTHON_2.search(log):
+    missing = _MISSING_MODULE.findall(log)
+    if (
+        (any("SyntaxError" in line for line in lines) and _PYTHON_2.search(log))
+        or _REFUSES_PYTHON_3.search("\n".join(lines[-5:]))
+        or (missing and missing[-1].split(".")[0] in _PYTHON_2_MODULES)
+    ):
         return "python 2 only"
     if _COMPILER.search("\n".join(lines[-30:])) and "error" in log.lower():
         return "needs a compiler"
-    missing = _MISSING_MODULE.findall(log)
     if missing:
         return f"needs module {missing[-1]!r}, which its build requirements do not install"
     last = lines[-1] if lines else "no output"
