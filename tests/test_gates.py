@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.http.hotpath import ASGIApp
 from metasrv.model import Project, Release
@@ -197,3 +198,23 @@ def _commit_same_tree_at(storage: Storage, when: datetime) -> CommitId:
     ).stdout.strip()
     subprocess.run([*git, "update-ref", "refs/heads/main", commit_id], check=True, timeout=30)
     return CommitId(commit_id)
+
+
+def test_show_prints_what_a_gate_and_a_cooldown_hide_and_approve(
+    young: Storage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_gate(young)
+    add_rules(young, "gates/notary", "Flask", APPROVE_2)
+    repo = ["--repo", str(young.path)]
+    assert main(["show", "flask", *repo, "--understanding", "notary"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [
+        "  1.0  1 file, hidden: not approved by the gate 'notary'",
+        "  2.0  1 file",
+    ]
+    assert main(["show", "flask", "2.0", *repo, "--understanding", "notary"]) == 0
+    release = capsys.readouterr().out
+    assert "approved by notary (reviewed-2): flask-2.0-py3-none-any.whl; diff read\n" in release
+    assert main(["show", "flask", "2.0", *repo, "--cooldown", "7d"]) == 0
+    (file_line,) = [line for line in capsys.readouterr().out.splitlines() if ".whl" in line]
+    assert "(hidden: uploaded " in file_line

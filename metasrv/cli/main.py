@@ -127,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--at", help="commit sha, branch or tag (default: HEAD's branch)")
     show.add_argument("--json", action="store_true", help="print the read API's JSON")
     show.add_argument("--understanding", help="apply understandings: name[@commit],...")
+    show.add_argument("--cooldown", help="hide files younger than this at the commit: 7d, 12h")
     show.set_defaults(handler=_show)
     add_parsers(commands)
     builds.add_parsers(commands)
@@ -286,14 +287,17 @@ def _show(args: argparse.Namespace) -> int:
     if args.understanding:
         # A terminal may wait for a mirror; the server never does on its event loop.
         understandings.prepare_blocking(read_api.pin(args.at).commit_id, args.understanding)
+    layered = args.understanding is not None or args.cooldown is not None
     if args.version is None:
         answer = (
-            read_api.patched_project(args.at, args.project, args.understanding)
-            if args.understanding
+            read_api.patched_project(args.at, args.project, args.understanding, args.cooldown)
+            if layered
             else read_api.project(args.at, args.project)
         )
-    elif args.understanding:
-        answer = read_api.patched_release(args.at, args.project, args.version, args.understanding)
+    elif layered:
+        answer = read_api.patched_release(
+            args.at, args.project, args.version, args.understanding, args.cooldown
+        )
     else:
         answer = read_api.release(args.at, args.project, args.version)
     document = json.loads(answer.content())
@@ -317,6 +321,8 @@ def _format_project(document: dict[str, Any]) -> str:
         if version["yanked"]:
             yanked = version["yanked"]
             notes.append("yanked" if yanked is True else f"yanked: {yanked}")
+        if version.get("hidden"):
+            notes.append(f"hidden: {version['hidden']}")
         lines.append(f"  {version['version']:<{width}}  {', '.join(notes)}")
     return "\n".join(lines)
 
@@ -343,6 +349,11 @@ def _format_release(document: dict[str, Any]) -> str:
             f"patched by {patch['understanding']} ({patch['rule']}): {patch['field']} "
             f"{patch['before']!r} -> {patch['after']!r}; {patch['reason']}"
         )
+    for approval in document.get("approvals", ()):
+        lines.append(
+            f"approved by {approval['understanding']} ({approval['rule']}): "
+            f"{approval['filename']}; {approval['reason']}"
+        )
     lines.append("files:")
     for dist_file in document["files"]:
         note = ""
@@ -350,5 +361,7 @@ def _format_release(document: dict[str, Any]) -> str:
             note = f" (metadata {_metadata_state(dist_file)})"
         elif "metadata" in dist_file:
             note = " (own metadata)"
+        if dist_file.get("hidden"):
+            note += f" (hidden: {dist_file['hidden']})"
         lines.append(f"  {dist_file['filename']}  {dist_file['size'] or '?'} bytes{note}")
     return "\n".join(lines)
