@@ -113,7 +113,9 @@ def test_range_requests_fetch_a_small_part_of_each_wheel(meta: Storage, archives
         sync(meta, index.simple_url, ["alpha"], FAST)
     wheel_bytes = sum(p.stat().st_size for p in archives.glob("alpha-*.whl"))
     fetched = [(path, rng) for path, rng in index.requests if path.endswith(".whl")]
-    assert fetched
+    assert {path for path, _ in fetched} == {
+        f"/files/{p.name}" for p in archives.glob("alpha-*.whl")
+    }
     assert all(rng is not None for _, rng in fetched)
     assert index.bytes_sent < 0.05 * wheel_bytes
 
