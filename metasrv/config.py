@@ -54,6 +54,7 @@ class MetaConfig:
 
     source_url: str | None = None
     pull_through: PullThroughConfig = field(default_factory=PullThroughConfig)
+    follow: int | None = None  # seconds between the whole-index syncs a pull-through server runs
     builds: BuildSettings = field(default_factory=BuildSettings)
     # Prefixes an understanding's repository must start with; None: https only (see registry).
     understandings_allow: tuple[str, ...] | None = None
@@ -72,11 +73,15 @@ class MetaConfig:
             reader.optional_table("understandings") or {}, f"{where}: understandings"
         )
         allow = understandings.optional_strings("allow")  # [] allows only "." (itself)
+        follow = reader.optional_integer("follow")
+        if follow is not None and follow < 1:
+            raise InvalidData(f"{where}: follow must be at least 1 second")
         config = cls(
             source_url=source.optional_string("url"),
             pull_through=pull_through,
             builds=builds,
             understandings_allow=allow,
+            follow=follow,
         )
         understandings.reject_unknown()
         source.reject_unknown()
@@ -86,6 +91,8 @@ class MetaConfig:
     def to_toml(self) -> dict[str, Any]:
         """Return the canonical document."""
         document: dict[str, Any] = {"format": FORMAT_VERSION}
+        if self.follow is not None:
+            document["follow"] = self.follow
         if self.source_url is not None:
             document["source"] = {"url": self.source_url}
         pull_through = self.pull_through.to_toml()

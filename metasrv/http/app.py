@@ -24,6 +24,8 @@ from metasrv.http.readapi import Answer, ReadApi, encode
 from metasrv.http.simpleroutes import SimpleRoutes
 from metasrv.http.views import SimpleApi, WheelCache
 from metasrv.index.pullthrough import PullThrough
+from metasrv.index.sync import SyncOptions, SyncSummary
+from metasrv.index.wholeindex import Follower
 from metasrv.markers import MarkerSets
 from metasrv.names import parse_version
 from metasrv.repo.catalog import Catalog
@@ -32,6 +34,8 @@ from metasrv.understandings.mirrors import Deadlines
 from metasrv.understandings.registry import PIN_FETCH_INTERVAL_SECONDS, Understandings
 
 MIME_JSON = "application/json"
+# A stopping server lets the follow commit the checkpoint in flight, up to this long.
+FOLLOW_STOP_SECONDS = 60.0
 FETCH_LOCK = ".fetch.lock"
 # How ``serve --workers`` hands its options to worker processes, which uvicorn starts by import.
 ENVIRONMENT_PREFIX = "METASRV_SERVE_"
@@ -89,6 +93,7 @@ def create_app(
     )
     catalog = Catalog(storage)
     pulled = PulledReads(open_pull_through(storage, catalog, offline=offline, log=log))
+    follower = open_follower(storage, catalog, log) if pulled.pull is not None else None
     read_api = ReadApi(catalog, understandings, MarkerSets(storage))
     wheels = WheelCache(storage.path / "metasrv-wheels")
     simple_routes = SimpleRoutes(
@@ -158,13 +163,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval))
-        try:
-            yield
-        finally:
-            task.cancel()
-            if pulled.pull is not None:
-                await asyncio.to_thread(pulled.pull.close)
+        async with _beside_the_server(understandings, fetch_interval, follower):
+            try:
+                yield
+            finally:
+                if pulled.pull is not None:
+                    await asyncio.to_thread(pulled.pull.close)
 
     routes = [
         Route("/", root),
@@ -212,6 +216,47 @@ def open_pull_through(
         refresh=config.pull_through.refresh,
         log=log,
     )
+
+
+@asynccontextmanager
+async def _beside_the_server(
+    understandings: Understandings, fetch_interval: float, follower: Follower | None
+) -> AsyncIterator[None]:
+    """Fetch the understandings' mirrors and follow the source while the server runs."""
+    task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval))
+    if follower is not None:
+        follower.start()
+    try:
+        yield
+    finally:
+        task.cancel()
+        if follower is not None:
+            await asyncio.to_thread(follower.stop, FOLLOW_STOP_SECONDS)
+
+
+def open_follower(
+    storage: Storage, catalog: Catalog, log: Callable[[str], None] | None
+) -> Follower | None:
+    """Return the whole-index follow a pull-through server runs when metasrv.toml says
+    ``follow = S``, so that an operator runs one process."""
+    config = catalog.config(storage.resolve(None))
+    if config.follow is None or config.source_url is None:
+        return None
+
+    def report(outcome: SyncSummary | Exception) -> None:
+        if log is None:
+            return
+        if isinstance(outcome, Exception):
+            log(f"follow: sync failed, trying again: {outcome}")
+        else:
+            log(
+                f"follow: {outcome.projects} projects synced, {outcome.changed} changed, "
+                f"{outcome.removed} removed, {len(outcome.commits)} commits, "
+                f"{outcome.requests} requests"
+            )
+
+    options = SyncOptions(branch=config.pull_through.branch)
+    return Follower(storage.path, config.source_url, options, interval=config.follow, report=report)
 
 
 async def _pulled_answer(
