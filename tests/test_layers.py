@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "compression",
             "accesslog",
             "simpleroutes",
+            "guard",
             "app",
         ],
     ),

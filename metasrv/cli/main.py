@@ -17,6 +17,11 @@ from metasrv.cli import builds
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.config import MetaConfig
 from metasrv.errors import InvalidInput, MetasrvError
+from metasrv.http.guard import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    GuardedHttpToolsProtocol,
+)
 from metasrv.http.readapi import ReadApi
 from metasrv.index.client import FetchOptions
 from metasrv.index.sync import SyncOptions, SyncSummary, sync
@@ -86,6 +91,18 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mirrors", type=Path, help="where understandings are mirrored")
     serve.add_argument(
         "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_SECONDS,
+        help="seconds a connection may take to send a request's headers (default: 10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections per process; more are closed at once (default: 512)",
     )
     serve.add_argument(
         "--git-timeout",
@@ -164,13 +181,17 @@ def _serve(args: argparse.Namespace) -> int:
         raise InvalidInput(f"--port {args.port} is not a TCP port (0 to 65535)")
     if args.workers < 1:
         raise InvalidInput("--workers must be at least 1")
+    if args.header_timeout <= 0 or args.max_connections < 1:
+        raise InvalidInput("--header-timeout and --max-connections must be positive")
     storage = open_repository(args.repo)
+    GuardedHttpToolsProtocol.configure(args.header_timeout, args.max_connections)
     settings: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "log_level": "info",
         "access_log": False,
         "server_header": False,
+        "http": GuardedHttpToolsProtocol,
     }
     repo_path = storage.workdir or storage.path
     if args.workers == 1:
@@ -190,6 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[f"{ENVIRONMENT_PREFIX}GIT_TIMEOUT"] = str(args.git_timeout)
     os.environ[f"{ENVIRONMENT_PREFIX}OFFLINE"] = "1" if args.offline else ""
     os.environ[f"{ENVIRONMENT_PREFIX}QUIET"] = "1" if args.quiet else ""
+    os.environ[f"{ENVIRONMENT_PREFIX}HEADER_TIMEOUT"] = str(args.header_timeout)
+    os.environ[f"{ENVIRONMENT_PREFIX}MAX_CONNECTIONS"] = str(args.max_connections)
     if args.mirrors is not None:
         os.environ[f"{ENVIRONMENT_PREFIX}MIRRORS"] = str(args.mirrors.resolve())
     factory = f"{create_app_from_environment.__module__}:{create_app_from_environment.__name__}"

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from metasrv.errors import MetasrvError, NotFound, SourceError
 from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
+from metasrv.http.guard import GuardedHttpToolsProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.pulling import STALE_HEADER, PulledReads
 from metasrv.http.readapi import Answer, ReadApi, encode
@@ -324,6 +325,10 @@ def _try_lock(descriptor: int) -> bool:
 def create_app_from_environment() -> ASGIApp:
     """Build the application from ``METASRV_SERVE_*``: how each ``serve --workers`` starts."""
     mirrors = os.environ.get(f"{ENVIRONMENT_PREFIX}MIRRORS")
+    GuardedHttpToolsProtocol.configure(
+        float(os.environ[f"{ENVIRONMENT_PREFIX}HEADER_TIMEOUT"]),
+        int(os.environ[f"{ENVIRONMENT_PREFIX}MAX_CONNECTIONS"]),
+    )
     return create_app(
         os.environ[f"{ENVIRONMENT_PREFIX}REPO"],
         mirrors=Path(mirrors) if mirrors else None,
