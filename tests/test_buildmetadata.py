@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sys
 import time
@@ -9,11 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.index.buildenvs import built_on
+from metasrv.index.buildrun import LOCK_NAME
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import DistFile, MetadataStatus
 from metasrv.repo import tomlcodec
@@ -209,3 +212,43 @@ def test_without_bubblewrap_nothing_is_built_and_the_error_says_how_to_get_it(
     assert "apt-get install bubblewrap" in capsys.readouterr().err
     assert mirror.storage.resolve(None) == head
     assert _file(mirror.storage, "oldlib").metadata_status is MetadataStatus.DYNAMIC
+
+
+def _wait_until_no_run_holds_the_lock(storage: Storage) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    with (storage.path / LOCK_NAME).open("w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "build-metadata did not finish"
+                time.sleep(0.1)
+            else:
+                return
+
+
+def test_pull_through_has_a_dynamic_sdist_built_in_a_process_of_its_own(tmp_path: Path) -> None:
+    folder = tmp_path / "index"
+    folder.mkdir()
+    build_backend_wheel(folder)
+    build_wheel(folder, "dep", "1.0")
+    build_dynamic_sdist(folder, "pulledlib", "1.0", requires_dist=("dep<2",))
+    repo = tmp_path / "meta"
+    with serve_index(folder) as index:
+        assert main(["init", str(repo), "--source", index.simple_url]) == 0
+        _configure(repo, index, tmp_path / "environments", enabled=True)
+        storage = Storage(repo)
+        with (
+            running_server(["--repo", str(repo)]) as server,
+            httpx.Client(base_url=server.url) as http,
+        ):
+            first = http.get("/v1/projects/pulledlib/1.0").json()
+            assert first["files"][0]["metadata-status"] in ("dynamic", "built")
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while _file(storage, "pulledlib").metadata_status is not MetadataStatus.BUILT:
+                assert time.monotonic() < deadline, "pull-through's sdist was not built"
+                time.sleep(0.1)
+            _wait_until_no_run_holds_the_lock(storage)
+            served = http.get("/v1/projects/pulledlib/1.0").json()
+    assert served["requires-dist"] == ["dep<2"]
+    assert served["files"][0]["metadata-status"] == "built"

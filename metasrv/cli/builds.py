@@ -83,7 +83,10 @@ def build_options(
         processes=builds.processes,
         output_bytes=builds.output_mb * MEGABYTE,
     )
-    return BuildOptions(url, environments, limits, retry_failed=retry_failed)
+    # Builds are recorded where pull-through commits, when it has a branch of its own.
+    storage.data_branch = config.pull_through.branch
+    branch = storage.served_branch()
+    return BuildOptions(url, environments, limits, retry_failed=retry_failed, branch=branch)
 
 
 def start_background_builds(storage: Storage) -> None:

@@ -216,6 +216,7 @@ def open_pull_through(
         branch=config.pull_through.branch,
         refresh=config.pull_through.refresh,
         log=log,
+        build_in_background=config.builds.enabled,
     )
 
 

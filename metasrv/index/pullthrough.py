@@ -26,13 +26,14 @@ from metasrv.errors import (
     SourceUnavailable,
     UnknownProject,
 )
+from metasrv.index.buildrun import start_in_background
 from metasrv.index.client import Fetcher, FetchOptions, FolderSource, IndexSource, make_client
 from metasrv.index.client import open_source as open_index
 from metasrv.index.pagefiles import read_page_files
 from metasrv.index.pages import ProjectPage
 from metasrv.index.projectmerge import Merge, adopt, fill, pending_files, pending_of
 from metasrv.index.sync import SyncSummary, assemble_project
-from metasrv.model import DistFile, Project, SourceState
+from metasrv.model import DistFile, MetadataStatus, Project, SourceState
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import read_project, write_project
@@ -74,8 +75,10 @@ class PullThrough:
         refresh: float = 600.0,
         fetch: FetchOptions = FETCH,
         log: Callable[[str], None] | None = None,
+        build_in_background: bool = False,
     ) -> None:
         self.source_url = source_url
+        self._build_in_background = build_in_background
         self.refresh = refresh
         self.stale: dict[NormalizedName, str] = {}
         self._branch = branch
@@ -345,8 +348,11 @@ class PullThrough:
         branch = self._branch or head_branch
         start_point = self._writer.branch_commit(head_branch)
 
+        dynamic: set[NormalizedName] = set()
+
         def compute(parent: CommitId | None) -> tuple[dict[str, bytes | None], str]:
             changes: dict[str, bytes | None] = {}
+            dynamic.clear()
             labels: list[str] = []
             grouped: dict[NormalizedName, list[_Job]] = {}
             for job in batch.jobs:
@@ -365,6 +371,8 @@ class PullThrough:
                 if project is not None and project != current:
                     changes[path] = write_project(project)
                     labels += [job.label for job in jobs]
+                    if _has_dynamic_sdists(project):
+                        dynamic.add(normalized_name)
             count = len(changes)
             message = (
                 f"pull-through: {count} project{'s' if count != 1 else ''} "
@@ -373,4 +381,15 @@ class PullThrough:
             return changes, message
 
         commit_id = self._writer.commit_computed(branch, compute, start_point=start_point)
+        if commit_id is not None and dynamic and self._build_in_background:
+            # A process of its own builds them ([builds] in metasrv.toml); no request waits.
+            start_in_background(self._writer)
         return commit_id or self._writer.branch_commit(branch)
+
+
+def _has_dynamic_sdists(project: Project) -> bool:
+    return any(
+        dist_file.metadata_status is MetadataStatus.DYNAMIC
+        for release in project.releases
+        for dist_file in release.files
+    )
