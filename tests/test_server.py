@@ -169,6 +169,18 @@ def test_since_lists_projects_added_changed_and_removed(
     assert [p["name"] for p in listing] == ["Flask", "Jinja2", "Werkzeug"]
 
 
+def test_since_follows_new_data_and_not_other_commits(client: AsgiClient, storage: Storage) -> None:
+    first = storage.resolve(None)
+    assert client.get(f"/v1/projects?since={first}").json()["projects"] == []
+    commit_projects(storage, make_project("Jinja2", ["3.0"]))
+    added = client.get(f"/v1/projects?since={first}").json()["projects"]
+    assert [p["name"] for p in added] == ["Jinja2"]
+    storage.commit("main", {"markers/README.md": b"# markers\n"}, "a commit outside data/")
+    again = client.get(f"/v1/projects?since={first}")
+    assert again.json()["projects"] == added
+    assert again.json()["at"] == storage.resolve(None)
+
+
 @pytest.mark.parametrize(
     ("url", "status", "message"),
     [

@@ -158,8 +158,13 @@ class ReadApi:
         if not since:
             raise InvalidInput("'since' is empty: expected a commit sha")
         since_id = self.catalog.storage.resolve(since)
-        changes = self.catalog.changed_since(since_id, pin.commit_id)
-        body = encode(documents.render_changes(since_id, changes))
+        # Mirrors poll with the commit they last saw: the diff is read once per data tree.
+        key = ("since", since_id, self.catalog.data_tree(pin.commit_id))
+        body = self.bodies.get(key)
+        if body is None:
+            changes = self.catalog.changed_since(since_id, pin.commit_id)
+            body = encode(documents.render_changes(since_id, changes))
+            self.bodies.put(key, body)
         return Answer(pin, f"since-{since_id}-{pin.commit_id}", body)
 
     def project(self, at: str | None, name: str) -> Answer:
