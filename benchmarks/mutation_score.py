@@ -28,7 +28,10 @@ def read_equivalent(path: Path) -> set[str]:
 
 
 def module_rows(mutants: Path, equivalent: set[str]) -> list[tuple[str, int, int, int, list[str]]]:
-    """Return (module, mutants, killed, equivalent survivors, other survivors) per module."""
+    """Return (module, mutants, killed, equivalent survivors, other survivors) per module.
+
+    Mutants no test reaches (or not run yet) count as neither killed nor survived.
+    """
     rows = []
     for meta in sorted(mutants.glob("metasrv/**/*.py.meta")):
         module = ".".join(meta.relative_to(mutants).with_suffix("").with_suffix("").parts)
@@ -54,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         if re.search(args.only, row[0])
     ]
     print(
-        "| module | mutants | killed | equivalent | survived | score | score without equivalent |"
+        "| module | mutants | killed | equivalent | survived | not reached "
+        "| score | score without equivalent |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for module, total, killed, listed, others in rows:
+        unreached = total - killed - listed - len(others)
         raw = 100 * killed / total if total else 100.0
         adjusted = 100 * killed / (total - listed) if total - listed else 100.0
         print(
-            f"| {module} | {total} | {killed} | {listed} | {len(others)} "
+            f"| {module} | {total} | {killed} | {listed} | {len(others)} | {unreached} "
             f"| {raw:.1f} % | {adjusted:.1f} % |"
         )
     if args.survivors:
