@@ -201,3 +201,19 @@ def test_the_json_index_lists_every_project_by_name() -> None:
         b'{"meta":{"api-version":"1.1"},"projects":[{"name": "X"}]}'
     )
     assert json.loads(b"".join(index_page_chunks({}, JSON)))["projects"] == []
+
+
+def test_metadata_not_read_yet_is_announced_without_a_hash() -> None:
+    pending = simple_file("demo-2.0-py3-none-any.whl", metadata_pending=True)
+    known = simple_file("demo-2.0.tar.gz", metadata_pending=True, metadata_sha256="cd" * 32)
+    page = project_page("demo", ["2.0"], [pending, known])
+    assert page["files"][0]["core-metadata"] is True
+    assert page["files"][0]["dist-info-metadata"] is True
+    assert page["files"][1]["core-metadata"] == {"sha256": "cd" * 32}
+    html = render_project_html(page).decode()
+    assert (
+        f'<a href="/files/demo-2.0-py3-none-any.whl#sha256={"ab" * 32}"'
+        ' data-core-metadata="true" data-dist-info-metadata="true">'
+        "demo-2.0-py3-none-any.whl</a><br/>\n"
+    ) in html
+    assert f'data-core-metadata="sha256={"cd" * 32}"' in html
