@@ -33,6 +33,7 @@ class IndexBehaviour:
     pep658: bool = True
     ranges: bool = True
     # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
+    # "hold" (answer normally once released),
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
     # "gzip-bomb" (a few kB that inflate past the page cap), "huge-total" (a 5,000-digit
     # Content-Range total on a range answer)
@@ -93,6 +94,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             index.requests.append((self.path, self.headers.get("range")))
             faults = index.behaviour.faults.get(self.path.split("?")[0])
             fault = faults.pop(0) if faults else None
+            if fault == "hold":
+                index.release.wait(THREAD_DEADLINE_SECONDS)  # then answer as if nothing happened
             if fault == "hang":
                 # Bounded: a hung request outlives neither its test nor the deadline.
                 index.release.wait(THREAD_DEADLINE_SECONDS)

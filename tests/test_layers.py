@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "documents",
             "simplepages",
             "wheels",
+            "wheelcache",
             "views",
             "bytecache",
             "readapi",

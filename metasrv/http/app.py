@@ -23,7 +23,8 @@ from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.pulling import STALE_HEADER, PulledReads
 from metasrv.http.readapi import Answer, ReadApi, encode
 from metasrv.http.simpleroutes import SimpleRoutes
-from metasrv.http.views import SimpleApi, WheelCache
+from metasrv.http.views import SimpleApi
+from metasrv.http.wheelcache import WheelCache
 from metasrv.index.pullthrough import PullThrough
 from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.wholeindex import Follower

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from packaging.utils import NormalizedName
@@ -124,11 +125,16 @@ class SimpleRoutes:
             if request.url.query:
                 target += f"?{request.url.query}"  # ?format= must survive the redirect
             return RedirectResponse(target, status_code=301)
-        headers = self._headers(mount, f"{mount.key}-{blob_id}-{content_type}", content_type)
+        page, left_out = await self.api.project(mount, name)
+        etag = f"{mount.key}-{blob_id}-{content_type}"
+        if left_out:
+            # Files waiting for their rewritten wheel: a page that will change, never immutable.
+            mount = replace(mount, immutable=False)
+            etag += f"-without-{left_out}"
+        headers = self._headers(mount, etag, content_type)
         headers.update(self.pulled.headers(at, name))
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        page = await self.api.project(mount, name)
         body = render_json(page) if content_type == MIME_SIMPLE_JSON else render_project_html(page)
         return Response(body, media_type=_media_type(content_type), headers=headers)
 

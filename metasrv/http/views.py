@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,20 +13,17 @@ from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
+from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound
 from metasrv.http.simplepages import SimpleFile, project_page
-from metasrv.http.wheels import render_metadata_file, rewrite_wheel
+from metasrv.http.wheelcache import Rewritten, WheelCache
+from metasrv.http.wheels import render_metadata_file
 from metasrv.index.archives import is_wheel
-from metasrv.index.client import Fetcher, FetchOptions, make_client
 from metasrv.model import CoreMetadata, DistFile, Project, Release
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId
 from metasrv.understandings.cooldown import Cooldown, apply_cooldown
 from metasrv.understandings.overrides import apply_layers
 from metasrv.understandings.registry import Pinned, Understandings
-
-# A wheel an understanding changed is downloaded and rewritten once; larger ones are refused.
-MAX_PATCHED_WHEEL_BYTES = 200 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,75 +57,6 @@ class Mount:
     def key(self) -> str:
         """Return a string that changes whenever what this view shows may change."""
         return hashlib.sha256(self.prefix.encode()).hexdigest()[:20]
-
-
-@dataclass(frozen=True, slots=True)
-class Rewritten:
-    """A rewritten wheel on disk, its sha256, and its METADATA."""
-
-    path: Path
-    sha256: str
-    size: int
-    metadata: bytes
-
-
-class WheelCache:
-    """Rewritten wheels, computed on first request and kept on disk by what they are made of.
-
-    ``<key>.sha256`` is written last, so its presence means the wheel and its METADATA are
-    complete; the digest is then read, never recomputed.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self._known: dict[str, Rewritten] = {}
-
-    async def get(self, dist_file: DistFile, metadata: CoreMetadata) -> Rewritten:
-        """Return ``dist_file`` rewritten with ``metadata``, downloading it the first time."""
-        original = dist_file.hashes.get("sha256")
-        if original is None:
-            raise SourceError(f"{dist_file.filename}: no sha256 to verify the original against")
-        recipe = json.dumps(
-            [original, metadata.requires_dist, metadata.requires_python, metadata.provides_extra]
-        )
-        key = hashlib.sha256(recipe.encode()).hexdigest()
-        known = self._known.get(key)
-        if known is not None:
-            return known
-        wheel_path, digest_path = self.folder / f"{key}.whl", self.folder / f"{key}.sha256"
-        metadata_path = self.folder / f"{key}.metadata"
-        if not digest_path.exists():
-            content = await _download(dist_file.url, original)
-            rewritten, new_metadata = await asyncio.to_thread(rewrite_wheel, content, metadata)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(metadata_path, new_metadata)
-            _write_atomically(wheel_path, rewritten)
-            _write_atomically(digest_path, hashlib.sha256(rewritten).hexdigest().encode())
-        known = Rewritten(
-            wheel_path,
-            digest_path.read_text(),
-            wheel_path.stat().st_size,
-            metadata_path.read_bytes(),
-        )
-        self._known[key] = known
-        return known
-
-
-async def _download(url: str, sha256: str) -> bytes:
-    options = FetchOptions(timeout_seconds=60)
-    async with make_client(options) as client:
-        response = await Fetcher(client, options).get(url, max_bytes=MAX_PATCHED_WHEEL_BYTES)
-    if response.status_code != 200:
-        raise SourceError(f"{url}: HTTP {response.status_code}")
-    if hashlib.sha256(response.content).hexdigest() != sha256:
-        raise SourceError(f"{url}: the downloaded wheel's sha256 is not the one on record")
-    return response.content
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(content)
-    temporary.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,27 +132,49 @@ class SimpleApi:
                 reason = hidden.get(original.filename)
                 yield _Located(project, release, original, patched_file, reason)
 
-    async def project(self, mount: Mount, name: str) -> dict[str, Any]:
-        """Return the PEP 691 page of a project as the view shows it: hidden files left out."""
+    async def project(self, mount: Mount, name: str) -> tuple[dict[str, Any], int]:
+        """Return the PEP 691 page of a project as the view shows it, and how many files it
+        leaves out because their rewritten wheels are not ready yet.
+
+        Hidden files are left out. No wheel is downloaded here: missing rewritten wheels are
+        started in the background and waited for at most the cache's page wait.
+        """
         project = self.catalog.get_project(mount.commit_id, name)
-        files, shown = [], set()
-        for located in self._located(mount, project):
-            if located.hidden is None:
-                files.append(await self._simple_file(mount, located))
-                shown.add(located.release.version_text)
+        listed = [located for located in self._located(mount, project) if located.hidden is None]
+        jobs = [
+            self.wheels.prepare(located.original, metadata)
+            for located in listed
+            if (metadata := self._rewrite_needed(located)) is not None
+            and self.wheels.ready(located.original, metadata) is None
+        ]
+        if jobs:
+            waiting = [asyncio.wrap_future(job) for job in jobs]
+            await asyncio.wait(waiting, timeout=self.wheels.page_wait_seconds)
+        files, shown, left_out = [], set(), 0
+        for located in listed:
+            simple_file = self._simple_file(mount, located)
+            if simple_file is None:
+                left_out += 1  # its link appears once its rewritten wheel is ready
+                continue
+            files.append(simple_file)
+            shown.add(located.release.version_text)
         # A release whose every file the view hides is left out of PEP 700's versions too.
         versions = [
             r.version_text for r in project.releases if r.version_text in shown or not r.files
         ]
-        return project_page(project.normalized_name, versions, files)
+        return project_page(project.normalized_name, versions, files), left_out
 
-    async def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile:
+    def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile | None:
         patched = located.patched
         prefix = mount.prefix if located.changed else mount.data_prefix
         url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
         hashes, size = dict(patched.hashes), patched.size
-        rewritten = await self._rewritten(located)
-        if rewritten is not None:
+        rewritten = None
+        metadata = self._rewrite_needed(located)
+        if metadata is not None:
+            rewritten = self.wheels.ready(located.original, metadata)
+            if rewritten is None:
+                return None
             hashes, size = {"sha256": rewritten.sha256}, rewritten.size
         metadata_bytes = self._metadata_bytes(located, rewritten)
         return SimpleFile(
@@ -247,12 +195,18 @@ class SimpleApi:
             ),
         )
 
-    async def _rewritten(self, located: _Located) -> Rewritten | None:
-        """Return the rewritten wheel a file is served as, or None when it is served as is."""
+    @staticmethod
+    def _rewrite_needed(located: _Located) -> CoreMetadata | None:
+        """Return the metadata a file's wheel is rewritten with, or None when it is served as is."""
         metadata = located.patched.metadata
         if not located.changed or metadata is None or not is_wheel(located.patched.filename):
             return None
-        return await self.wheels.get(located.original, metadata)
+        return metadata
+
+    async def _rewritten(self, located: _Located) -> Rewritten | None:
+        """Return the rewritten wheel a file is served as (one wheel, prepared off the loop)."""
+        metadata = self._rewrite_needed(located)
+        return None if metadata is None else await self.wheels.get(located.original, metadata)
 
     def _metadata_bytes(self, located: _Located, rewritten: Rewritten | None) -> bytes | None:
         if rewritten is not None:
