@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "buildenvs",
             "builds",
             "buildrun",
+            "closure",
             "projectmerge",
             "pullthrough",
         ],

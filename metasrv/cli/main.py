@@ -24,6 +24,7 @@ from metasrv.http.guard import (
 )
 from metasrv.http.readapi import ReadApi
 from metasrv.index.client import FetchOptions
+from metasrv.index.closure import sync_with_dependencies
 from metasrv.index.sync import SyncOptions, SyncSummary, sync
 from metasrv.index.wholeindex import follow, sync_all
 from metasrv.markers import MarkerSets
@@ -121,6 +122,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
     sync.add_argument("projects", nargs="*", metavar="PROJECT", help="projects to sync")
     sync.add_argument("--all", action="store_true", help="every project the source lists")
+    sync.add_argument(
+        "--with-dependencies",
+        action="store_true",
+        help="also what the projects' newest releases require (every extra and marker, and the "
+        "build backends of sdist-only releases), to a fixed point",
+    )
     sync.add_argument(
         "--follow", action="store_true", help="with --all: keep syncing until SIGTERM / SIGINT"
     )
@@ -225,6 +232,8 @@ def _sync(args: argparse.Namespace) -> int:
         raise InvalidInput("name the projects to sync, or pass --all for the whole index")
     if args.follow and not args.all:
         raise InvalidInput("--follow follows the whole index: pass --all")
+    if args.with_dependencies and args.all:
+        raise InvalidInput("--with-dependencies follows named projects: drop --all")
     if args.interval <= 0:
         raise InvalidInput("--interval must be positive")
     storage = open_repository(args.repo)
@@ -250,6 +259,8 @@ def _sync(args: argparse.Namespace) -> int:
 
     if args.all:
         summary = sync_all(storage, source, options, progress)
+    elif args.with_dependencies:
+        summary = sync_with_dependencies(storage, source, args.projects, options, progress)
     else:
         summary = sync(storage, source, args.projects, options, progress)
     if terminal:
