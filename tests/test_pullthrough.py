@@ -302,3 +302,15 @@ def test_sync_beside_pull_through_loses_neither(source: Source) -> None:
         thread.join()
     names = Catalog(Storage(source.meta)).list_projects(Storage(source.meta).resolve(None))
     assert {"pt-alpha", "pt-beta", *(f"pt-many-{n}" for n in range(6))} <= set(names)
+
+
+def test_show_pulls_a_project_through_unless_offline(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show", "--repo", str(source.meta), "--offline", "pt-beta"]) != 0
+    assert source.index.requests == []
+    assert main(["show", "--repo", str(source.meta), "PT.Beta", "1.0"]) == 0
+    shown = capsys.readouterr().out
+    assert "pt-alpha<2" in shown
+    assert "requires-python: >=3.8" in shown
+    assert source.page_requests("pt-beta") == 1

@@ -22,7 +22,7 @@ from metasrv.http.guard import (
     DEFAULT_MAX_CONNECTIONS,
     GuardedHttpToolsProtocol,
 )
-from metasrv.http.readapi import ReadApi
+from metasrv.http.readapi import Answer, ReadApi
 from metasrv.index.client import FetchOptions
 from metasrv.index.closure import sync_with_dependencies
 from metasrv.index.sync import SyncOptions, SyncSummary, sync
@@ -152,6 +152,9 @@ def _build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the read API's JSON")
     show.add_argument("--understanding", help="apply understandings: name[@commit],...")
     show.add_argument("--cooldown", help="hide files younger than this at the commit: 7d, 12h")
+    show.add_argument(
+        "--offline", action="store_true", help="never ask the source for a project not in git"
+    )
     show.set_defaults(handler=_show)
     add_parsers(commands)
     builds.add_parsers(commands)
@@ -314,6 +317,9 @@ def _configured_source(storage: Storage) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from metasrv.http.app import open_pull_through
+    from metasrv.http.pulling import PulledReads
+
     storage = open_repository(args.repo)
     # The terminal shows exactly what the read API answers, computed by the same code.
     understandings = Understandings(storage)
@@ -322,18 +328,27 @@ def _show(args: argparse.Namespace) -> int:
         # A terminal may wait for a mirror; the server never does on its event loop.
         understandings.prepare_blocking(read_api.pin(args.at).commit_id, args.understanding)
     layered = args.understanding is not None or args.cooldown is not None
-    if args.version is None:
-        answer = (
-            read_api.patched_project(args.at, args.project, args.understanding, args.cooldown)
-            if layered
-            else read_api.project(args.at, args.project)
-        )
-    elif layered:
-        answer = read_api.patched_release(
-            args.at, args.project, args.version, args.understanding, args.cooldown
-        )
-    else:
-        answer = read_api.release(args.at, args.project, args.version)
+
+    def read() -> Answer:
+        if args.version is None:
+            if layered:
+                return read_api.patched_project(
+                    args.at, args.project, args.understanding, args.cooldown
+                )
+            return read_api.project(args.at, args.project)
+        if layered:
+            return read_api.patched_release(
+                args.at, args.project, args.version, args.understanding, args.cooldown
+            )
+        return read_api.release(args.at, args.project, args.version)
+
+    # Like the server, a project not in git is pulled through from the source first.
+    pulled = PulledReads(None if args.offline else open_pull_through(storage, read_api.catalog))
+    try:
+        answer, _ = asyncio.run(pulled.answer(args.at, args.project, args.version, read))
+    finally:
+        if pulled.pull is not None:
+            pulled.pull.close()
     document = json.loads(answer.content())
     if args.json:
         print(json.dumps(document, indent=2))

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from metasrv.errors import MetasrvError, NotFound, SourceError
+from metasrv.errors import MetasrvError, NotFound
 from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
 from metasrv.http.guard import GuardedHttpToolsProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
-from metasrv.http.pulling import STALE_HEADER, PulledReads
+from metasrv.http.pulling import PulledReads
 from metasrv.http.readapi import Answer, ReadApi, encode
 from metasrv.http.simpleroutes import SimpleRoutes
 from metasrv.http.views import SimpleApi
@@ -29,7 +29,6 @@ from metasrv.index.pullthrough import PullThrough
 from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.wholeindex import Follower
 from metasrv.markers import MarkerSets
-from metasrv.names import parse_version
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.understandings.mirrors import Deadlines
@@ -272,14 +271,7 @@ async def _pulled_answer(
     read: Callable[[], Answer],
 ) -> Response:
     """Answer a read, pulling the project through and reading pending metadata as needed."""
-    answer = await pulled.read(at, name, read)
-    headers = pulled.headers(at, name)
-    if answer.pending:
-        try:
-            if await pulled.complete(at, name, parse_version(version) if version else None):
-                answer = read()
-        except SourceError as exc:
-            headers[STALE_HEADER] = f"metadata not read: {exc.message}"
+    answer, headers = await pulled.answer(at, name, version, read)
     return _respond(request, answer, headers)
 
 

@@ -7,9 +7,10 @@ from typing import TypeVar
 
 from packaging.version import Version
 
-from metasrv.errors import InvalidInput, UnknownProject
+from metasrv.errors import InvalidInput, SourceError, UnknownProject
+from metasrv.http.readapi import Answer
 from metasrv.index.pullthrough import PullThrough
-from metasrv.names import normalize_name
+from metasrv.names import normalize_name, parse_version
 
 STALE_HEADER = "x-metasrv-stale"
 
@@ -37,6 +38,20 @@ class PulledReads:
             result = read()
         self.touch(name)
         return result
+
+    async def answer(
+        self, at: str | None, name: str, version: str | None, read: Callable[[], Answer]
+    ) -> tuple[Answer, dict[str, str]]:
+        """Return a read API answer with pending metadata read, and the headers to add."""
+        answer = await self.read(at, name, read)
+        headers = self.headers(at, name)
+        if answer.pending:
+            try:
+                if await self.complete(at, name, parse_version(version) if version else None):
+                    answer = read()
+            except SourceError as exc:
+                headers[STALE_HEADER] = f"metadata not read: {exc.message}"
+        return answer, headers
 
     async def complete(self, at: str | None, name: str, version: Version | None) -> bool:
         """Read a release's pending metadata now; return whether the data may have changed."""

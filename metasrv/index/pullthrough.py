@@ -167,9 +167,10 @@ class PullThrough:
     # On the pull thread's loop.
 
     async def _shutdown(self) -> None:
-        for task in list(self._background):
+        running = [*self._background, *self._inflight.values()]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if self._fetcher is not None:
             await self._fetcher.client.aclose()
 
