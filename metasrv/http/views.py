@@ -167,6 +167,9 @@ class SimpleApi:
     def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile | None:
         patched = located.patched
         prefix = mount.prefix if located.changed else mount.data_prefix
+        if self.pending_metadata and located.original.metadata_pending:
+            # Its .metadata is read from the source on request, which a pinned URL never does.
+            prefix = mount.root
         url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
         hashes, size = dict(patched.hashes), patched.size
         rewritten = None
