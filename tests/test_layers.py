@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "app",
         ],
     ),
-    ("cli", ["contribute", "builds", "main"]),
+    ("cli", ["contribute", "builds", "show", "main"]),
     ("", ["__main__"]),
 ]
 ORDER = [
