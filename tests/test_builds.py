@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ class BuildSetup:
     index: LocalIndex
     builder: Builder
     sdists: Path
+    scratch: Path
 
     def build(self, name: str, code: str = "", **options: object) -> BuildResult:
         sdist = build_dynamic_sdist(self.sdists, name, "1.0", code=code, **options)  # type: ignore[arg-type]
@@ -46,7 +46,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildSetup]:
     )
     with serve_index(root / "index") as index:
         environments = BuildEnvironments(root / "environments", index.simple_url)
-        yield BuildSetup(index, Builder(environments, LIMITS), root / "sdists")
+        (root / "scratch").mkdir()
+        builder = Builder(environments, LIMITS, scratch=root / "scratch")
+        yield BuildSetup(index, builder, root / "sdists", root / "scratch")
 
 
 def test_a_dynamic_sdist_builds_to_the_metadata_its_backend_computes(setup: BuildSetup) -> None:
@@ -191,7 +193,6 @@ def test_a_hostile_build_is_stopped_leaves_nothing_and_the_next_build_works(
     )
     if case == "sleep forever":
         setup.builder.limits = replace(LIMITS, wall_seconds=3)
-    build_folders = set(Path(tempfile.gettempdir()).glob("metasrv-build-*"))
     try:
         result = setup.build("hostile", code)
     finally:
@@ -204,7 +205,7 @@ def test_a_hostile_build_is_stopped_leaves_nothing_and_the_next_build_works(
     assert not Path("/usr/escaped").exists()
     assert not any("/escaped" in path for path, _range in setup.index.requests)
     assert _sandbox_processes("4242.5") == []
-    assert set(Path(tempfile.gettempdir()).glob("metasrv-build-*")) == build_folders
+    assert list(setup.scratch.iterdir()) == []
     assert setup.build("afterwards", requires_dist=("idna",)).reason is None
 
 

@@ -67,11 +67,13 @@ class Builder:
 
     environments: BuildEnvironments
     limits: Limits = field(default_factory=Limits)
+    # Where each build's throwaway folder is made; None is the system's temporary folder.
+    scratch: Path | None = None
 
     def build(self, sdist: Path) -> BuildResult:
         """Return the core metadata a build of ``sdist`` produces, or why it could not."""
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix="metasrv-build-"))
+        workdir = Path(tempfile.mkdtemp(prefix="metasrv-build-", dir=self.scratch))
         try:
             read = self._build_in(workdir, sdist)
         except (BuildFailed, RequirementsUnavailable, InvalidArchive) as exc:
