@@ -1,0 +1,128 @@
+"""Benchmark pull-through: `uv pip compile` against an empty meta repository, and a cheap read's
+latency while first requests are pulled through.
+
+Run: python -m benchmarks.pull_through [--projects 60] [--top 30] [--runs 3] [--pulls 50]
+Needs nginx and uv. The source is the static PEP 503 tree with PEP 658 files of
+benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
+(a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
+through (a new repository and server per run); (c) the same server warm. Prints (b)/(a), (c)/(a)
+and the requests each makes to the source (nginx's access log). Then, on a new empty repository,
+`GET /v1/projects` p50 / p99 while ``--pulls`` first requests for distinct projects run at once.
+Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from benchmarks.servers import free_port, nginx, wait_until_up
+from benchmarks.simple_api import build_source, compile_once
+from metasrv.cli.main import main as metasrv
+from metasrv.http.app import create_app
+
+
+@contextmanager
+def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
+    """Serve a new meta repository that has synced nothing; yield its base URL."""
+    meta = Path(tempfile.mkdtemp(dir=work))
+    shutil.rmtree(meta)
+    assert metasrv(["init", str(meta), "--source", source_url]) == 0
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(meta), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{url}/")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def latency_under_pulls(url: str, names: list[str], pulls: int) -> tuple[float, float, int]:
+    """Return p50 and p99 ms of GET /v1/projects while ``pulls`` first requests run."""
+
+    def pull(name: str) -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            http.get(f"/simple/{name}/")
+
+    threads = [threading.Thread(target=pull, args=(name,)) for name in names[:pulls]]
+    samples: list[float] = []
+    with httpx.Client(base_url=url, timeout=120) as http:
+        http.get("/v1/projects")  # warm the connection
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads) or len(samples) < 20:
+            started = time.perf_counter()
+            http.get("/v1/projects")
+            samples.append((time.perf_counter() - started) * 1000)
+        for thread in threads:
+            thread.join()
+    quantiles = statistics.quantiles(samples, n=100)
+    return quantiles[49], quantiles[98], len(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--projects", type=int, default=60)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pulls", type=int, default=50)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    names = build_source(work / "source", max(args.projects, args.pulls))
+    requirements = work / "requirements.in"
+    requirements.write_text("\n".join(names[: args.top]) + "\n")
+    access_log = work / "access.log"
+    figures: dict[str, list[tuple[float, int]]] = {"a": [], "b": [], "c": []}
+    with nginx(work / "source", access_log=access_log) as source:
+        source_url = f"{source}/simple/"
+        for _ in range(args.runs):
+            access_log.write_text("")
+            figures["a"].append((compile_once(requirements, source_url), lines(access_log)))
+            with empty_metasrv(work, source_url) as url:
+                access_log.write_text("")
+                seconds = compile_once(requirements, f"{url}/simple/")
+                figures["b"].append((seconds, lines(access_log)))
+                access_log.write_text("")
+                seconds = compile_once(requirements, f"{url}/simple/")
+                figures["c"].append((seconds, lines(access_log)))
+        with empty_metasrv(work, source_url) as url:
+            p50, p99, samples = latency_under_pulls(url, names, args.pulls)
+    shutil.rmtree(work)
+    medians = {
+        label: (statistics.median(s for s, _ in runs), statistics.median(r for _, r in runs))
+        for label, runs in figures.items()
+    }
+    titles = {"a": "source directly", "b": "metasrv, empty (pulled through)", "c": "metasrv, warm"}
+    for label, (seconds, requests) in medians.items():
+        print(
+            f"({label}) {titles[label]}: uv pip compile of {args.top} packages in {seconds:.3f} s "
+            f"(median of {args.runs}, fresh uv cache), {requests:.0f} requests to the source"
+        )
+    print(f"(b)/(a) = {medians['b'][0] / medians['a'][0]:.2f}x (target <= 2)")
+    print(f"(c)/(a) = {medians['c'][0] / medians['a'][0]:.2f}x (target <= 1.1)")
+    print(
+        f"GET /v1/projects while {args.pulls} pull-throughs run: p50 {p50:.1f} ms, "
+        f"p99 {p99:.1f} ms over {samples} requests (target p99 < 50 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
