@@ -110,6 +110,8 @@ class DistFile:
     metadata_status: MetadataStatus | None = None
     metadata_reason: str | None = None
     metadata_built_on: str | None = None
+    core_metadata_sha256: str | None = None
+    core_metadata_stored: bool = False
 
     @classmethod
     def from_toml(
@@ -148,8 +150,12 @@ class DistFile:
             metadata_status=status,
             metadata_reason=reason,
             metadata_built_on=built_on,
+            core_metadata_sha256=reader.optional_string("core-metadata-sha256"),
+            core_metadata_stored=reader.boolean("core-metadata-stored", default=False),
         )
         reader.reject_unknown()
+        if dist_file.core_metadata_stored and dist_file.core_metadata_sha256 is None:
+            raise InvalidData(f"{where}: 'core-metadata-stored' without 'core-metadata-sha256'")
         return dist_file
 
     @property
@@ -175,6 +181,10 @@ class DistFile:
             table["metadata-reason"] = self.metadata_reason
         if self.metadata_built_on is not None:
             table["metadata-built-on"] = self.metadata_built_on
+        if self.core_metadata_sha256 is not None:
+            table["core-metadata-sha256"] = self.core_metadata_sha256
+        if self.core_metadata_stored:
+            table["core-metadata-stored"] = True
         # A built file always states its metadata: a file with a status inherits none.
         built = self.metadata_status is MetadataStatus.BUILT
         if self.metadata is not None and (self.metadata != common or built):

@@ -74,3 +74,13 @@ def validate_label(name: str, what: str) -> str:
             f"invalid {what} {name[:80]!r}: use lowercase letters, digits, - and _ (at most 64)"
         )
     return name
+
+
+CORE_METADATA_ROOT = "core-metadata"
+
+
+def core_metadata_path(sha256: str) -> str:
+    """Return where a meta repository stores the metadata document with this sha256."""
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise InvalidInput(f"{sha256!r} is not a sha256 hex digest")
+    return f"{CORE_METADATA_ROOT}/{sha256[:2]}/{sha256[2:4]}/{sha256}.metadata"

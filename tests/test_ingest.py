@@ -99,8 +99,9 @@ def test_synced_data_equals_what_is_inside_the_archives(
         wheel.hashes["sha256"]
         == hashlib.sha256((archives / wheel.filename).read_bytes()).hexdigest()
     )
-    # PEP 700 sizes come with JSON pages only.
-    assert wheel.size == ((archives / wheel.filename).stat().st_size if behaviour.json else None)
+    # PEP 700 sizes: from JSON pages, from reading the file, or from a HEAD for an unread sdist.
+    assert wheel.size == (archives / wheel.filename).stat().st_size
+    assert sdist.size == (archives / sdist.filename).stat().st_size
     assert wheel.url == f"{index.url}/files/{wheel.filename}"
     # The release's wheel gives its metadata, so its sdist is not downloaded.
     assert sdist.metadata is None

@@ -283,4 +283,7 @@ def test_a_rewritten_wheel_is_made_once_and_matches_its_listed_hash(world: World
     assert world.index.requests == []
     assert hashlib.sha256(served).hexdigest() == wheel["hashes"]["sha256"]
     assert len(served) == wheel["size"]
-    assert f"/u/relaxed@{world.meta.resolve(None)}/files/" in wheel["url"]
+    # No "@" or "," in a path segment: PDM reads a link with "@" as a VCS reference.
+    assert f"/u/relaxed%40{world.meta.resolve(None)}/files/" in wheel["url"]
+    assert "@" not in wheel["url"]
+    assert "," not in wheel["url"]

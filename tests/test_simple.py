@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,8 +18,9 @@ from metasrv.http.simplepages import negotiate
 from metasrv.http.wheels import rewrite_wheel
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
 from metasrv.model import CoreMetadata, Project, Release
+from metasrv.names import core_metadata_path
 from metasrv.repo.storage import Storage
-from tests.builders import commit_projects, make_file, make_project
+from tests.builders import commit_projects, make_file, make_project, project_files
 from tests.conftest import AsgiClient
 from tests.distributions import build_wheel
 
@@ -108,9 +110,41 @@ def test_the_index_page_lists_every_project_as_html_or_json(client: AsgiClient) 
     assert [p["name"] for p in listing["projects"]] == ["click", "Flask", "Werkzeug"]
 
 
+# A METADATA as a real wheel has it: fields metasrv does not model, a description body.
+FLASK_METADATA = (
+    b"Metadata-Version: 2.1\nName: Flask\nVersion: 2.0.0\nSummary: A simple framework\n"
+    b"License: BSD-3-Clause\nClassifier: Framework :: Flask\nRequires-Python: >=3.6\n"
+    b"Requires-Dist: Werkzeug>=2.0\n\nFlask\n=====\n\nA long description.\n"
+)
+FLASK_SDIST_METADATA = FLASK_METADATA.replace(b"Summary:", b"Summary: (sdist)")
+
+
+def _commit_flask_with_documents(storage: Storage) -> None:
+    """Commit Flask: 2.0.0 wheel METADATA stored, its sdist's served by the source, 1.1.4 none."""
+    wheel = replace(
+        make_file("Flask-2.0.0-py3-none-any.whl", requires_dist=["Werkzeug>=2.0"]),
+        core_metadata_sha256=hashlib.sha256(FLASK_METADATA).hexdigest(),
+        core_metadata_stored=True,
+    )
+    sdist = replace(
+        make_file("flask-2.0.0.tar.gz", requires_dist=["Werkzeug>=2.0"]),
+        core_metadata_sha256=hashlib.sha256(FLASK_SDIST_METADATA).hexdigest(),
+    )
+    old = make_file("Flask-1.1.4-py3-none-any.whl", requires_dist=["Werkzeug<2.0"])
+    flask = Project.create(
+        "Flask",
+        [Release.from_files("1.1.4", (old,)), Release.from_files("2.0.0", (wheel, sdist))],
+    )
+    files = project_files(flask)
+    assert wheel.core_metadata_sha256 is not None
+    files[core_metadata_path(wheel.core_metadata_sha256)] = FLASK_METADATA
+    storage.commit(storage.head_branch(), files, "Flask with its METADATA")
+
+
 def test_a_project_page_links_pinned_files_with_metadata_hashes(
     client: AsgiClient, storage: Storage
 ) -> None:
+    _commit_flask_with_documents(storage)
     sha = storage.resolve(None)
     page = client.get("/simple/flask/", headers={"Accept": JSON})
     assert page.headers["cache-control"] == "public, max-age=10"
@@ -124,17 +158,36 @@ def test_a_project_page_links_pinned_files_with_metadata_hashes(
     }
     assert wheel["upload-time"] == "2024-01-02T03:04:05Z"
     metadata = client.get(wheel["url"] + ".metadata")
+    # PEP 658: the file's own METADATA, byte for byte, and the hash of what is served.
+    assert metadata.content == FLASK_METADATA
     assert hashlib.sha256(metadata.content).hexdigest() == wheel["core-metadata"]["sha256"]
     assert wheel["dist-info-metadata"] == wheel["core-metadata"]
-    raw, _ = parse_email(metadata.content)
-    assert (raw["name"], raw["version"], raw["requires_dist"]) == (
-        "Flask",
-        "2.0.0",
-        ["Werkzeug>=2.0"],
-    )
     download = client.get(wheel["url"])
     assert download.status_code == 302
     assert download.headers["location"] == "https://files.test/Flask-2.0.0-py3-none-any.whl"
+
+
+def test_a_metadata_file_the_source_serves_is_a_redirect_to_it(
+    client: AsgiClient, storage: Storage
+) -> None:
+    _commit_flask_with_documents(storage)
+    files = client.get("/simple/flask/", headers={"Accept": JSON}).json()["files"]
+    sdist = next(f for f in files if f["filename"] == "flask-2.0.0.tar.gz")
+    assert sdist["core-metadata"] == {"sha256": hashlib.sha256(FLASK_SDIST_METADATA).hexdigest()}
+    answer = client.get(sdist["url"] + ".metadata")
+    assert answer.status_code == 302
+    assert answer.headers["location"] == "https://files.test/flask-2.0.0.tar.gz.metadata"
+
+
+def test_a_file_whose_metadata_document_sync_did_not_see_has_no_metadata_file(
+    client: AsgiClient, storage: Storage
+) -> None:
+    _commit_flask_with_documents(storage)
+    files = client.get("/simple/flask/", headers={"Accept": JSON}).json()["files"]
+    old = next(f for f in files if f["filename"] == "Flask-1.1.4-py3-none-any.whl")
+    assert "core-metadata" not in old
+    assert "dist-info-metadata" not in old
+    assert client.get(old["url"] + ".metadata").status_code == 404
 
 
 def test_a_pinned_page_is_immutable_and_shows_that_commit(
@@ -151,12 +204,22 @@ def test_a_pinned_page_is_immutable_and_shows_that_commit(
 def test_html_project_pages_carry_pep_503_592_658_attributes(
     client: AsgiClient, storage: Storage
 ) -> None:
+    document = b"Metadata-Version: 2.1\nName: Flask\nVersion: 3.0\nRequires-Python: >=3.8\n\n"
+    document_sha256 = hashlib.sha256(document).hexdigest()
     files = (
-        make_file("Flask-3.0-py3-none-any.whl", requires_python=">=3.8", yanked="broken <build>"),
+        replace(
+            make_file(
+                "Flask-3.0-py3-none-any.whl", requires_python=">=3.8", yanked="broken <build>"
+            ),
+            core_metadata_sha256=document_sha256,
+            core_metadata_stored=True,
+        ),
         make_file("Flask-3.0.tar.gz", yanked=True, metadata=False),
         make_file("Flask-3.0-py2-none-any.whl"),
     )
-    sha = commit_projects(storage, Project.create("Flask", [Release.from_files("3.0", files)]))
+    changes = project_files(Project.create("Flask", [Release.from_files("3.0", files)]))
+    changes[core_metadata_path(document_sha256)] = document
+    sha = storage.commit(storage.head_branch(), changes, "Flask 3.0")
     html = client.get("/simple/flask/").text
     assert "<h1>Links for flask</h1>" in html
     links = {
@@ -166,8 +229,9 @@ def test_html_project_pages_carry_pep_503_592_658_attributes(
     }
     url = f"/at/{sha}/files/flask"
     wheel_digest = hashlib.sha256(b"Flask-3.0-py3-none-any.whl").hexdigest()
-    # The PEP 658 hash is of the metadata bytes served.
+    # The PEP 658 hash is of the metadata bytes served, which are the wheel's own.
     metadata = client.get(f"{url}/Flask-3.0-py3-none-any.whl.metadata").content
+    assert metadata == document
     metadata_hash = f"sha256={hashlib.sha256(metadata).hexdigest()}"
     assert links["Flask-3.0-py3-none-any.whl"] == (
         f'<a href="{url}/Flask-3.0-py3-none-any.whl#sha256={wheel_digest}"'

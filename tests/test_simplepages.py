@@ -98,8 +98,8 @@ FILES = [
         upload_time="2024-01-02T03:04:05Z",
         metadata_sha256="cd" * 32,
     ),
-    simple_file("demo-1.0.tar.gz", yanked=True, hashes={"md5": "00", "blake2b_256": "11"}),
-    simple_file("demo-0.9.zip", hashes={}, url="/files/demo-0.9.zip?x=1&y=2"),
+    simple_file("demo-1.0.tar.gz", yanked=True, hashes={"md5": "00", "blake2b_256": "11"}, size=99),
+    simple_file("demo-0.9.zip", hashes={}, url="/files/demo-0.9.zip?x=1&y=2", size=0),
 ]
 
 
@@ -127,6 +127,7 @@ def test_a_project_page_is_pep_691_with_pep_700_and_714_fields() -> None:
                 "hashes": {"md5": "00", "blake2b_256": "11"},
                 "requires-python": None,
                 "yanked": True,
+                "size": 99,
             },
             {
                 "filename": "demo-0.9.zip",
@@ -134,10 +135,19 @@ def test_a_project_page_is_pep_691_with_pep_700_and_714_fields() -> None:
                 "hashes": {},
                 "requires-python": None,
                 "yanked": False,
+                "size": 0,
             },
         ],
     }
     assert json.loads(render_json(page)) == page
+
+
+def test_a_page_with_a_file_of_unknown_size_does_not_claim_pep_700() -> None:
+    files = [*FILES, simple_file("demo-0.8.zip")]
+    page = project_page("demo", ["0.8", "0.9", "1.0"], files)
+    # PEP 700 makes size required at 1.1.
+    assert page["meta"] == {"api-version": "1.0"}
+    assert 'content="1.0"' in render_project_html(page).decode()
 
 
 def test_json_is_compact_and_keeps_non_ascii() -> None:

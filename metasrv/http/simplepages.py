@@ -96,8 +96,10 @@ def project_page(name: str, versions: Iterable[str], files: Iterable[SimpleFile]
             # PEP 714: true says the file exists without a hash; we read it when asked.
             entry["core-metadata"] = entry["dist-info-metadata"] = True
         entries.append(entry)
+    # PEP 700 makes size required from 1.1 on: a page with a file of unknown size says 1.0.
+    sized = all("size" in entry for entry in entries)
     return {
-        "meta": {"api-version": API_VERSION},
+        "meta": {"api-version": API_VERSION if sized else "1.0"},
         "name": name,
         "versions": list(versions),
         "files": entries,
@@ -112,7 +114,10 @@ def render_json(page: dict[str, Any]) -> bytes:
 def render_project_html(page: dict[str, Any]) -> bytes:
     """Render a project page as PEP 503 HTML with PEP 592 / 658 / 714 attributes."""
     name = html.escape(page["name"])
-    lines = [_html_head(f"Links for {name}"), f"<h1>Links for {name}</h1>"]
+    lines = [
+        _html_head(f"Links for {name}", page["meta"]["api-version"]),
+        f"<h1>Links for {name}</h1>",
+    ]
     for entry in page["files"]:
         attributes = [f'href="{html.escape(_with_hash(entry))}"']
         if entry["requires-python"]:
@@ -140,10 +145,10 @@ def _with_hash(entry: dict[str, Any]) -> str:
     return str(entry["url"])
 
 
-def _html_head(title: str) -> str:
+def _html_head(title: str, api_version: str = API_VERSION) -> str:
     return (
         "<!DOCTYPE html>\n<html>\n<head>\n"
-        f'<meta name="pypi:repository-version" content="{API_VERSION}">\n'
+        f'<meta name="pypi:repository-version" content="{api_version}">\n'
         f"<title>{title}</title>\n</head>\n<body>"
     )
 

@@ -16,14 +16,13 @@ from metasrv.http import readapi
 from metasrv.http.hotpath import etag_matches
 from metasrv.http.pulling import PulledReads
 from metasrv.http.simplepages import index_page_chunks, negotiate, render_json, render_project_html
-from metasrv.http.views import Mount, SimpleApi
+from metasrv.http.views import METADATA_SUFFIX, Mount, SimpleApi
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
 from metasrv.names import parse_version
 from metasrv.repo.storage import BlobId
 
 IMMUTABLE = readapi.IMMUTABLE.decode()
 MOVING = readapi.MOVING.decode()
-METADATA_SUFFIX = ".metadata"  # PEP 658
 # Each view is reachable plainly, with understandings, pinned, or both; and each with a cooldown,
 # spelled in the path because installers drop an index URL's query string.
 PREFIXES = tuple(
@@ -161,6 +160,8 @@ class SimpleRoutes:
                 content = await self.api.metadata_file(
                     mount, name, filename[: -len(METADATA_SUFFIX)]
                 )
+            if isinstance(content, str):
+                return RedirectResponse(content, status_code=302)
             return Response(
                 content,
                 media_type="text/plain; charset=utf-8",

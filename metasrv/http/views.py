@@ -9,21 +9,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from urllib.request import url2pathname
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound
+from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
 from metasrv.http.simplepages import SimpleFile, project_page
 from metasrv.http.wheelcache import Rewritten, WheelCache
 from metasrv.http.wheels import render_metadata_file
 from metasrv.index.archives import is_wheel
-from metasrv.model import CoreMetadata, DistFile, Project, Release
+from metasrv.model import CoreMetadata, DistFile, MetadataStatus, Project, Release
+from metasrv.names import core_metadata_path
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId
 from metasrv.understandings.cooldown import Cooldown, apply_cooldown
 from metasrv.understandings.overrides import apply_layers
 from metasrv.understandings.registry import Pinned, Understandings
+
+METADATA_SUFFIX = ".metadata"  # PEP 658
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,8 @@ class Mount:
         prefix = self.data_prefix
         if self.pinned:
             spec = ",".join(f"{p.registration.name}@{p.commit}" for p in self.pinned)
-            prefix = f"{prefix}/u/{quote(spec, safe='@,')}"
+            # "@" and "," percent-encoded: PDM takes a path with "@" for a VCS link and skips it.
+            prefix = f"{prefix}/u/{quote(spec, safe='')}"
         if self.cooldown is not None:
             prefix = f"{prefix}/cooldown/{self.cooldown.text}"
         return prefix
@@ -71,6 +76,14 @@ class _Located:
     def changed(self) -> bool:
         """Return whether an understanding changed the file's metadata."""
         return self.original.metadata != self.patched.metadata
+
+
+def _rendered(dist_file: DistFile) -> bool:
+    """Return whether a file's .metadata is rendered from its record: a built sdist's is."""
+    # An sdist's PKG-INFO is not what a build computed; the build's own document is not kept.
+    return (
+        dist_file.metadata_status is MetadataStatus.BUILT and dist_file.core_metadata_sha256 is None
+    )
 
 
 class SimpleApi:
@@ -179,7 +192,7 @@ class SimpleApi:
             if rewritten is None:
                 return None
             hashes, size = {"sha256": rewritten.sha256}, rewritten.size
-        metadata_bytes = self._metadata_bytes(located, rewritten)
+        metadata_sha256 = self._metadata_sha256(located, rewritten)
         return SimpleFile(
             filename=patched.filename,
             url=url,
@@ -188,9 +201,7 @@ class SimpleApi:
             yanked=patched.yanked,
             size=size,
             upload_time=patched.upload_time,
-            metadata_sha256=(
-                hashlib.sha256(metadata_bytes).hexdigest() if metadata_bytes is not None else None
-            ),
+            metadata_sha256=metadata_sha256,
             metadata_pending=(
                 self.pending_metadata
                 and located.original.metadata_pending
@@ -211,7 +222,17 @@ class SimpleApi:
         metadata = self._rewrite_needed(located)
         return None if metadata is None else await self.wheels.get(located.original, metadata)
 
-    def _metadata_bytes(self, located: _Located, rewritten: Rewritten | None) -> bytes | None:
+    def _metadata_sha256(self, located: _Located, rewritten: Rewritten | None) -> str | None:
+        """Return the sha256 of the .metadata a file is served with, or None when it has none."""
+        if not located.changed and not _rendered(located.original):
+            original = located.original
+            # PEP 658: the document as in the file; a file whose document sync did not see has none.
+            return original.core_metadata_sha256 if original.metadata is not None else None
+        content = self._changed_metadata(located, rewritten)
+        return None if content is None else hashlib.sha256(content).hexdigest()
+
+    def _changed_metadata(self, located: _Located, rewritten: Rewritten | None) -> bytes | None:
+        """Return the METADATA of a file an understanding changed, or of a built sdist."""
         if rewritten is not None:
             return rewritten.metadata
         metadata = located.patched.metadata
@@ -237,20 +258,51 @@ class SimpleApi:
         layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
         return any(layer.rules is not None for layer in layers)
 
-    async def metadata_file(self, mount: Mount, name: str, filename: str) -> bytes:
-        """Return a file's PEP 658 metadata as the view shows it."""
+    async def metadata_file(self, mount: Mount, name: str, filename: str) -> bytes | str:
+        """Return a file's PEP 658 metadata as the view shows it, or the source URL serving it."""
         located = self._find(mount, name, filename)
         if located.original.metadata_pending:
             raise MetadataPending(
                 f"the metadata of {filename!r} is not read yet", located.release.version_text
             )
-        content = self._metadata_bytes(located, await self._rewritten(located))
-        if content is None:
-            raise NotFound(f"the metadata of {filename!r} is not known")
-        return content
+        if located.changed or _rendered(located.original):
+            content = self._changed_metadata(located, await self._rewritten(located))
+            if content is None:
+                raise NotFound(f"the metadata of {filename!r} is not known")
+            return content
+        original = located.original
+        if original.metadata is None or original.core_metadata_sha256 is None:
+            raise NotFound(f"{filename!r} has no metadata file")
+        if not original.core_metadata_stored:
+            return original.url + METADATA_SUFFIX
+        path = core_metadata_path(original.core_metadata_sha256)
+        stored = self.catalog.storage.read(mount.commit_id, path)
+        if stored is None:
+            raise NotFound(f"{path} is missing from the meta repository")
+        return stored
 
     async def file(self, mount: Mount, name: str, filename: str) -> str | Path:
-        """Return where a file's bytes are: the source's URL, or a rewritten wheel on disk."""
+        """Return where a file's bytes are: an http(s) URL, or a file on this machine."""
         located = self._find(mount, name, filename)
         rewritten = await self._rewritten(located)
-        return located.original.url if rewritten is None else rewritten.path
+        if rewritten is not None:
+            return rewritten.path
+        url = located.original.url
+        if url.startswith(("http://", "https://")):
+            return url
+        # Clients cannot follow a redirect to file://; the source's own files are streamed.
+        return self._local_file(mount, url)
+
+    def _local_file(self, mount: Mount, url: str) -> Path:
+        """Return the path of a file:// URL inside the configured source folder."""
+        source_url = self.catalog.config(mount.commit_id).source_url or ""
+        parts = urlsplit(url)
+        if parts.scheme != "file" or urlsplit(source_url).scheme not in ("file", ""):
+            raise SourceError(f"{url}: not an http(s) URL or a file in the source folder")
+        folder = Path(url2pathname(urlsplit(source_url).path)).resolve()
+        path = Path(url2pathname(parts.path)).resolve()
+        if not path.is_relative_to(folder):
+            raise SourceError(f"{url}: outside the source folder {folder}")
+        if not path.is_file():
+            raise SourceError(f"{url}: the source folder has no such file")
+        return path

@@ -60,6 +60,9 @@ class ReadMetadata:
     status: MetadataStatus | None = None
     reason: str | None = None
     version: str | None = None
+    document: bytes | None = None  # the METADATA / PKG-INFO bytes, exactly as read (PEP 658)
+    from_source: bool = False  # whether the source serves the document itself (PEP 658)
+    size: int | None = None  # the archive's length, when reading it told
 
 
 def parse_metadata(content: bytes) -> ReadMetadata:
@@ -90,7 +93,7 @@ def parse_metadata(content: bytes) -> ReadMetadata:
         provides_extra=tuple(raw.get("provides_extra", ())),
         dynamic=tuple(raw.get("dynamic", ())),
     )
-    return ReadMetadata(metadata, raw.get("name"), version=raw.get("version"))
+    return ReadMetadata(metadata, raw.get("name"), version=raw.get("version"), document=content)
 
 
 def sdist_metadata(content: bytes) -> ReadMetadata:
@@ -100,6 +103,7 @@ def sdist_metadata(content: bytes) -> ReadMetadata:
     version = tuple(int(part) for part in read.metadata.metadata_version.split("."))
     if version < STATIC_SDIST_METADATA:
         reason = f"sdist metadata {read.metadata.metadata_version} does not declare static fields"
+        # Nothing to serve as .metadata: the fields are not known.
         return ReadMetadata(None, read.name, MetadataStatus.DYNAMIC, reason, read.version)
     return read
 

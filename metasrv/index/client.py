@@ -142,6 +142,7 @@ class Fetcher:
         headers: Mapping[str, str] | None = None,
         max_bytes: int = MAX_PAGE_BYTES,
         sink: BinaryIO | None = None,
+        method: str = "GET",
     ) -> Fetched:
         """Return the response to a GET; 5xx, 429, timeouts and transport errors are retried.
 
@@ -160,7 +161,7 @@ class Fetcher:
             delay = self.options.backoff_seconds * 2**attempt
             try:
                 async with self._slots, asyncio.timeout(deadline):
-                    response = await self._get_capped(url, headers or {}, max_bytes, sink)
+                    response = await self._get_capped(method, url, headers or {}, max_bytes, sink)
             except (TimeoutError, httpx.TimeoutException):
                 problem = f"no whole answer within {deadline:g} s"
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
@@ -177,15 +178,26 @@ class Fetcher:
                 await asyncio.sleep(min(delay, MAX_RETRY_DELAY_SECONDS))
         raise SourceError(f"{url[:200]}: {problem} after {self.options.retries + 1} attempts")
 
+    async def head(self, url: str) -> Fetched:
+        """Return the response to a HEAD, retried as a GET is."""
+        return await self.get(url, max_bytes=0, method="HEAD")
+
     async def _get_capped(
-        self, url: str, headers: Mapping[str, str], max_bytes: int, sink: BinaryIO | None
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        max_bytes: int,
+        sink: BinaryIO | None,
     ) -> Fetched:
         self.requests += 1
         if sink is not None:
             sink.seek(0)
             sink.truncate()  # a retry starts the body again
-        async with self.client.stream("GET", url, headers=headers) as response:
+        async with self.client.stream(method, url, headers=headers) as response:
             declared = response.headers.get("content-length", "")
+            if method == "HEAD":
+                return Fetched(response.status_code, response.headers, b"", str(response.url))
             # 19 digits tell a length over any cap; int() would refuse 4,301 of them.
             if declared.isascii() and declared.isdigit() and int(declared[:19]) > max_bytes:
                 raise InvalidArchive(f"{url}: larger than {max_bytes} bytes ({declared[:20]})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -73,7 +74,9 @@ async def _read_metadata(
                 and hashlib.sha256(response.content).hexdigest() != expected["sha256"]
             ):
                 raise InvalidArchive("hash mismatch: PEP 658 metadata file")
-            return archives.parse_metadata(response.content)
+            # A client can be sent to an http(s) source's own file; others' are served by us.
+            served_by_source = source_file.url.startswith(("http://", "https://"))
+            return replace(archives.parse_metadata(response.content), from_source=served_by_source)
     if archives.is_wheel(source_file.filename):
         return await _read_wheel_by_ranges(fetcher, source_file)
     head_range = {
@@ -83,8 +86,9 @@ async def _read_metadata(
     response = await fetcher.get(source_file.url, head_range, max_bytes=MAX_ARCHIVE_BYTES)
     if response.status_code == 206:
         read = archives.sdist_metadata_from_head(source_file.filename, response.content)
+        total = response.headers.get("content-range", "").rpartition("/")[2]
         if read is not None:
-            return read
+            return replace(read, size=int(total) if total.isdigit() else None)
         response = await fetcher.get(source_file.url, max_bytes=MAX_ARCHIVE_BYTES)
     _require_ok(response.status_code, source_file.url)
     return _from_whole_file(source_file, response.content)
@@ -118,7 +122,22 @@ async def _read_wheel_by_ranges(fetcher: Fetcher, source_file: SourceFile) -> ar
             raise InvalidArchive(f"{source_file.url}: range answer has the wrong length")
         return ranged.content
 
-    return await archives.wheel_metadata(int(total), response.content, read_range)
+    read = await archives.wheel_metadata(int(total), response.content, read_range)
+    return replace(read, size=int(total))
+
+
+async def file_size(source: IndexSource | FolderSource, source_file: SourceFile) -> int | None:
+    """Return a file's length by a HEAD (PEP 700 ``size``), or None when the source won't say."""
+    if source_file.url.startswith("file:"):
+        if not isinstance(source, FolderSource) and not source.fetcher.local:
+            return None  # an http(s) index must not make us look at this machine's files
+        path = Path(url2pathname(urlsplit(source_file.url).path))
+        return path.stat().st_size if path.is_file() else None
+    if isinstance(source, FolderSource):
+        return None
+    response = await source.fetcher.head(source_file.url)
+    length = response.headers.get("content-length", "")
+    return int(length) if response.status_code == 200 and length.isdigit() else None
 
 
 def _from_whole_file(source_file: SourceFile, content: bytes) -> archives.ReadMetadata:
@@ -126,8 +145,10 @@ def _from_whole_file(source_file: SourceFile, content: bytes) -> archives.ReadMe
     if expected is not None and hashlib.sha256(content).hexdigest() != expected:
         raise InvalidArchive("hash mismatch: the file's sha256 is not the one the index lists")
     if archives.is_wheel(source_file.filename):
-        return archives.wheel_metadata_from_bytes(content)
-    return archives.sdist_metadata_from_bytes(source_file.filename, content)
+        read = archives.wheel_metadata_from_bytes(content)
+    else:
+        read = archives.sdist_metadata_from_bytes(source_file.filename, content)
+    return replace(read, size=len(content))
 
 
 def _read_local(url: str) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import replace
 
 from packaging.version import Version
@@ -10,9 +11,10 @@ from packaging.version import Version
 from metasrv.errors import MetasrvError, SourceError
 from metasrv.index import archives
 from metasrv.index.client import FolderSource, IndexSource
-from metasrv.index.filemetadata import read_metadata
+from metasrv.index.filemetadata import file_size, read_metadata
 from metasrv.index.pages import ProjectPage, SourceFile
 from metasrv.model import DistFile, MetadataStatus
+from metasrv.names import core_metadata_path
 
 WHEELS_GIVE_METADATA = "the release's wheels give its metadata"
 # Metadata in these states is read again by the next sync; other states belong to the bytes.
@@ -20,16 +22,22 @@ READ_AGAIN = frozenset({MetadataStatus.FETCH_FAILED, MetadataStatus.PENDING})
 
 
 async def read_page_files(
-    source: IndexSource | FolderSource, page: ProjectPage, known: dict[str, DistFile]
+    source: IndexSource | FolderSource,
+    page: ProjectPage,
+    known: dict[str, DistFile],
+    documents: dict[str, bytes],
 ) -> list[tuple[DistFile, str | None, bool]]:
     """Read the metadata of a page's files: wheels first, then the sdists still needed.
 
-    Returns each file with the Name its metadata states and whether reading it failed.
+    Returns each file with the Name its metadata states and whether reading it failed; metadata
+    documents the source does not serve itself are added to ``documents``, by path, to store.
     """
     files = [f for f in page.files if archives.version_of_filename(f.filename) is not None]
     wheels = [f for f in files if archives.is_wheel(f.filename)]
     read = list(
-        await asyncio.gather(*(_read_file(source, f, known.get(f.filename)) for f in wheels))
+        await asyncio.gather(
+            *(_read_file(source, f, known.get(f.filename), documents) for f in wheels)
+        )
     )
     # Metadata in order: PEP 658, then wheels, then sdists; an sdist is read (often a whole
     # download) only for releases whose wheels gave none.
@@ -40,6 +48,7 @@ async def read_page_files(
                 source,
                 f,
                 known.get(f.filename),
+                documents,
                 skip=Version(version_of(f.filename)) in covered and not f.core_metadata,
             )
             for f in files
@@ -73,6 +82,7 @@ async def _read_file(
     source: IndexSource | FolderSource,
     source_file: SourceFile,
     previous: DistFile | None,
+    documents: dict[str, bytes],
     *,
     skip: bool = False,
 ) -> tuple[DistFile, str | None, bool]:
@@ -93,11 +103,17 @@ async def _read_file(
             metadata_status=previous.metadata_status,
             metadata_reason=previous.metadata_reason,
             metadata_built_on=previous.metadata_built_on,
+            size=dist_file.size if dist_file.size is not None else previous.size,
+            core_metadata_sha256=previous.core_metadata_sha256,
+            core_metadata_stored=previous.core_metadata_stored,
         )
         return reused, None, False
     if skip:
         skipped = replace(
-            dist_file, metadata_status=MetadataStatus.SKIPPED, metadata_reason=WHEELS_GIVE_METADATA
+            dist_file,
+            metadata_status=MetadataStatus.SKIPPED,
+            metadata_reason=WHEELS_GIVE_METADATA,
+            size=await _size(source, source_file),
         )
         return skipped, None, False
     try:
@@ -106,9 +122,39 @@ async def _read_file(
         failed = MetadataStatus.FETCH_FAILED
         return replace(dist_file, metadata_status=failed, metadata_reason=exc.message), None, True
     except MetasrvError as exc:
-        unusable = MetadataStatus.UNUSABLE
-        return replace(dist_file, metadata_status=unusable, metadata_reason=exc.message), None, True
+        unusable = replace(
+            dist_file,
+            metadata_status=MetadataStatus.UNUSABLE,
+            metadata_reason=exc.message,
+            size=await _size(source, source_file),
+        )
+        return unusable, None, True
     read_file = replace(
-        dist_file, metadata=read.metadata, metadata_status=read.status, metadata_reason=read.reason
+        dist_file,
+        metadata=read.metadata,
+        metadata_status=read.status,
+        metadata_reason=read.reason,
+        size=read.size if dist_file.size is None else dist_file.size,
     )
+    if read_file.size is None:
+        read_file = replace(read_file, size=await _size(source, source_file))
+    if read.document is not None and read.metadata is not None:
+        # PEP 658: the .metadata served is the document itself, hashed as it is.
+        digest = hashlib.sha256(read.document).hexdigest()
+        read_file = replace(
+            read_file, core_metadata_sha256=digest, core_metadata_stored=not read.from_source
+        )
+        if not read.from_source:
+            documents[core_metadata_path(digest)] = read.document
     return read_file, read.name, False
+
+
+async def _size(source: IndexSource | FolderSource, source_file: SourceFile) -> int | None:
+    """Return a file's size from its page, else by asking the source; None when it won't say."""
+    if source_file.size is not None:
+        return source_file.size
+    try:
+        return await file_size(source, source_file)
+    except SourceError:
+        # A size is a courtesy to clients (PEP 700); a source that won't tell is no failure.
+        return None

@@ -43,6 +43,9 @@ def _with_known_metadata(dist_file: DistFile, known: DistFile | None) -> DistFil
         metadata_status=known.metadata_status,
         metadata_reason=known.metadata_reason,
         metadata_built_on=known.metadata_built_on,
+        core_metadata_sha256=known.core_metadata_sha256,
+        core_metadata_stored=known.core_metadata_stored,
+        size=dist_file.size if dist_file.size is not None else known.size,
     )
 
 

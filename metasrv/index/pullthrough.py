@@ -55,6 +55,8 @@ class _Job:
     merge: Merge
     label: str
     future: asyncio.Future[CommitId | None]
+    # Metadata documents read with the change, by path (PEP 658), committed with it.
+    documents: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -306,21 +308,27 @@ class PullThrough:
             wanted = tuple(
                 listed[f.filename] for r in chunk for f in r.files if f.filename in listed
             )
-            read = await read_page_files(source, ProjectPage(page.name, wanted), {})
+            documents: dict[str, bytes] = {}
+            read = await read_page_files(source, ProjectPage(page.name, wanted), {}, documents)
             filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
             stated = next((name for _, name, _ in reversed(read) if name), None)
             await self._write(
                 normalized_name,
                 fill(filled, stated),
                 f"{normalized_name} (metadata of {len(filled)} files)",
+                documents,
             )
 
     async def _write(
-        self, normalized_name: NormalizedName, merge: Merge, label: str
+        self,
+        normalized_name: NormalizedName,
+        merge: Merge,
+        label: str,
+        documents: dict[str, bytes] | None = None,
     ) -> CommitId | None:
         """Queue a change; whoever commits next commits everything queued, in one commit."""
         future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(normalized_name, merge, label, future))
+        self._queue.append(_Job(normalized_name, merge, label, future, documents or {}))
         if len(self._queue) == 1:
             self._spawn(self._commit_queue())
         return await future
@@ -372,9 +380,11 @@ class PullThrough:
                 if project is not None and project != current:
                     changes[path] = write_project(project)
                     labels += [job.label for job in jobs]
+                    for job in jobs:
+                        changes.update(job.documents)
                     if _has_dynamic_sdists(project):
                         dynamic.add(normalized_name)
-            count = len(changes)
+            count = sum(1 for path in changes if path.startswith(f"{DATA_ROOT}/"))
             message = (
                 f"pull-through: {count} project{'s' if count != 1 else ''} "
                 f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)

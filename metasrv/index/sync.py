@@ -161,14 +161,10 @@ async def run_plan(
         changes.update({f"{DATA_ROOT}/{project_path(name)}": None for name in removals})
         summary.projects += len(batch)
         summary.removed += len(removals)
-        parent = _commit(
-            storage,
-            branch,
-            changes,
-            parent,
-            summary=summary,
-            message=_message(len(changes) - len(removals), removals, source.url),
-        )
+        message = _message(len(changes) - len(removals), removals, source.url)
+        changes.update(run.documents)
+        run.documents.clear()
+        parent = _commit(storage, branch, changes, parent, summary=summary, message=message)
         if progress is not None:
             progress(summary.projects, len(targets), summary)
         if not last and stop is not None and stop():
@@ -223,6 +219,8 @@ class _Run:
     catalog: Catalog
     summary: SyncSummary
     named: bool
+    # Metadata documents read this checkpoint, by path, committed with the projects (PEP 658).
+    documents: dict[str, bytes] = field(default_factory=dict)
 
 
 async def _recorded(
@@ -262,7 +260,7 @@ async def _sync_project(
     if page.state.serial is None and listed_serial is not None:
         page = replace(page, state=replace(page.state, serial=listed_serial))
     known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
-    read = await read_page_files(source, page, known)
+    read = await read_page_files(source, page, known, run.documents)
     summary.skipped_files += [
         f"{page.name}: {f.filename[:120]!r} is no valid wheel or sdist file name"
         for f in page.files
