@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,14 +22,17 @@ from packaging.utils import canonicalize_name
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
 from metasrv.cli.main import main
+from metasrv.index import archives
+from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.repo.storage import Storage
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
-from tests.distributions import build_wheel
+from tests.distributions import build_wheel, metadata_text
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_understandings import add_rules, register
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+PROJECTS = ["mtsv-alpha", "mtsv-beta", "mtsv-delta", "mtsv-gamma"]
 RELAX = {
     "id": "beta-works-with-alpha-2",
     "versions": "==1.0",
@@ -57,13 +63,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("installers")
     archives = root / "archives"
     archives.mkdir()
-    build_wheel(archives, "mtsv-alpha", "1.0")
-    build_wheel(archives, "mtsv-alpha", "2.0")
-    build_wheel(
+    _rich_wheel(archives, "mtsv-alpha", "1.0")
+    _rich_wheel(archives, "mtsv-alpha", "2.0")
+    _rich_wheel(
         archives, "mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"], requires_python=">=3.8"
     )
-    build_wheel(archives, "mtsv-gamma", "1.0", requires_dist=["mtsv-alpha>=2"])
-    build_wheel(
+    _rich_wheel(archives, "mtsv-gamma", "1.0", requires_dist=["mtsv-alpha>=2"])
+    _rich_wheel(
         archives,
         "mtsv-delta",
         "1.0",
@@ -80,6 +86,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield World(index, server, meta, root)
 
 
+def _rich_wheel(folder: Path, name: str, version: str, **fields: Any) -> Path:
+    """Build a wheel whose METADATA has what resolvers skip: a summary, classifiers, a body."""
+    text = metadata_text(name, version, **fields)
+    head, _, _ = text.partition("\n\n")
+    extra = "Summary: A test project\nLicense: MIT\nClassifier: Programming Language :: Python"
+    body = f"# {name}\n\nA description that only the wheel's own METADATA has.\n"
+    return build_wheel(folder, name, version, metadata=f"{head}\n{extra}\n\n{body}")
+
+
 def _environment() -> dict[str, str]:
     # Keep this machine's pip and uv configuration (extra indexes, find-links, caps) out of it.
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
@@ -89,12 +104,14 @@ def _environment() -> dict[str, str]:
     return environment
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path | None = None, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(args),
         capture_output=True,
         text=True,
-        env=_environment(),
+        env={**_environment(), **(extra or {})},
         cwd=cwd,
         check=False,
         timeout=SUBPROCESS_DEADLINE_SECONDS,
@@ -287,3 +304,217 @@ def test_a_rewritten_wheel_is_made_once_and_matches_its_listed_hash(world: World
     assert f"/u/relaxed%40{world.meta.resolve(None)}/files/" in wheel["url"]
     assert "@" not in wheel["url"]
     assert "," not in wheel["url"]
+
+
+def _metadata_in(archive: Path) -> bytes:
+    with zipfile.ZipFile(archive) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        return wheel.read(name)
+
+
+def _json_page(http: httpx.Client, index_url: str, name: str) -> dict[str, Any]:
+    answer = http.get(f"{index_url}{name}/", headers={"Accept": MIME_SIMPLE_JSON})
+    assert answer.status_code == 200, answer.text
+    page: dict[str, Any] = answer.json()
+    return page
+
+
+def test_every_metadata_file_is_the_wheels_own_metadata_byte_for_byte(world: World) -> None:
+    with httpx.Client(base_url=world.server.url, follow_redirects=True) as http:
+        for name in PROJECTS:
+            for entry in _json_page(http, world.plain, name)["files"]:
+                served = http.get(entry["url"] + ".metadata")
+                assert served.status_code == 200, entry["filename"]
+                # PEP 658: identical to the file's METADATA, and the hash is of what is served.
+                assert served.content == _metadata_in(world.index.folder / entry["filename"])
+                assert (
+                    hashlib.sha256(served.content).hexdigest() == entry["core-metadata"]["sha256"]
+                )
+            for entry in _json_page(http, world.patched, name)["files"]:
+                patched = http.get(entry["url"] + ".metadata").content
+                wheel = http.get(entry["url"]).content
+                # A rewritten wheel's .metadata is its rewritten METADATA.
+                assert patched == _metadata_in(_saved(world.root / "downloads", entry, wheel))
+                assert hashlib.sha256(patched).hexdigest() == entry["core-metadata"]["sha256"]
+
+
+def _saved(folder: Path, entry: dict[str, Any], content: bytes) -> Path:
+    folder.mkdir(exist_ok=True)
+    path: Path = folder / entry["filename"]
+    path.write_bytes(content)
+    return path
+
+
+def _check_pep_691_700_file(entry: dict[str, Any], versions: list[str]) -> None:
+    assert isinstance(entry["filename"], str)
+    assert isinstance(entry["url"], str)
+    assert "@" not in entry["url"]
+    assert "," not in entry["url"]
+    assert isinstance(entry["hashes"], dict)
+    assert all(isinstance(v, str) for v in entry["hashes"].values())
+    assert entry["requires-python"] is None or isinstance(entry["requires-python"], str)
+    assert isinstance(entry["yanked"], bool | str)
+    # PEP 700: size is required at api-version 1.1; upload-time is ISO 8601 in UTC.
+    assert isinstance(entry["size"], int)
+    assert not isinstance(entry["size"], bool)
+    if "upload-time" in entry:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", entry["upload-time"])
+    for key in ("core-metadata", "dist-info-metadata"):
+        assert key not in entry or isinstance(entry[key], bool | dict)
+    version = archives.version_of_filename(entry["filename"])
+    assert version in versions
+
+
+@pytest.mark.parametrize("view", ["plain", "patched"])
+def test_json_pages_follow_pep_691_and_700_with_a_size_on_every_file(
+    world: World, view: str
+) -> None:
+    index_url = world.plain if view == "plain" else world.patched
+    with httpx.Client(base_url=world.server.url) as http:
+        root = http.get(index_url, headers={"Accept": MIME_SIMPLE_JSON}).json()
+        assert root["meta"] == {"api-version": "1.1"}
+        assert sorted(p["name"] for p in root["projects"]) == PROJECTS
+        for name in PROJECTS:
+            page = _json_page(http, index_url, name)
+            assert set(page) == {"meta", "name", "versions", "files"}
+            assert page["meta"] == {"api-version": "1.1"}
+            assert page["name"] == name
+            assert all(isinstance(version, str) for version in page["versions"])
+            assert page["files"]
+            for entry in page["files"]:
+                _check_pep_691_700_file(entry, page["versions"])
+                size = len(http.get(entry["url"], follow_redirects=True).content)
+                assert entry["size"] == size
+
+
+def _tool_environment(home: Path) -> dict[str, str]:
+    # Every cache and setting of Poetry and PDM kept in the test's folder, away from PyPI.
+    return {
+        "POETRY_CACHE_DIR": str(home / "poetry-cache"),
+        "POETRY_CONFIG_DIR": str(home / "poetry-config"),
+        "POETRY_VIRTUALENVS_IN_PROJECT": "true",
+        "POETRY_NO_INTERACTION": "1",
+        "PDM_HOME": str(home / "pdm-home"),
+        "PDM_CACHE_DIR": str(home / "pdm-cache"),
+        "PDM_CONFIG_FILE": str(home / "pdm-config.toml"),
+        "PDM_CHECK_UPDATE": "false",
+        "PDM_NON_INTERACTIVE": "1",
+    }
+
+
+def tool(home: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    executable = Path(sys.executable).parent / args[0]
+    assert executable.exists(), f"{args[0]} is not installed; pip install -e '.[test]'"
+    return run(str(executable), *args[1:], cwd=cwd, extra=_tool_environment(home))
+
+
+def _project(folder: Path, tool_table: str) -> Path:
+    folder.mkdir()
+    (folder / "pyproject.toml").write_text(
+        '[project]\nname = "app"\nversion = "0"\nrequires-python = ">=3.9"\n'
+        'dependencies = ["mtsv-beta", "mtsv-gamma"]\n\n' + tool_table
+    )
+    return folder
+
+
+def _installed_metadata(project: Path, name: str) -> bytes:
+    (path,) = project.glob(f".venv/lib/python*/site-packages/{name}-*.dist-info/METADATA")
+    return path.read_bytes()
+
+
+def _served_metadata(world: World, name: str) -> bytes:
+    with httpx.Client(base_url=world.server.url) as http:
+        (entry,) = _json_page(http, world.patched, name)["files"]
+        return http.get(entry["url"] + ".metadata").content
+
+
+def test_poetry_locks_and_installs_with_the_understanding(world: World, tmp_path: Path) -> None:
+    project = _project(
+        tmp_path / "app",
+        '[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = "metasrv"\n'
+        f'url = "{world.patched}"\npriority = "primary"\n',
+    )
+    locked = tool(tmp_path, "poetry", "lock", cwd=project)
+    assert locked.returncode == 0, locked.stdout + locked.stderr
+    assert 'name = "mtsv-alpha"\nversion = "2.0"' in (project / "poetry.lock").read_text()
+    install = tool(tmp_path, "poetry", "install", cwd=project)
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert _installed_metadata(project, "mtsv_beta") == _served_metadata(world, "mtsv-beta")
+    assert b"Requires-Dist: mtsv-alpha\n" in _installed_metadata(project, "mtsv_beta")
+    assert b"Version: 2.0" in _installed_metadata(project, "mtsv_alpha")
+
+
+def test_pdm_locks_and_installs_with_the_understanding(world: World, tmp_path: Path) -> None:
+    # A source named "pypi" replaces PDM's default index.
+    project = _project(
+        tmp_path / "app",
+        '[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = "pypi"\n'
+        f'url = "{world.patched}"\n',
+    )
+    locked = tool(tmp_path, "pdm", "lock", cwd=project)
+    assert locked.returncode == 0, locked.stdout + locked.stderr
+    lock = (project / "pdm.lock").read_text()
+    assert 'name = "mtsv-alpha"\nversion = "2.0"' in lock
+    install = tool(tmp_path, "pdm", "install", cwd=project)
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert _installed_metadata(project, "mtsv_beta") == _served_metadata(world, "mtsv-beta")
+    assert b"Version: 2.0" in _installed_metadata(project, "mtsv_alpha")
+
+
+def test_pip_tools_compiles_with_the_understanding(world: World, tmp_path: Path) -> None:
+    (tmp_path / "requirements.in").write_text("mtsv-beta\nmtsv-gamma\n")
+    compiled = tool(
+        tmp_path,
+        "pip-compile",
+        "--index-url",
+        world.patched,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-header",
+        "--no-annotate",
+        "--no-emit-index-url",
+        "--output-file",
+        "-",
+        "requirements.in",
+        cwd=tmp_path,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout.split() == ["mtsv-alpha==2.0", "mtsv-beta==1.0", "mtsv-gamma==1.0"]
+
+
+def test_a_folder_of_wheels_as_the_source_installs_with_pip_and_uv(tmp_path: Path) -> None:
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    _rich_wheel(folder, "mtsv-local", "1.0", requires_dist=["mtsv-dep"])
+    _rich_wheel(folder, "mtsv-dep", "1.0")
+    assert main(["init", str(tmp_path / "meta"), "--source", str(folder)]) == 0
+    assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
+    with running_server(["--repo", str(tmp_path / "meta")]) as server:
+        index_url = f"{server.url}/simple/"
+        with httpx.Client(base_url=server.url) as http:
+            (entry,) = _json_page(http, index_url, "mtsv-local")["files"]
+            # Clients cannot follow a redirect to file://; metasrv sends the bytes itself.
+            download = http.get(entry["url"])
+            assert download.status_code == 200
+            assert download.content == (folder / entry["filename"]).read_bytes()
+            assert http.get(entry["url"] + ".metadata").content == _metadata_in(
+                folder / entry["filename"]
+            )
+        python = new_venv(tmp_path / "pipenv")
+        result = pip(python, "install", "--index-url", index_url, "mtsv-local")
+        assert result.returncode == 0, result.stderr
+        assert installed(python) == {"mtsv-dep": "1.0", "mtsv-local": "1.0"}
+        cache = tmp_path / "uvcache"
+        assert uv("venv", str(tmp_path / "uvenv"), cache=cache).returncode == 0
+        result = uv(
+            "pip",
+            "install",
+            "--python",
+            str(tmp_path / "uvenv"),
+            "--index-url",
+            index_url,
+            "mtsv-local",
+            cache=cache,
+        )
+        assert result.returncode == 0, result.stderr
+        assert installed(tmp_path / "uvenv/bin/python") == {"mtsv-dep": "1.0", "mtsv-local": "1.0"}

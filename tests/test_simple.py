@@ -268,3 +268,20 @@ def test_the_redirect_to_the_normalized_name_keeps_the_query(client: AsgiClient)
     response = client.get(f"/simple/FLASK/?format={quote(JSON)}")
     assert response.status_code == 301
     assert response.headers["location"] == f"/simple/flask/?format={quote(JSON)}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["file:///etc/hostname", "ftp://files.test/x-1.0-py3-none-any.whl"],
+    ids=["file-outside-the-source", "other-scheme"],
+)
+def test_a_file_url_that_is_no_file_of_the_source_folder_is_never_served(
+    client: AsgiClient, storage: Storage, url: str
+) -> None:
+    wheel = replace(make_file("x-1.0-py3-none-any.whl"), url=url)
+    commit_projects(storage, Project.create("x", [Release.from_files("1.0", (wheel,))]))
+    answer = client.get("/simple/x/", headers={"Accept": JSON}).json()
+    download = client.get(answer["files"][0]["url"])
+    # The source here is an http(s) index: a file:// URL in its data is not read.
+    assert download.status_code == 502
+    assert download.json()["error"].startswith(url)
