@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import metasrv
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.repo.storage import Storage
@@ -117,3 +118,34 @@ def test_show_applies_understandings_as_the_api_does(
     assert "patched by pallets (relax-click): requires-dist 'click<8.0' -> 'click'" in out
     assert main(["show", "flask", "--understanding", "nope", *repo]) == 2
     assert "unknown understanding 'nope'" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"metasrv {metasrv.__version__}\n"
+
+
+def test_help_is_for_users_and_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "serve it to pip, uv, Poetry, PDM" in top
+    assert "argparse subcommands" not in top
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve = " ".join(capsys.readouterr().out.split())
+    assert "address to listen on (default: 127.0.0.1)" in serve
+    assert "TCP port to listen on (default: 8000)" in serve
+
+
+def test_serve_refuses_a_git_repository_that_is_no_meta_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = Storage.init(tmp_path / "plain")
+    plain.commit(plain.head_branch(), {"README.md": b"not metasrv\n"}, "start")
+    assert main(["serve", "--repo", str(tmp_path / "plain"), "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "is not a meta repository (no metasrv.toml)" in error

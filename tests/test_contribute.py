@@ -214,3 +214,21 @@ def test_check_reports_every_problem_as_file_and_line(
         for e in errors
     )
     assert f"{rule_path('', normalize_name('click'))}:2: invalid TOML: Invalid value" in errors
+
+
+def test_an_override_identical_to_a_rule_in_the_file_is_refused(
+    storage: Storage, understanding: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relax = ["flask", "--versions", "==1.1.4", "--relax", "click"]
+    assert override(storage, *relax, "--reason", "a") == 0
+    git(understanding, "merge", "-q", "override/flask/relax-click-1-1-4")
+    capsys.readouterr()
+    # Another id and reason do not make it another rule.
+    assert override(storage, *relax, "--reason", "b", "--id", "again", "--branch", "again") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "already has this rule as 'relax-click-1-1-4'" in error
+    assert git(understanding, "branch", "--list", "again") == ""
+    # The same selection with another change is a rule of its own.
+    other = ["flask", "--versions", "==1.1.4", "--relax", "werkzeug", "--reason", "c"]
+    assert override(storage, *other) == 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from metasrv import __version__
 from metasrv.cli import builds, show
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.config import MetaConfig
@@ -40,8 +41,34 @@ FOLDERS = {
 }
 
 
+DESCRIPTION = (
+    "A meta server for Python package indexes: mirror an index's metadata into git, correct it "
+    "with understandings, and serve it to pip, uv, Poetry, PDM and pip-tools."
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            text
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS, [])
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """An argument parser whose usage errors are MetasrvErrors (one line, exit code 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise InvalidInput(f"{self.prog}: {message}")
@@ -70,7 +97,12 @@ def run() -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="metasrv", description=__doc__)
+    parser = _ArgumentParser(
+        prog="metasrv",
+        description=DESCRIPTION,
+        epilog="Run 'metasrv COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"metasrv {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_ArgumentParser)
 
     init = commands.add_parser("init", help="create a new meta repository")
@@ -80,8 +112,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a meta repository over HTTP")
     serve.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument(
         "--fetch-interval", type=float, default=10.0, help="seconds between mirror fetches"
     )
@@ -179,6 +211,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.header_timeout <= 0 or args.max_connections < 1:
         raise InvalidInput("--header-timeout and --max-connections must be positive")
     storage = open_repository(args.repo)
+    if storage.read(storage.resolve(None), CONFIG_PATH) is None:
+        # Without it the repository would be served as an empty index, which looks like success.
+        raise InvalidInput(
+            f"{storage.workdir or storage.path} is not a meta repository (no {CONFIG_PATH}); "
+            "create one with 'metasrv init'"
+        )
     GuardedHttpToolsProtocol.configure(args.header_timeout, args.max_connections)
     settings: dict[str, Any] = {
         "host": args.host,

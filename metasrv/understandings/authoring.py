@@ -73,6 +73,12 @@ def write_override(
         if existing is not None
         else RuleFile(project=canonical.name)
     )
+    for existing_rule in rules.rules:
+        # The same selection and change under another id or reason would apply twice.
+        if replace(existing_rule, id=rule.id, reason=rule.reason) == rule:
+            raise InvalidInput(
+                f"{path} already has this rule as {existing_rule.id!r}; nothing to add"
+            )
     if any(r.id == rule.id for r in rules.rules):
         raise InvalidInput(f"{path} already has a rule with id {rule.id!r}; pass another --id")
     updated = replace(rules, rules=(*rules.rules, rule))
