@@ -32,6 +32,7 @@ from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_understandings import add_rules, register
 
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+README_INDEX = "http://127.0.0.1:8000/u/pallets/simple/"
 PROJECTS = ["mtsv-alpha", "mtsv-beta", "mtsv-delta", "mtsv-gamma"]
 RELAX = {
     "id": "beta-works-with-alpha-2",
@@ -93,6 +94,16 @@ def _rich_wheel(folder: Path, name: str, version: str, **fields: Any) -> Path:
     extra = "Summary: A test project\nLicense: MIT\nClassifier: Programming Language :: Python"
     body = f"# {name}\n\nA description that only the wheel's own METADATA has.\n"
     return build_wheel(folder, name, version, metadata=f"{head}\n{extra}\n\n{body}")
+
+
+def readme_block(tool_name: str, language: str, index_url: str) -> str:
+    """Return the README's configuration for a tool, pointed at ``index_url``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use it from your tools", 1)[1].split("\n## ", 1)[0]
+    tool_section = section.split(f"\n### {tool_name}\n", 1)[1].split("\n### ", 1)[0]
+    match = re.search(rf"```{language}\n(.*?)```", tool_section, flags=re.DOTALL)
+    assert match is not None, f"README has no {language} block for {tool_name}"
+    return match.group(1).replace(README_INDEX, index_url)
 
 
 def _environment() -> dict[str, str]:
@@ -207,7 +218,19 @@ def test_pip_installs_with_the_understanding_and_pip_check_agrees(
     world: World, tmp_path: Path
 ) -> None:
     python = new_venv(tmp_path / "env")
-    result = pip(python, "install", "--index-url", world.patched, "mtsv-beta", "mtsv-gamma")
+    # The pip.conf of the README's "Use it from your tools".
+    (tmp_path / "pip.conf").write_text(readme_block("pip", "ini", world.patched))
+    result = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "mtsv-beta",
+        "mtsv-gamma",
+        extra={"PIP_CONFIG_FILE": str(tmp_path / "pip.conf")},
+    )
     assert result.returncode == 0, result.stderr
     assert installed(python) == {"mtsv-alpha": "2.0", "mtsv-beta": "1.0", "mtsv-gamma": "1.0"}
     check = pip(python, "check")
@@ -257,12 +280,21 @@ def test_uv_installs_compiles_and_locks_with_the_understanding(
     project.mkdir()
     (project / "pyproject.toml").write_text(
         '[project]\nname = "app"\nversion = "0"\nrequires-python = ">=3.9"\n'
-        'dependencies = ["mtsv-beta", "mtsv-gamma"]\n'
+        'dependencies = ["mtsv-beta", "mtsv-gamma"]\n\n' + readme_block("uv", "toml", world.patched)
     )
-    locked = uv("lock", "--default-index", world.patched, cwd=project, cache=cache)
+    # UV_NO_CONFIG would skip the project's own [tool.uv]; user config is kept out instead.
+    locked = run(
+        str(UV),
+        "lock",
+        "--cache-dir",
+        str(cache),
+        cwd=project,
+        extra={"UV_NO_CONFIG": "0", "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )
     assert locked.returncode == 0, locked.stderr
     lock = (project / "uv.lock").read_text()
     assert 'name = "mtsv-alpha"\nversion = "2.0"' in lock
+    assert f'source = {{ registry = "{world.patched}" }}' in lock
 
 
 @pytest.mark.parametrize("accept", [ACCEPT_JSON_ONLY, ACCEPT_HTML_ONLY], ids=["json", "html"])
@@ -431,8 +463,7 @@ def _served_metadata(world: World, name: str) -> bytes:
 def test_poetry_locks_and_installs_with_the_understanding(world: World, tmp_path: Path) -> None:
     project = _project(
         tmp_path / "app",
-        '[tool.poetry]\npackage-mode = false\n\n[[tool.poetry.source]]\nname = "metasrv"\n'
-        f'url = "{world.patched}"\npriority = "primary"\n',
+        "[tool.poetry]\npackage-mode = false\n\n" + readme_block("Poetry", "toml", world.patched),
     )
     locked = tool(tmp_path, "poetry", "lock", cwd=project)
     assert locked.returncode == 0, locked.stdout + locked.stderr
@@ -445,11 +476,9 @@ def test_poetry_locks_and_installs_with_the_understanding(world: World, tmp_path
 
 
 def test_pdm_locks_and_installs_with_the_understanding(world: World, tmp_path: Path) -> None:
-    # A source named "pypi" replaces PDM's default index.
     project = _project(
         tmp_path / "app",
-        '[tool.pdm]\ndistribution = false\n\n[[tool.pdm.source]]\nname = "pypi"\n'
-        f'url = "{world.patched}"\n',
+        "[tool.pdm]\ndistribution = false\n\n" + readme_block("PDM", "toml", world.patched),
     )
     locked = tool(tmp_path, "pdm", "lock", cwd=project)
     assert locked.returncode == 0, locked.stdout + locked.stderr
