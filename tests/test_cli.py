@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"metasrv {metasrv.__version__}\n"
+    assert metasrv.__version__ == importlib.metadata.version("metasrv")
 
 
 def test_help_is_for_users_and_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import signal
 import sys
@@ -12,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metasrv import __version__
 from metasrv.cli import builds, show
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.config import MetaConfig
@@ -102,7 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         epilog="Run 'metasrv COMMAND --help' for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"metasrv {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"metasrv {importlib.metadata.version('metasrv')}"
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_ArgumentParser)
 
     init = commands.add_parser("init", help="create a new meta repository")

@@ -55,8 +55,6 @@ class _Job:
     merge: Merge
     label: str
     future: asyncio.Future[CommitId | None]
-    # Metadata documents read with the change, by path (PEP 658), committed with it.
-    documents: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -98,6 +96,7 @@ class PullThrough:
         self._checked: dict[NormalizedName, float] = {}
         self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
         self._queue: list[_Job] = []
+        self._documents: dict[str, bytes] = {}  # PEP 658 documents read, for the next commit
         self._background: set[asyncio.Task[None]] = set()
         self._source: IndexSource | FolderSource | None = None
         self._fetcher: Fetcher | None = None
@@ -308,27 +307,22 @@ class PullThrough:
             wanted = tuple(
                 listed[f.filename] for r in chunk for f in r.files if f.filename in listed
             )
-            documents: dict[str, bytes] = {}
-            read = await read_page_files(source, ProjectPage(page.name, wanted), {}, documents)
+            chunk_page = ProjectPage(page.name, wanted)
+            read = await read_page_files(source, chunk_page, {}, self._documents)
             filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
             stated = next((name for _, name, _ in reversed(read) if name), None)
             await self._write(
                 normalized_name,
                 fill(filled, stated),
                 f"{normalized_name} (metadata of {len(filled)} files)",
-                documents,
             )
 
     async def _write(
-        self,
-        normalized_name: NormalizedName,
-        merge: Merge,
-        label: str,
-        documents: dict[str, bytes] | None = None,
+        self, normalized_name: NormalizedName, merge: Merge, label: str
     ) -> CommitId | None:
         """Queue a change; whoever commits next commits everything queued, in one commit."""
         future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(normalized_name, merge, label, future, documents or {}))
+        self._queue.append(_Job(normalized_name, merge, label, future))
         if len(self._queue) == 1:
             self._spawn(self._commit_queue())
         return await future
@@ -338,7 +332,8 @@ class PullThrough:
         while self._queue:
             batch = _Batch(self._queue[:])
             try:
-                commit_id = await asyncio.to_thread(self._commit, batch)
+                documents, self._documents = self._documents, {}
+                commit_id = await asyncio.to_thread(self._commit, batch, documents)
             except Exception as exc:  # a failed commit fails its jobs, not the pull thread
                 for job in batch.jobs:
                     if not job.future.done():
@@ -352,7 +347,7 @@ class PullThrough:
                         job.future.set_result(commit_id)
             del self._queue[: len(batch.jobs)]
 
-    def _commit(self, batch: _Batch) -> CommitId | None:
+    def _commit(self, batch: _Batch, documents: dict[str, bytes]) -> CommitId | None:
         head_branch = self._writer.head_branch()
         branch = self._branch or head_branch
         start_point = self._writer.branch_commit(head_branch)
@@ -380,11 +375,10 @@ class PullThrough:
                 if project is not None and project != current:
                     changes[path] = write_project(project)
                     labels += [job.label for job in jobs]
-                    for job in jobs:
-                        changes.update(job.documents)
                     if _has_dynamic_sdists(project):
                         dynamic.add(normalized_name)
-            count = sum(1 for path in changes if path.startswith(f"{DATA_ROOT}/"))
+            count = len(changes)
+            changes.update(documents)
             message = (
                 f"pull-through: {count} project{'s' if count != 1 else ''} "
                 f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)
