@@ -1,7 +1,6 @@
 """Pull-through: a project the data lacks is fetched on its first request, committed, kept fresh.
 
-Everything that talks to the source or writes git runs on a thread of its own, with its own
-event loop and its own repository handles, so the server's loop only ever awaits futures.
+Source requests and git writes run on a thread with its own event loop and repository handles.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from metasrv.repo.storage import CommitId, Storage
 # A source that fails answers fast: one retry, then the client hears 503 (or stale data).
 FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seconds=20.0)
 MISSING_SECONDS = 30.0  # a source's 404 is remembered this long: misses must not flood it
+MISSING_CAPACITY = 10_000
 PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking again
 METADATA_BATCH = 20  # releases read and committed together in the background
 START_DEADLINE_SECONDS = 10.0
@@ -234,6 +234,8 @@ class PullThrough:
         try:
             page = await source.project_page(normalized_name, state)
         except NotFound:
+            if len(self._missing) >= MISSING_CAPACITY:
+                self._missing.clear()  # random names must not grow memory; it is only a shield
             self._missing[normalized_name] = time.monotonic() + MISSING_SECONDS
             raise
         except MetasrvError as exc:
