@@ -102,7 +102,6 @@ class PullThrough:
         self._fetcher: Fetcher | None = None
 
     # Called from any thread or loop.
-
     @property
     def queued(self) -> int:
         """Return how many changes wait to be committed, the one being committed included."""
@@ -166,7 +165,6 @@ class PullThrough:
         return await asyncio.wrap_future(future)
 
     # On the pull thread's loop.
-
     async def _shutdown(self) -> None:
         running = [*self._background, *self._inflight.values()]
         for task in running:
