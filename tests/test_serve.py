@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import STARTUP_DEADLINE_SECONDS, RunningServer, running_server
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +77,43 @@ def _refused(http: httpx.Client) -> bool:
     except httpx.ConnectError:
         return True
     return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_metasrv_toml_is_one_line_and_exit_2_whatever_the_workers(
+    storage: Storage, workers: str
+) -> None:
+    storage.commit(
+        storage.head_branch(), {"metasrv.toml": b"[pull-through]\nrefresh = -1\n"}, "bad config"
+    )
+    # A new session, so a failure (workers restarted forever) can end the whole group.
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "metasrv",
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            workers,
+            "--repo",
+            str(storage.path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, error = process.communicate(timeout=SUBPROCESS_DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired as timeout:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError(
+            f"serve --workers {workers} did not exit on a bad metasrv.toml"
+        ) from timeout
+    assert process.returncode == 2
+    assert error.count("\n") == 1, error
+    assert "metasrv.toml" in error
+    assert "Traceback" not in error

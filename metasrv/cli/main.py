@@ -219,6 +219,9 @@ def _serve(args: argparse.Namespace) -> int:
             f"{storage.workdir or storage.path} is not a meta repository (no {CONFIG_PATH}); "
             "create one with 'metasrv init'"
         )
+    # Read metasrv.toml here, once: a bad one is one line and exit 2 whatever --workers is, not
+    # a traceback in every worker process that uvicorn's supervisor keeps restarting.
+    Catalog(storage).config(storage.resolve(None))
     GuardedHttpToolsProtocol.configure(args.header_timeout, args.max_connections)
     settings: dict[str, Any] = {
         "host": args.host,
