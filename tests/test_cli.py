@@ -86,13 +86,20 @@ def test_show_json_matches_the_read_api(
         (["frobnicate"], "invalid choice"),
         (["serve", "--port", "99999"], "is not a TCP port"),
         (["serve", "--fetch-interval", "0"], "--fetch-interval must be positive"),
+        (["sync", "flask", "--timeout", "0"], "--timeout must be positive"),
+        (["sync", "flask", "--timeout", "-1"], "--timeout must be positive"),
+        (["sync", "flask", "--retries", "-1"], "--retries must be 0 or more"),
     ],
 )
 def test_bad_input_prints_one_line_and_exits_2(
     storage: Storage, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert (
-        main([*argv, "--repo", str(storage.path)] if argv[0] == "show" and len(argv) > 1 else argv)
+        main(
+            [*argv, "--repo", str(storage.path)]
+            if argv[0] in ("show", "sync") and len(argv) > 1
+            else argv
+        )
         == 2
     )
     error = capsys.readouterr().err

@@ -108,9 +108,13 @@ async def _sync(
 
 
 def check_options(options: SyncOptions) -> None:
-    """Reject a checkpoint or concurrency below one."""
+    """Reject a checkpoint or concurrency below one, negative retries, a timeout not above 0."""
     if options.checkpoint < 1 or options.fetch.concurrency < 1:
         raise InvalidInput("checkpoint and concurrency must be at least 1")
+    if options.fetch.retries < 0:
+        raise InvalidInput("--retries must be 0 or more")
+    if options.fetch.timeout_seconds <= 0:
+        raise InvalidInput("--timeout must be positive")
 
 
 async def run_plan(
