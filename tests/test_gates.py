@@ -18,7 +18,7 @@ from metasrv.model import Project, Release
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.rules import Registration
-from tests.builders import commit_projects, create_meta_repository, make_file
+from tests.builders import add_marker_sets, commit_projects, create_meta_repository, make_file
 from tests.conftest import AsgiClient
 from tests.test_understandings import add_rules
 
@@ -131,6 +131,17 @@ def test_a_cooldown_hides_young_files_measured_from_the_data_commit(young: Stora
     # The same data recorded by a commit dated 30 days later: 2.0 is old enough there.
     later = _commit_same_tree_at(young, datetime.now(UTC) + timedelta(days=30))
     assert len(page(client, f"/at/{later}/cooldown/7d/simple/flask/")["files"]) == 2
+
+
+def test_markers_annotate_the_cooled_down_release_not_the_plain_one(young: Storage) -> None:
+    add_marker_sets(young, {"lin": "linux"})
+    client = AsgiClient(_app(young))
+    cooled = client.get("/v1/projects/flask/2.0?cooldown=7d").json()
+    assert cooled["hidden"].startswith("uploaded ")
+    annotated = client.get("/v1/projects/flask/2.0?cooldown=7d&markers=lin").json()
+    assert annotated.get("hidden") == cooled["hidden"], annotated
+    assert annotated["markers"]["set"] == "lin"
+    assert "hidden" not in client.get("/v1/projects/flask/2.0?markers=lin").json()
 
 
 def test_a_pinned_cooldown_view_gives_the_same_bytes_after_later_commits(young: Storage) -> None:

@@ -129,7 +129,9 @@ def create_app(
 
         def read() -> Answer:
             if markers is not None:
-                return read_api.annotated_release(at, name, version, markers, understanding)
+                return read_api.annotated_release(
+                    at, name, version, markers, understanding, cooldown=cooldown
+                )
             if understanding is not None or cooldown is not None:
                 return read_api.patched_release(at, name, version, understanding, cooldown)
             return read_api.release(at, name, version)

@@ -340,12 +340,20 @@ class ReadApi:
         return Answer(pin, f"evaluate-{pin.commit_id}-{name}-{key}", encode(document))
 
     def annotated_release(
-        self, at: str | None, name: str, version_text: str, markers: str, understanding: str | None
+        self,
+        at: str | None,
+        name: str,
+        version_text: str,
+        markers: str,
+        understanding: str | None,
+        *,
+        cooldown: str | None = None,
     ) -> Answer:
-        """Return a release (patched when asked) with each requirement's environments."""
+        """Return a release (patched or cooled down when asked) with each requirement's
+        environments."""
         answer = (
-            self.patched_release(at, name, version_text, understanding)
-            if understanding is not None
+            self.patched_release(at, name, version_text, understanding, cooldown)
+            if understanding is not None or cooldown is not None
             else self.release(at, name, version_text)
         )
         marker_set = self.marker_sets.get(answer.pin.commit_id, markers)
