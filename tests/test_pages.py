@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,3 +81,19 @@ def test_one_wrong_top_level_value_is_a_source_error_or_typed(key: str, value: A
     document: dict[str, Any] = {"name": "a", "files": [_valid_file()], "versions": ["1.0"]}
     document[key] = value
     _check_types(document)
+
+
+@pytest.mark.parametrize(
+    ("serial", "expected"), [("26356948", 26356948), (26356948, 26356948), (None, None)]
+)
+def test_a_project_page_serial_is_read_as_pypi_spells_it(
+    serial: object, expected: int | None
+) -> None:
+    page = parse_json_project({"name": "six", "files": [], "meta": {"_last-serial": serial}}, "six")
+    assert page.state.serial == expected
+
+
+@pytest.mark.parametrize("serial", ["", "12a", "-1", "9" * 30, True, 1.5, -1])
+def test_a_serial_that_is_no_serial_number_is_a_source_error(serial: object) -> None:
+    with pytest.raises(SourceError, match="_last-serial"):
+        parse_json_project({"name": "six", "files": [], "meta": {"_last-serial": serial}}, "six")

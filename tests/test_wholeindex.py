@@ -302,11 +302,20 @@ def test_the_root_parser_agrees_with_json_loads_however_the_stream_is_cut(
         '{"meta": {}}',
         '{"projects": [{"name": "a"}',
         '{"projects": [{"nom": "a"}]}',
-        '{"projects": [{"name": "a", "_last-serial": "7"}]}',
+        '{"projects": [{"name": "a", "_last-serial": "seven"}]}',
+        '{"projects": [{"name": "a", "_last-serial": -7}]}',
         '{"projects": [1]}',
         "[]",
     ],
-    ids=["no-projects", "truncated", "no-name", "string-serial", "not-an-object", "a-list"],
+    ids=[
+        "no-projects",
+        "truncated",
+        "no-name",
+        "word-serial",
+        "negative-serial",
+        "not-an-object",
+        "a-list",
+    ],
 )
 def test_a_broken_root_is_a_source_error_never_an_empty_index(text: str) -> None:
     with pytest.raises(SourceError):
@@ -318,3 +327,8 @@ def test_the_html_root_parser_reads_anchors_cut_across_chunks() -> None:
     assert list(iter_html_projects(_Trickle(f"<html><body>{anchors}</body></html>", 7))) == [
         f"P{n}" for n in range(500)
     ]
+
+
+def test_a_serial_spelled_as_a_decimal_string_is_read_as_pypi_sends_it() -> None:
+    text = '{"projects": [{"name": "a", "_last-serial": "7"}, {"name": "b", "_last-serial": 8}]}'
+    assert list(iter_json_projects(io.StringIO(text))) == [("a", 7), ("b", 8)]

@@ -117,6 +117,18 @@ def parse_html_project(html: str, page_url: str, normalized_name: str) -> Projec
     return ProjectPage(name=normalized_name, files=unique_files(files))
 
 
+def parse_serial(value: Any, where: str) -> int | None:
+    """Return a ``_last-serial``: an integer, or the decimal string PyPI's JSON pages send."""
+    if value is None:
+        return None
+    # PyPI sends a string on project pages ("_last-serial": "26356948"); PEP 691 gives no type.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise SourceError(f"{where}: _last-serial must be a serial number, not {value!r:.40}")
+    return value
+
+
 def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) -> Any:
     """Return ``value`` if it has the type the page format gives it, else SourceError."""
     # bool is an int subclass: a size of `true` is not a size, nor `1` a yank.
@@ -189,10 +201,8 @@ def parse_json_project(document: Any, base: str) -> ProjectPage:
     page = _expect(document, dict, "the page", base)
     files = _expect(page.get("files"), list, "files", base)
     meta = _expect(page.get("meta", {}), dict, "meta", base)
-    serial = _expect(meta.get("_last-serial"), (int, type(None)), "meta._last-serial", base)
+    serial = parse_serial(meta.get("_last-serial"), f"{base}: meta")
     versions = _expect(page.get("versions", []), list, "versions", base)
-    if isinstance(serial, int) and not 0 <= serial < 2**63:
-        raise SourceError(f"{base}: meta._last-serial is out of range")
     return ProjectPage(
         name=_expect(page.get("name"), str, "name", base),
         files=unique_files(_json_file(item, base, f"{base}: file") for item in files),

@@ -13,7 +13,7 @@ from packaging.utils import NormalizedName
 
 from metasrv.errors import InvalidInput, SourceError
 from metasrv.index.client import ACCEPT, FolderSource, IndexSource
-from metasrv.index.pages import MIME_SIMPLE_JSON, parse_html_listing
+from metasrv.index.pages import MIME_SIMPLE_JSON, parse_html_listing, parse_serial
 from metasrv.names import normalize_name
 
 # PyPI's root is ~37 MB of JSON; it is written to a temporary file and parsed from there.
@@ -120,10 +120,7 @@ def iter_json_projects(stream: TextIO) -> Iterator[tuple[str, int | None]]:
 def _project_entry(entry: Any) -> tuple[str, int | None]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise SourceError(f"root index: a project entry is not {{'name': ...}}: {entry!r:.100}")
-    serial = entry.get("_last-serial")
-    if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool)):
-        raise SourceError(f"root index: {entry['name']!r} has a _last-serial that is no integer")
-    return entry["name"], serial
+    return entry["name"], parse_serial(entry.get("_last-serial"), f"root index: {entry['name']!r}")
 
 
 class _JsonReader:
