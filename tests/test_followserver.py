@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
+import pygit2
 import pytest
 
 from metasrv.config import MetaConfig
-from metasrv.errors import InvalidData
+from metasrv.errors import InvalidData, NotFound
+from metasrv.index.sync import SyncSummary
+from metasrv.index.wholeindex import follow
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import CONFIG_PATH, Catalog
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
 from tests.conftest import running_server
 from tests.distributions import build_wheel
-from tests.test_wholeindex import DEADLINE_SECONDS, Mirror, mirror
+from tests.test_wholeindex import DEADLINE_SECONDS, FAST, Mirror, mirror
 
 __all__ = ["mirror"]  # the fixture, shared with the whole-index sync tests
 
@@ -55,3 +60,44 @@ def test_follow_round_trips_through_metasrv_toml() -> None:
     document = tomlcodec.loads(tomlcodec.dumps(config.to_toml()), where="metasrv.toml")
     assert MetaConfig.from_toml(document, "metasrv.toml") == config
     assert b"follow = 30" in tomlcodec.dumps(config.to_toml())
+
+
+def test_follow_reports_an_error_of_ours_and_goes_on_to_the_next_round(mirror: Mirror) -> None:
+    # A detached HEAD with the follow's branch not made yet: the round cannot find where the
+    # branch starts (NotFound, no source error). The follow must say so and go on.
+    git = pygit2.Repository(str(mirror.meta.path))
+    branch = git.head.shorthand
+    git.set_head(git.head.target)
+    serials = mirror.index.behaviour.serials
+    assert serials is not None
+    serials["proj03"] = 999  # the root moves, so the next good round has one project to sync
+    outcomes: list[SyncSummary | Exception] = []
+    stop = asyncio.Event()
+
+    def report(outcome: SyncSummary | Exception) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 1:
+            git.set_head(f"refs/heads/{branch}")  # mended: the next round must run and succeed
+        else:
+            stop.set()
+
+    options = replace(FAST, branch="pulled")
+
+    async def run() -> None:
+        await asyncio.wait_for(
+            follow(
+                mirror.meta,
+                mirror.index.simple_url,
+                options,
+                interval=0.01,
+                stop=stop,
+                report=report,
+            ),
+            DEADLINE_SECONDS,
+        )
+
+    asyncio.run(run())
+    first, second = outcomes
+    assert isinstance(first, NotFound)
+    assert isinstance(second, SyncSummary)
+    assert second.changed == 1

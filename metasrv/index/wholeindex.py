@@ -11,7 +11,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import Conflict, SourceError
+from metasrv.errors import MetasrvError
 from metasrv.index.client import Fetcher, make_client, open_source
 from metasrv.index.rootindex import RootListing, read_root
 from metasrv.index.sync import (
@@ -110,7 +110,7 @@ async def follow(
     """Sync the whole index every ``interval`` seconds until ``stop`` is set.
 
     ``stop`` is honoured between commits: a checkpoint in flight is committed first. A source
-    that fails, or another writer that moved the branch, is reported and tried again next time.
+    that fails, or any other error of ours, is reported and tried again next time.
     """
     check_options(options)
     state = SyncState(storage, options.branch or storage.head_branch())
@@ -119,7 +119,9 @@ async def follow(
             summary = await sync_all_once(
                 storage, source_location, options, state, stop=stop.is_set
             )
-        except (SourceError, Conflict) as exc:
+        except MetasrvError as exc:
+            # Any of ours (a failing source, a hand-edited file that no longer parses, a bad
+            # metasrv.toml): report it and try again next round, never end the follow silently.
             report(exc)
         else:
             report(summary)
