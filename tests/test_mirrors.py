@@ -208,3 +208,15 @@ def test_a_corrupt_mirror_folder_is_cloned_anew(storage: Storage, tmp_path: Path
         assert answer.json()["requires-dist"] == ["Werkzeug<2.1,>=2.0"]
     assert Storage(mirror).resolve("main") == rules.resolve(None)
     shutil.rmtree(tmp_path / "rules")
+
+
+def test_a_broken_registration_is_logged_by_the_periodic_refresh(storage: Storage) -> None:
+    storage.commit(storage.head_branch(), {"understandings/broken.toml": b"not = [toml"}, "broken")
+    arguments = ["--repo", str(storage.path), "--fetch-interval", "0.1"]
+    with running_server(arguments) as server:
+        line = server.wait_for_line("mirrors: refresh failed")
+        assert "broken.toml" in line
+        # The server goes on, and so does the refresh: it says so again next round.
+        assert httpx.get(f"{server.url}/", timeout=DEADLINE_SECONDS).status_code == 200
+        server.lines.remove(line)
+        server.wait_for_line("mirrors: refresh failed")

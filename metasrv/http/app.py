@@ -166,7 +166,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _beside_the_server(understandings, fetch_interval, follower):
+        async with _beside_the_server(understandings, fetch_interval, follower, log):
             try:
                 yield
             finally:
@@ -224,10 +224,13 @@ def open_pull_through(
 
 @asynccontextmanager
 async def _beside_the_server(
-    understandings: Understandings, fetch_interval: float, follower: Follower | None
+    understandings: Understandings,
+    fetch_interval: float,
+    follower: Follower | None,
+    log: Callable[[str], None] | None,
 ) -> AsyncIterator[None]:
     """Fetch the understandings' mirrors and follow the source while the server runs."""
-    task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval))
+    task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval, log))
     if follower is not None:
         follower.start()
     try:
@@ -289,7 +292,9 @@ def _prepared(read_api: ReadApi, endpoint: Endpoint) -> Endpoint:
     return prepared
 
 
-async def _fetch_mirrors(understandings: Understandings, interval: float) -> None:
+async def _fetch_mirrors(
+    understandings: Understandings, interval: float, log: Callable[[str], None] | None
+) -> None:
     """Refresh every registered mirror now and then every ``interval`` seconds, off the loop.
 
     The refreshes run in parallel on worker threads; the next round starts when all of this one
@@ -305,8 +310,11 @@ async def _fetch_mirrors(understandings: Understandings, interval: float) -> Non
                     jobs = understandings.refresh_all(understandings.meta.resolve(None))
                     if jobs:
                         await asyncio.wait([asyncio.wrap_future(job) for job in jobs])
-                except MetasrvError:
-                    pass  # no served commit yet, or a broken registration: the routes report those
+                except MetasrvError as exc:
+                    # No served commit yet, or a broken registration: say why, and try again
+                    # next round (the routes report it to clients too).
+                    if log is not None:
+                        log(f"mirrors: refresh failed, trying again: {exc}")
             await asyncio.sleep(interval)
 
 
