@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import functools
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from metasrv.repo.storage import Storage
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import BoundedThread
 from tests.distributions import build_wheel
-from tests.indexserver import LocalIndex, serve_index
+from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
 DEADLINE_SECONDS = 30
 JSON = {"accept": "application/vnd.pypi.simple.v1+json"}
@@ -315,3 +316,32 @@ def test_show_pulls_a_project_through_unless_offline(
     assert "pt-alpha<2" in shown
     assert "requires-python: >=3.8" in shown
     assert source.page_requests("pt-beta") == 1
+
+
+def test_metadata_read_while_another_pull_commits_lands_with_its_document(tmp_path: Path) -> None:
+    archives = build_archives(tmp_path / "archives")
+    wheel = "pt_beta-1.0-py3-none-any.whl"
+    # No PEP 658 files: the metadata is read from the wheel and its document stored in git.
+    behaviour = IndexBehaviour(pep658=False, faults={f"/files/{wheel}": ["hold"]})
+    with serve_index(archives, behaviour) as index:
+        assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
+        with (
+            running_server(["--repo", str(tmp_path / "meta"), "--quiet"]) as server,
+            httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
+        ):
+            assert http.get("/simple/pt-beta/", headers=JSON).status_code == 200
+            poll(lambda: any(p == f"/files/{wheel}" for p, _ in index.requests), "the read began")
+            # Another pull commits while pt-beta's metadata is being read.
+            assert http.get("/simple/pt-alpha/", headers=JSON).status_code == 200
+            index.release.set()
+
+            def read() -> bool:
+                storage = Storage(tmp_path / "meta")
+                content = storage.read(storage.resolve(None), _path("pt-beta"))
+                return content is not None and b"pending" not in content
+
+            poll(read, "pt-beta's metadata is committed")
+            metadata = http.get(f"/files/pt-beta/{wheel}.metadata")
+            assert metadata.status_code == 200, metadata.text
+            with zipfile.ZipFile(archives / wheel) as archive:
+                assert metadata.content == archive.read("pt_beta-1.0.dist-info/METADATA")

@@ -1,7 +1,4 @@
-"""Pull-through: a project the data lacks is fetched on its first request, committed, kept fresh.
-
-Source requests and git writes run on a thread with its own event loop and repository handles.
-"""
+"""Pull-through: a project the data lacks is fetched on its first request, committed, kept fresh."""
 
 from __future__ import annotations
 
@@ -47,6 +44,7 @@ METADATA_BATCH = 20  # releases read and committed together in the background
 START_DEADLINE_SECONDS = 10.0
 
 T = TypeVar("T")
+Documents = dict[str, bytes]  # path -> a PEP 658 document read, committed with its change
 
 
 @dataclass(slots=True)
@@ -55,6 +53,7 @@ class _Job:
     merge: Merge
     label: str
     future: asyncio.Future[CommitId | None]
+    documents: Documents
 
 
 @dataclass(slots=True)
@@ -64,7 +63,7 @@ class _Batch:
 
 
 class PullThrough:
-    """Fetch, commit and refresh projects of one source for one meta repository."""
+    """Fetch, commit, refresh a source's projects on a thread with its own loop and git handles."""
 
     def __init__(
         self,
@@ -96,7 +95,6 @@ class PullThrough:
         self._checked: dict[NormalizedName, float] = {}
         self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
         self._queue: list[_Job] = []
-        self._documents: dict[str, bytes] = {}  # PEP 658 documents read, for the next commit
         self._background: set[asyncio.Task[None]] = set()
         self._source: IndexSource | FolderSource | None = None
         self._fetcher: Fetcher | None = None
@@ -262,7 +260,7 @@ class PullThrough:
             return
         kind = "new" if existing is None else "refreshed"
         commit_id = await self._write(
-            normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)"
+            normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)", {}
         )
         elapsed = (time.monotonic() - started) * 1000
         self._log(
@@ -308,21 +306,23 @@ class PullThrough:
                 listed[f.filename] for r in chunk for f in r.files if f.filename in listed
             )
             chunk_page = ProjectPage(page.name, wanted)
-            read = await read_page_files(source, chunk_page, {}, self._documents)
+            documents: dict[str, bytes] = {}  # committed with this job, never with another's
+            read = await read_page_files(source, chunk_page, {}, documents)
             filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
             stated = next((name for _, name, _ in reversed(read) if name), None)
             await self._write(
                 normalized_name,
                 fill(filled, stated),
                 f"{normalized_name} (metadata of {len(filled)} files)",
+                documents,
             )
 
     async def _write(
-        self, normalized_name: NormalizedName, merge: Merge, label: str
+        self, normalized_name: NormalizedName, merge: Merge, label: str, documents: Documents
     ) -> CommitId | None:
         """Queue a change; whoever commits next commits everything queued, in one commit."""
         future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(normalized_name, merge, label, future))
+        self._queue.append(_Job(normalized_name, merge, label, future, documents))
         if len(self._queue) == 1:
             self._spawn(self._commit_queue())
         return await future
@@ -332,8 +332,7 @@ class PullThrough:
         while self._queue:
             batch = _Batch(self._queue[:])
             try:
-                documents, self._documents = self._documents, {}
-                commit_id = await asyncio.to_thread(self._commit, batch, documents)
+                commit_id = await asyncio.to_thread(self._commit, batch)
             except Exception as exc:  # a failed commit fails its jobs, not the pull thread
                 for job in batch.jobs:
                     if not job.future.done():
@@ -347,7 +346,7 @@ class PullThrough:
                         job.future.set_result(commit_id)
             del self._queue[: len(batch.jobs)]
 
-    def _commit(self, batch: _Batch, documents: dict[str, bytes]) -> CommitId | None:
+    def _commit(self, batch: _Batch) -> CommitId | None:
         head_branch = self._writer.head_branch()
         branch = self._branch or head_branch
         start_point = self._writer.branch_commit(head_branch)
@@ -378,7 +377,8 @@ class PullThrough:
                     if _has_dynamic_sdists(project):
                         dynamic.add(normalized_name)
             count = len(changes)
-            changes.update(documents)
+            for job in batch.jobs:
+                changes.update(job.documents)
             message = (
                 f"pull-through: {count} project{'s' if count != 1 else ''} "
                 f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)
