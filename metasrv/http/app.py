@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.wholeindex import Follower
 from metasrv.markers import MarkerSets
 from metasrv.repo.catalog import Catalog
+from metasrv.repo.locks import try_lock
 from metasrv.repo.storage import Storage
 from metasrv.understandings.mirrors import Deadlines
 from metasrv.understandings.registry import PIN_FETCH_INTERVAL_SECONDS, Understandings
@@ -305,7 +305,7 @@ async def _fetch_mirrors(
     understandings.mirrors.folder.mkdir(parents=True, exist_ok=True)
     with open(understandings.mirrors.folder / FETCH_LOCK, "w") as lock_file:
         while True:
-            if _try_lock(lock_file.fileno()):
+            if try_lock(lock_file.fileno()):
                 try:
                     jobs = understandings.refresh_all(understandings.meta.resolve(None))
                     if jobs:
@@ -316,14 +316,6 @@ async def _fetch_mirrors(
                     if log is not None:
                         log(f"mirrors: refresh failed, trying again: {exc}")
             await asyncio.sleep(interval)
-
-
-def _try_lock(descriptor: int) -> bool:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept until the process ends
-    except BlockingIOError:
-        return False
-    return True
 
 
 def create_app_from_environment() -> ASGIApp:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from metasrv.index.sync import (
     run_plan,
 )
 from metasrv.index.syncstate import STATE_FOLDER, SyncState
+from metasrv.repo.locks import try_lock
 from metasrv.repo.storage import CommitId, Storage
 
 Report = Callable[[SyncSummary | Exception], None]
@@ -177,7 +177,7 @@ class Follower:
         lock_path = storage.path / STATE_FOLDER / FOLLOW_LOCK
         lock_path.parent.mkdir(exist_ok=True)
         with open(lock_path, "w") as lock_file:
-            while not _try_lock(lock_file.fileno()):  # another process follows: wait for it
+            while not try_lock(lock_file.fileno()):  # another process follows: wait for it
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.interval)
                 if self._stop.is_set():
@@ -190,11 +190,3 @@ class Follower:
                 stop=self._stop,
                 report=self.report,
             )
-
-
-def _try_lock(descriptor: int) -> bool:
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
-    except BlockingIOError:
-        return False
-    return True
