@@ -117,3 +117,14 @@ def test_a_bad_metasrv_toml_is_one_line_and_exit_2_whatever_the_workers(
     assert error.count("\n") == 1, error
     assert "metasrv.toml" in error
     assert "Traceback" not in error
+
+
+def test_a_percent_encoded_newline_in_a_path_cannot_forge_an_access_log_line(
+    served: RunningServer,
+) -> None:
+    forged = "GET /forged 200 1.0 ms"
+    response = httpx.get(f"{served.url}/v1/projects/nope%0a{forged.replace(' ', '%20')}")
+    assert response.status_code in (400, 404)
+    line = served.wait_for_line("/v1/projects/nope")
+    assert "%0a" in line
+    assert not any(logged.startswith(forged) for logged in served.lines)
