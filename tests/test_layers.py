@@ -127,3 +127,15 @@ BUILD_MODULES = {"index.sandbox", "index.buildenvs", "index.builds", "index.buil
 def test_the_http_server_never_imports_the_sdist_builds(path: Path) -> None:
     # Builds run in their own process (metasrv build-metadata); a request never waits on one.
     assert not _imported_modules(path) & BUILD_MODULES
+
+
+def test_the_readme_layout_table_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    missing = [
+        module
+        for _, modules in LAYERS
+        for module in modules
+        if module != "__main__" and f"`{module}`" not in table and f"`{module}.py`" not in table
+    ]
+    assert not missing, f"README's layout table does not name {missing}"
