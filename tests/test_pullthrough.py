@@ -318,6 +318,17 @@ def test_show_pulls_a_project_through_unless_offline(
     assert source.page_requests("pt-beta") == 1
 
 
+def test_show_offline_reads_the_data_branch_pull_through_commits_to(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure(source.meta, source.index.simple_url, PullThroughConfig(branch="pulled"))
+    assert main(["show", "--repo", str(source.meta), "pt-beta", "1.0"]) == 0
+    capsys.readouterr()
+    assert main(["show", "--repo", str(source.meta), "--offline", "pt-beta", "1.0"]) == 0
+    assert "pt-alpha<2" in capsys.readouterr().out
+    assert source.page_requests("pt-beta") == 1
+
+
 def test_metadata_read_while_another_pull_commits_lands_with_its_document(tmp_path: Path) -> None:
     archives = build_archives(tmp_path / "archives")
     wheel = "pt_beta-1.0-py3-none-any.whl"

@@ -58,7 +58,8 @@ def _show(args: argparse.Namespace) -> int:
         return read_api.release(args.at, args.project, args.version)
 
     # Like the server, a project not in git is pulled through from the source first.
-    pulled = PulledReads(None if args.offline else open_pull_through(storage, read_api.catalog))
+    # Offline too: it names the data branch that unpinned reads follow.
+    pulled = PulledReads(open_pull_through(storage, read_api.catalog, offline=args.offline))
     try:
         answer, _ = asyncio.run(pulled.answer(args.at, args.project, args.version, read))
     finally:
