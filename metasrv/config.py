@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metasrv.buildsettings import BuildSettings
-from metasrv.errors import InvalidData
+from metasrv.errors import InvalidData, InvalidInput
+from metasrv.names import validate_label
 from metasrv.tables import FORMAT_VERSION, TableReader
 
 DEFAULT_REFRESH_SECONDS = 600
@@ -31,7 +32,7 @@ class PullThroughConfig:
         config = cls(
             enabled=reader.boolean("enabled", True),
             refresh=DEFAULT_REFRESH_SECONDS if refresh is None else refresh,
-            branch=reader.optional_string("branch"),
+            branch=_branch_name(reader.optional_string("branch"), where),
         )
         reader.reject_unknown()
         return config
@@ -103,3 +104,11 @@ class MetaConfig:
         if self.understandings_allow is not None:
             document["understandings"] = {"allow": list(self.understandings_allow)}
         return document
+
+
+def _branch_name(branch: str | None, where: str) -> str | None:
+    """Return a ``[pull-through] branch`` that git and URLs both take as it is, else InvalidData."""
+    try:
+        return None if branch is None else validate_label(branch, "branch")
+    except InvalidInput as exc:
+        raise InvalidData(f"{where}: {exc.message}") from None

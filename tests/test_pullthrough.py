@@ -18,11 +18,13 @@ import pytest
 
 from metasrv.cli.main import main
 from metasrv.config import MetaConfig, PullThroughConfig
+from metasrv.errors import InvalidData
 from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
+from metasrv.tables import FORMAT_VERSION
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import BoundedThread
 from tests.distributions import build_wheel
@@ -356,3 +358,10 @@ def test_metadata_read_while_another_pull_commits_lands_with_its_document(tmp_pa
             assert metadata.status_code == 200, metadata.text
             with zipfile.ZipFile(archives / wheel) as archive:
                 assert metadata.content == archive.read("pt_beta-1.0.dist-info/METADATA")
+
+
+@pytest.mark.parametrize("branch", ["a..b", "data/pulled", "-x", "", "Pulled"])
+def test_a_data_branch_git_could_not_name_is_refused_in_metasrv_toml(branch: str) -> None:
+    document = {"format": FORMAT_VERSION, "pull-through": {"branch": branch}}
+    with pytest.raises(InvalidData, match="branch"):
+        MetaConfig.from_toml(document, "metasrv.toml")
