@@ -47,7 +47,8 @@ def main() -> None:
     figures = {}
     for label in ("plain uvicorn", "metasrv serve (guarded)"):
         port = free_port()
-        serve = ["serve", "--repo", str(repo.path), "--port", str(port)]
+        # Plain uvicorn logs nothing and pulls nothing: compare like with like.
+        serve = ["serve", "--repo", str(repo.path), "--port", str(port), "--quiet", "--offline"]
         command = (
             [sys.executable, "-c", PLAIN, str(repo.path), str(port)]
             if label == "plain uvicorn"

@@ -85,7 +85,19 @@ def start_metasrv(repo_path: Path, probe: str) -> tuple[subprocess.Popen[bytes],
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "metasrv", "serve", "--repo", str(repo_path), "--port", str(port)],
+        # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping.
+        [
+            sys.executable,
+            "-m",
+            "metasrv",
+            "serve",
+            "--repo",
+            str(repo_path),
+            "--port",
+            str(port),
+            "--quiet",
+            "--offline",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

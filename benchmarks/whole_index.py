@@ -161,7 +161,18 @@ def start_server(repo_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes],
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [*METASRV, "serve", "--repo", str(repo_path), "--port", str(port), *extra],
+        # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping.
+        [
+            *METASRV,
+            "serve",
+            "--repo",
+            str(repo_path),
+            "--port",
+            str(port),
+            "--quiet",
+            "--offline",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

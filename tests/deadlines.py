@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 # Generous: a loaded CI runner shared by several jobs is slow, but a hang must still end the test.
@@ -47,3 +48,14 @@ def wait_for(event: threading.Event, what: str, seconds: float = THREAD_DEADLINE
     """Wait for ``event``; fail naming ``what`` if it is not set within ``seconds``."""
     if not event.wait(seconds):
         raise AssertionError(f"{what} did not happen within {seconds} s")
+
+
+def poll_until(
+    condition: Callable[[], object], what: str, seconds: float = THREAD_DEADLINE_SECONDS
+) -> None:
+    """Check ``condition`` until it holds; fail naming ``what`` if not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds} s")
+        time.sleep(0.02)  # polling a condition, bounded by the deadline

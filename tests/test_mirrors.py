@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,18 +15,11 @@ from metasrv.repo.storage import Storage
 from metasrv.understandings.mirrors import is_allowed, origin_url
 from tests.builders import allow_repositories
 from tests.conftest import AsgiClient, running_server
+from tests.deadlines import poll_until
 from tests.gitremotes import hung_remote, slow_remote
 from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, add_rules, register
 
 DEADLINE_SECONDS = 60
-
-
-def poll(condition: Callable[[], bool], what: str) -> None:
-    """Wait until ``condition`` holds, failing loudly after a deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def in_thread(
@@ -49,7 +41,7 @@ def test_a_remote_that_never_answers_stalls_no_route(storage: Storage, tmp_path:
             running_server([*arguments, "--git-timeout", "3"]) as server,
             httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
         ):
-            poll(lambda: len(remote.held) > 0, "the clone to connect")
+            poll_until(lambda: len(remote.held) > 0, "the clone to connect")
             thread, results = in_thread(
                 lambda: httpx.get(
                     f"{server.url}/v1/projects/flask/2.0.0?understanding=hung",
@@ -68,7 +60,7 @@ def test_a_remote_that_never_answers_stalls_no_route(storage: Storage, tmp_path:
                 error = http.get("/v1/understandings/hung").json()["fetch-error"]
                 return error is not None and "timed out after 3 s" in error
 
-            poll(timed_out, "the clone's deadline to be reported")
+            poll_until(timed_out, "the clone's deadline to be reported")
 
 
 def test_a_slow_remote_is_fetched_off_the_loop_once_for_many_pins(
@@ -85,13 +77,15 @@ def test_a_slow_remote_is_fetched_off_the_loop_once_for_many_pins(
             httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
         ):
             head = rules.resolve(None)
-            poll(lambda: http.get("/v1/understandings/slow").json()["head"] == head, "the clone")
+            poll_until(
+                lambda: http.get("/v1/understandings/slow").json()["head"] == head, "the clone"
+            )
             newer = add_rules(rules, "", "Flask", CAP_WERKZEUG, {**RELAX_CLICK, "versions": "<1.2"})
             remote.publish()
             fetches = remote.count("/info/refs")
             url = f"{server.url}/v1/projects/flask/1.1.4?understanding=slow@{newer}"
             pins = [in_thread(lambda: httpx.get(url, timeout=DEADLINE_SECONDS)) for _ in range(3)]
-            poll(lambda: remote.count("/info/refs") > fetches, "the fetch to start")
+            poll_until(lambda: remote.count("/info/refs") > fetches, "the fetch to start")
             assert http.get("/v1/projects/flask", timeout=10).status_code == 200
             for thread, _ in pins:
                 thread.join(timeout=DEADLINE_SECONDS)

@@ -7,7 +7,7 @@ import fcntl
 import functools
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -26,7 +26,7 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
 from tests.conftest import RunningServer, running_server
-from tests.deadlines import BoundedThread
+from tests.deadlines import BoundedThread, poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
@@ -73,15 +73,6 @@ def configure(meta: Path, source_url: str, pull_through: PullThroughConfig) -> N
     storage = Storage(meta)
     config = MetaConfig(source_url=source_url, pull_through=pull_through)
     storage.commit("main", {"metasrv.toml": tomlcodec.dumps(config.to_toml())}, "configure")
-
-
-def poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {DEADLINE_SECONDS} s: {what}")
 
 
 def test_a_first_request_fetches_commits_and_answers_from_that_commit(source: Source) -> None:
@@ -239,7 +230,7 @@ def test_a_source_that_is_down_is_503_for_unknown_and_stale_200_for_known(
         assert unknown.json()["status"] == 503
         assert index_url.removeprefix("http://") in unknown.json()["error"]
         assert http.get("/simple/pt-alpha/").status_code == 200
-        poll(
+        poll_until(
             lambda: "x-metasrv-stale" in http.get("/v1/projects/pt-alpha").headers,
             "a known project's answer says it may be stale",
         )
@@ -257,7 +248,7 @@ def test_a_release_published_after_the_first_pull_appears_after_refresh(source: 
         versions = http.get("/v1/projects/pt-alpha").json()["versions"]
         assert [v["version"] for v in versions] == ["1.0", "2.0"]
         build_wheel(source.archives, "pt-alpha", "3.0")
-        poll(
+        poll_until(
             lambda: (
                 "3.0"
                 in [v["version"] for v in http.get("/v1/projects/pt-alpha").json()["versions"]]
@@ -287,7 +278,7 @@ def test_the_first_page_does_not_wait_for_metadata_which_is_read_on_demand(
             content = Storage(source.meta).read(head, _path("pt-beta"))
             return content is not None and b"pending" not in content
 
-        poll(all_read, "pt-beta's metadata is committed")
+        poll_until(all_read, "pt-beta's metadata is committed")
         page = http.get("/simple/pt-beta/", headers=JSON).json()
         assert "sha256" in page["files"][0]["core-metadata"]
 
@@ -343,7 +334,9 @@ def test_metadata_read_while_another_pull_commits_lands_with_its_document(tmp_pa
             httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
         ):
             assert http.get("/simple/pt-beta/", headers=JSON).status_code == 200
-            poll(lambda: any(p == f"/files/{wheel}" for p, _ in index.requests), "the read began")
+            poll_until(
+                lambda: any(p == f"/files/{wheel}" for p, _ in index.requests), "the read began"
+            )
             # Another pull commits while pt-beta's metadata is being read.
             assert http.get("/simple/pt-alpha/", headers=JSON).status_code == 200
             index.release.set()
@@ -353,7 +346,7 @@ def test_metadata_read_while_another_pull_commits_lands_with_its_document(tmp_pa
                 content = storage.read(storage.resolve(None), _path("pt-beta"))
                 return content is not None and b"pending" not in content
 
-            poll(read, "pt-beta's metadata is committed")
+            poll_until(read, "pt-beta's metadata is committed")
             metadata = http.get(f"/files/pt-beta/{wheel}.metadata")
             assert metadata.status_code == 200, metadata.text
             with zipfile.ZipFile(archives / wheel) as archive:

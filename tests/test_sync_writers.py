@@ -19,6 +19,7 @@ from metasrv.index.wholeindex import sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.repo.worktree import JOURNAL_NAME
+from tests.deadlines import poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
@@ -117,7 +118,9 @@ def test_two_syncs_at_once_on_one_repository_both_land(meta: Storage, tmp_path: 
     with serve_index(folder, behaviour) as index:
         first = _start_sync(meta, index, "alpha")
         # The first sync has read the branch and waits on the source while the second commits.
-        _poll(lambda: any(path == "/simple/alpha/" for path, _ in index.requests))
+        poll_until(
+            lambda: any(path == "/simple/alpha/" for path, _ in index.requests), "the sync asked"
+        )
         second = _start_sync(meta, index, "beta")
         second_status, second_err = _wait(second)
         index.release.set()
@@ -141,7 +144,9 @@ def test_an_understanding_added_during_a_sync_does_not_stop_it(
             target=lambda: result.append(sync(meta, index.simple_url, ["alpha"], FAST))
         )
         worker.start()
-        _poll(lambda: any(path == "/simple/alpha/" for path, _ in index.requests))
+        poll_until(
+            lambda: any(path == "/simple/alpha/" for path, _ in index.requests), "the sync asked"
+        )
         added = main(
             [
                 *("understanding", "add", "audit", "--repo", str(meta.path)),
@@ -157,10 +162,3 @@ def test_an_understanding_added_during_a_sync_does_not_stop_it(
     head = meta.resolve(None)
     assert set(Catalog(meta).list_projects(head)) == {"alpha"}
     assert "understandings/audit.toml" in _git(meta, "ls-tree", "-r", "--name-only", head)
-
-
-def _poll(condition: object) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met within the deadline"
-        time.sleep(0.01)  # polling a condition, bounded by the deadline

@@ -29,6 +29,11 @@ class Layer:
     gate: bool = False  # list only the files its rules approve
 
 
+def _fields_json(record: Any) -> dict[str, Any]:
+    """Return a provenance record's wire form: every field, by its name, in declaration order."""
+    return {item.name: getattr(record, item.name) for item in fields(record)}
+
+
 @dataclass(frozen=True, slots=True)
 class Patch:
     """One field a rule changed, with where the rule lives and why it exists."""
@@ -45,7 +50,7 @@ class Patch:
 
     def to_json(self) -> dict[str, Any]:
         """Return the wire form: every field, by its name."""
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return _fields_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,7 @@ class Approval:
 
     def to_json(self) -> dict[str, Any]:
         """Return the wire form: every field, by its name."""
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return _fields_json(self)
 
 
 @dataclass(frozen=True, slots=True)
