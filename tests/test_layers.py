@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "buildrun",
             "closure",
             "projectmerge",
+            "pullwriter",
             "pullthrough",
         ],
     ),

@@ -86,6 +86,18 @@ def _rendered(dist_file: DistFile) -> bool:
     )
 
 
+def _source_serves_metadata(located: _Located) -> bool:
+    """Return whether a pending file's .metadata is the source's document, its hash declared."""
+    original = located.original
+    return (
+        original.metadata_pending
+        and not located.changed
+        and original.core_metadata_sha256 is not None
+        and not original.core_metadata_stored
+        and original.url.startswith(("http://", "https://"))
+    )
+
+
 class SimpleApi:
     """The simple API over a catalog, with understandings and rewritten wheels."""
 
@@ -224,6 +236,8 @@ class SimpleApi:
 
     def _metadata_sha256(self, located: _Located, rewritten: Rewritten | None) -> str | None:
         """Return the sha256 of the .metadata a file is served with, or None when it has none."""
+        if _source_serves_metadata(located):
+            return located.original.core_metadata_sha256
         if not located.changed and not _rendered(located.original):
             original = located.original
             # PEP 658: the document as in the file; a file whose document sync did not see has none.
@@ -262,6 +276,9 @@ class SimpleApi:
         """Return a file's PEP 658 metadata as the view shows it, or the source URL serving it."""
         located = self._find(mount, name, filename)
         if located.original.metadata_pending:
+            if _source_serves_metadata(located):
+                # The page named the source's own document by its hash: no need to read it first.
+                return located.original.url + METADATA_SUFFIX
             raise MetadataPending(
                 f"the metadata of {filename!r} is not read yet", located.release.version_text
             )

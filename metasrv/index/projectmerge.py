@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -10,9 +11,11 @@ from packaging.version import Version
 from metasrv.errors import InvalidInput
 from metasrv.index import archives
 from metasrv.index.pagefiles import listed_file
-from metasrv.index.pages import ProjectPage
+from metasrv.index.pages import ProjectPage, SourceFile
 from metasrv.model import DistFile, MetadataStatus, Project, Release
 from metasrv.names import normalize_name
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Merge = Callable[[Project | None], Project | None]
 """A change to one project: the project at the head (None: absent) -> the project to write."""
@@ -24,9 +27,21 @@ def pending_files(page: ProjectPage, known: Mapping[str, DistFile]) -> list[Dist
     for source_file in page.files:
         if archives.version_of_filename(source_file.filename) is None:
             continue
-        dist_file = replace(listed_file(source_file), metadata_status=MetadataStatus.PENDING)
+        dist_file = replace(
+            listed_file(source_file),
+            metadata_status=MetadataStatus.PENDING,
+            core_metadata_sha256=_declared_sha256(source_file),
+        )
         files.append(_with_known_metadata(dist_file, known.get(dist_file.filename)))
     return files
+
+
+def _declared_sha256(source_file: SourceFile) -> str | None:
+    """Return the sha256 a page declares for a file's PEP 658 document, if it is a valid one."""
+    declared = source_file.core_metadata
+    digest = declared.get("sha256", "").lower() if isinstance(declared, Mapping) else ""
+    # Served to clients as the hash of the source's own document until sync reads it.
+    return digest if SHA256_HEX.fullmatch(digest) else None
 
 
 def _with_known_metadata(dist_file: DistFile, known: DistFile | None) -> DistFile:

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,18 +21,17 @@ from metasrv.errors import (
     SourceUnavailable,
     UnknownProject,
 )
-from metasrv.index.buildrun import start_in_background
 from metasrv.index.client import Fetcher, FetchOptions, FolderSource, IndexSource, make_client
 from metasrv.index.client import open_source as open_index
 from metasrv.index.pagefiles import read_page_files
 from metasrv.index.pages import ProjectPage
-from metasrv.index.projectmerge import Merge, adopt, fill, pending_files, pending_of
+from metasrv.index.projectmerge import adopt, fill, pending_files, pending_of
+from metasrv.index.pullwriter import PullWriter
 from metasrv.index.sync import SyncSummary, assemble_project
-from metasrv.model import DistFile, MetadataStatus, Project, SourceState
-from metasrv.names import normalize_name, project_path
-from metasrv.repo.catalog import DATA_ROOT, Catalog
-from metasrv.repo.projectfile import read_project, write_project
-from metasrv.repo.storage import CommitId, Storage
+from metasrv.model import DistFile, Project, Release, SourceState
+from metasrv.names import normalize_name
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
 
 # A source that fails answers fast: one retry, then the client hears 503 (or stale data).
 FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seconds=20.0)
@@ -42,24 +40,12 @@ MISSING_CAPACITY = 10_000
 PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking again
 METADATA_BATCH = 20  # releases read and committed together in the background
 START_DEADLINE_SECONDS = 10.0
+# Background metadata reads, one project at a time, once clients have asked nothing for a while:
+# they must not take the source's connections, the writer or the CPU from what clients wait for.
+BACKGROUND_READS = 1
+IDLE_SECONDS = 1.0
 
 T = TypeVar("T")
-Documents = dict[str, bytes]  # path -> a PEP 658 document read, committed with its change
-
-
-@dataclass(slots=True)
-class _Job:
-    normalized_name: NormalizedName
-    merge: Merge
-    label: str
-    future: asyncio.Future[CommitId | None]
-    documents: Documents
-
-
-@dataclass(slots=True)
-class _Batch:
-    jobs: list[_Job]
-    failures: dict[NormalizedName, MetasrvError] = field(default_factory=dict)
 
 
 class PullThrough:
@@ -77,16 +63,16 @@ class PullThrough:
         build_in_background: bool = False,
     ) -> None:
         self.source_url = source_url
-        self._build_in_background = build_in_background
         self.refresh = refresh
         self.stale: dict[NormalizedName, str] = {}
-        self._branch = branch
         self._fetch = fetch
         self._log = log or (lambda line: None)
         self._storage = Storage(repo_path)  # read on the pull thread only
         self._storage.data_branch = branch
         self._catalog = Catalog(self._storage)
-        self._writer = Storage(repo_path)  # written in commit threads, one at a time
+        self._writer = PullWriter(
+            repo_path, source_url, branch, build_in_background=build_in_background
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
@@ -94,16 +80,19 @@ class PullThrough:
         self._missing: dict[NormalizedName, float] = {}
         self._checked: dict[NormalizedName, float] = {}
         self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
-        self._queue: list[_Job] = []
         self._background: set[asyncio.Task[None]] = set()
         self._source: IndexSource | FolderSource | None = None
         self._fetcher: Fetcher | None = None
+        self._asked = 0  # pulls a client waits for, in flight on the pull loop
+        self._quiet: asyncio.Event | None = None  # set while none is
+        self._last_asked = 0.0  # when a client last read through pull-through (monotonic)
+        self._background_reads = asyncio.Semaphore(BACKGROUND_READS)
 
     # Called from any thread or loop.
     @property
     def queued(self) -> int:
         """Return how many changes wait to be committed, the one being committed included."""
-        return len(self._queue)
+        return self._writer.queued
 
     async def ensure(self, name: str) -> None:
         """Make the project part of the served data, fetching it from the source if need be."""
@@ -117,6 +106,7 @@ class PullThrough:
 
     def touch(self, normalized_name: NormalizedName) -> None:
         """Re-check a project with the source in the background when ``refresh`` has passed."""
+        self._last_asked = time.monotonic()
         checked = self._checked.get(normalized_name)
         if checked is not None and time.monotonic() - checked < self.refresh:
             return
@@ -164,7 +154,7 @@ class PullThrough:
 
     # On the pull thread's loop.
     async def _shutdown(self) -> None:
-        running = [*self._background, *self._inflight.values()]
+        running = [*self._background, *self._inflight.values(), *self._writer.running()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -205,12 +195,40 @@ class PullThrough:
         except UnknownProject:
             return None
 
+    def _quiet_event(self) -> asyncio.Event:
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+            self._quiet.set()
+        return self._quiet
+
+    async def _asked_for(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run work a client waits for; background reads hold back meanwhile."""
+        self._asked += 1
+        self._quiet_event().clear()
+        try:
+            await coroutine
+        finally:
+            self._asked -= 1
+            self._last_asked = time.monotonic()
+            if not self._asked:
+                self._quiet_event().set()
+
+    async def _idle(self) -> None:
+        """Wait until no client has waited for, or read through, pull-through for a while."""
+        while True:
+            await self._quiet_event().wait()
+            idle = time.monotonic() - self._last_asked
+            if idle >= IDLE_SECONDS:
+                return
+            await asyncio.sleep(IDLE_SECONDS - idle)
+
     async def _ensure(self, normalized_name: NormalizedName) -> None:
         head = self._storage.resolve(None)
         try:
             self._catalog.project_blob(head, normalized_name)
         except UnknownProject:
-            await self._single(("pull", normalized_name), lambda: self._pull(normalized_name))
+            pull = self._single(("pull", normalized_name), lambda: self._pull(normalized_name))
+            await self._asked_for(pull)
 
     async def _refresh(self, normalized_name: NormalizedName) -> None:
         existing = self._head_project(normalized_name)
@@ -259,7 +277,7 @@ class PullThrough:
         if project is None:
             return
         kind = "new" if existing is None else "refreshed"
-        commit_id = await self._write(
+        commit_id = await self._writer.write(
             normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)", {}
         )
         elapsed = (time.monotonic() - started) * 1000
@@ -278,16 +296,18 @@ class PullThrough:
 
     async def _complete_quietly(self, normalized_name: NormalizedName) -> None:
         try:
-            await self._complete(normalized_name, None)
+            key = ("metadata", normalized_name, "background")
+            await self._single(key, lambda: self._read_metadata(normalized_name, None, True))
         except MetasrvError as exc:
             self._log(f"pull-through {normalized_name}: metadata not read: {exc.message}")
 
     async def _complete(self, normalized_name: NormalizedName, version: Version | None) -> None:
         key = ("metadata", normalized_name, str(version))
-        await self._single(key, lambda: self._read_metadata(normalized_name, version))
+        read = self._single(key, lambda: self._read_metadata(normalized_name, version))
+        await self._asked_for(read)
 
     async def _read_metadata(
-        self, normalized_name: NormalizedName, version: Version | None
+        self, normalized_name: NormalizedName, version: Version | None, background: bool = False
     ) -> None:
         project = self._head_project(normalized_name)
         releases = pending_of(project, version) if project is not None else []
@@ -299,102 +319,32 @@ class PullThrough:
             page = await source.project_page(normalized_name, SourceState())
             assert page is not None  # an unconditional request always has a page
             self._remember_page(normalized_name, page)
-        listed = {f.filename: f for f in page.files}
         for start in range(0, len(releases), METADATA_BATCH):
             chunk = releases[start : start + METADATA_BATCH]
-            wanted = tuple(
-                listed[f.filename] for r in chunk for f in r.files if f.filename in listed
-            )
-            chunk_page = ProjectPage(page.name, wanted)
-            documents: dict[str, bytes] = {}  # committed with this job, never with another's
-            read = await read_page_files(source, chunk_page, {}, documents)
-            filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
-            stated = next((name for _, name, _ in reversed(read) if name), None)
-            await self._write(
-                normalized_name,
-                fill(filled, stated),
-                f"{normalized_name} (metadata of {len(filled)} files)",
-                documents,
-            )
-
-    async def _write(
-        self, normalized_name: NormalizedName, merge: Merge, label: str, documents: Documents
-    ) -> CommitId | None:
-        """Queue a change; whoever commits next commits everything queued, in one commit."""
-        future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(normalized_name, merge, label, future, documents))
-        if len(self._queue) == 1:
-            self._spawn(self._commit_queue())
-        return await future
-
-    async def _commit_queue(self) -> None:
-        # Jobs that arrive while a commit runs wait for the next one: many pulls, few commits.
-        while self._queue:
-            batch = _Batch(self._queue[:])
-            try:
-                commit_id = await asyncio.to_thread(self._commit, batch)
-            except Exception as exc:  # a failed commit fails its jobs, not the pull thread
-                for job in batch.jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            if background:
+                async with self._background_reads:
+                    await self._idle()
+                    await self._read_chunk(normalized_name, page, source, chunk)
             else:
-                for job in batch.jobs:
-                    failure = batch.failures.get(job.normalized_name)
-                    if failure is not None:
-                        job.future.set_exception(failure)
-                    else:
-                        job.future.set_result(commit_id)
-            del self._queue[: len(batch.jobs)]
+                await self._read_chunk(normalized_name, page, source, chunk)
 
-    def _commit(self, batch: _Batch) -> CommitId | None:
-        head_branch = self._writer.head_branch()
-        branch = self._branch or head_branch
-        start_point = self._writer.branch_commit(head_branch)
-
-        dynamic: set[NormalizedName] = set()
-
-        def compute(parent: CommitId | None) -> tuple[dict[str, bytes | None], str]:
-            changes: dict[str, bytes | None] = {}
-            dynamic.clear()
-            labels: list[str] = []
-            grouped: dict[NormalizedName, list[_Job]] = {}
-            for job in batch.jobs:
-                grouped.setdefault(job.normalized_name, []).append(job)
-            for normalized_name, jobs in grouped.items():
-                path = f"{DATA_ROOT}/{project_path(normalized_name)}"
-                try:
-                    content = self._writer.read(parent, path) if parent is not None else None
-                    current = read_project(content, path) if content is not None else None
-                except InvalidData as exc:
-                    batch.failures[normalized_name] = exc
-                    continue
-                project = current
-                for job in jobs:
-                    project = job.merge(project)
-                if project is not None and project != current:
-                    changes[path] = write_project(project)
-                    labels += [job.label for job in jobs]
-                    if _has_dynamic_sdists(project):
-                        dynamic.add(normalized_name)
-            count = len(changes)
-            for job in batch.jobs:
-                changes.update(job.documents)
-            message = (
-                f"pull-through: {count} project{'s' if count != 1 else ''} "
-                f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)
-            )
-            return changes, message
-
-        commit_id = self._writer.commit_computed(branch, compute, start_point=start_point)
-        if commit_id is not None and dynamic and self._build_in_background:
-            # A process of its own builds them ([builds] in metasrv.toml); no request waits.
-            start_in_background(self._writer)
-        return commit_id or self._writer.branch_commit(branch)
-
-
-def _has_dynamic_sdists(project: Project) -> bool:
-    return any(
-        dist_file.metadata_status is MetadataStatus.DYNAMIC
-        for release in project.releases
-        for dist_file in release.files
-    )
+    async def _read_chunk(
+        self,
+        normalized_name: NormalizedName,
+        page: ProjectPage,
+        source: IndexSource | FolderSource,
+        chunk: list[Release],
+    ) -> None:
+        """Read the pending files of some releases and commit what was read."""
+        listed = {f.filename: f for f in page.files}
+        wanted = tuple(listed[f.filename] for r in chunk for f in r.files if f.filename in listed)
+        documents: dict[str, bytes] = {}  # committed with this job, never with another's
+        read = await read_page_files(source, ProjectPage(page.name, wanted), {}, documents)
+        filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
+        stated = next((name for _, name, _ in reversed(read) if name), None)
+        await self._writer.write(
+            normalized_name,
+            fill(filled, stated),
+            f"{normalized_name} (metadata of {len(filled)} files)",
+            documents,
+        )

@@ -1,0 +1,146 @@
+"""Pull-through's one writer: changes queue while a commit runs and land together in the next."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import NormalizedName
+
+from metasrv.errors import InvalidData, MetasrvError
+from metasrv.index.buildrun import start_in_background
+from metasrv.index.projectmerge import Merge
+from metasrv.model import MetadataStatus, Project
+from metasrv.names import project_path
+from metasrv.repo.catalog import DATA_ROOT
+from metasrv.repo.projectfile import read_project, write_project
+from metasrv.repo.storage import CommitId, Storage
+
+Documents = dict[str, bytes]  # path -> a PEP 658 document read, committed with its change
+
+
+@dataclass(slots=True)
+class _Job:
+    normalized_name: NormalizedName
+    merge: Merge
+    label: str
+    future: asyncio.Future[CommitId | None]
+    documents: Documents
+
+
+@dataclass(slots=True)
+class _Batch:
+    jobs: list[_Job]
+    failures: dict[NormalizedName, MetasrvError] = field(default_factory=dict)
+
+
+class PullWriter:
+    """Commit pull-through's changes on its loop: many pulls, few commits, one at a time."""
+
+    def __init__(
+        self,
+        repo_path: Path,
+        source_url: str,
+        branch: str | None,
+        *,
+        build_in_background: bool,
+    ) -> None:
+        self.source_url = source_url
+        self._branch = branch
+        self._build_in_background = build_in_background
+        self._writer = Storage(repo_path)  # written in commit threads, one at a time
+        self._queue: list[_Job] = []
+        self._committing: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Return how many changes wait to be committed, the one being committed included."""
+        return len(self._queue)
+
+    def running(self) -> list[asyncio.Task[None]]:
+        """Return the commit task in progress, if any, for a shutdown to cancel."""
+        task = self._committing
+        return [task] if task is not None and not task.done() else []
+
+    async def write(
+        self, normalized_name: NormalizedName, merge: Merge, label: str, documents: Documents
+    ) -> CommitId | None:
+        """Queue a change; whoever commits next commits everything queued, in one commit."""
+        future: asyncio.Future[CommitId | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(normalized_name, merge, label, future, documents))
+        if len(self._queue) == 1:
+            self._committing = asyncio.ensure_future(self._commit_queue())
+        return await future
+
+    async def _commit_queue(self) -> None:
+        # Jobs that arrive while a commit runs wait for the next one: many pulls, few commits.
+        while self._queue:
+            batch = _Batch(self._queue[:])
+            try:
+                commit_id = await asyncio.to_thread(self._commit, batch)
+            except Exception as exc:  # a failed commit fails its jobs, not the pull thread
+                for job in batch.jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            else:
+                for job in batch.jobs:
+                    failure = batch.failures.get(job.normalized_name)
+                    if failure is not None:
+                        job.future.set_exception(failure)
+                    else:
+                        job.future.set_result(commit_id)
+            del self._queue[: len(batch.jobs)]
+
+    def _commit(self, batch: _Batch) -> CommitId | None:
+        head_branch = self._writer.head_branch()
+        branch = self._branch or head_branch
+        start_point = self._writer.branch_commit(head_branch)
+
+        dynamic: set[NormalizedName] = set()
+
+        def compute(parent: CommitId | None) -> tuple[dict[str, bytes | None], str]:
+            changes: dict[str, bytes | None] = {}
+            dynamic.clear()
+            labels: list[str] = []
+            grouped: dict[NormalizedName, list[_Job]] = {}
+            for job in batch.jobs:
+                grouped.setdefault(job.normalized_name, []).append(job)
+            for normalized_name, jobs in grouped.items():
+                path = f"{DATA_ROOT}/{project_path(normalized_name)}"
+                try:
+                    content = self._writer.read(parent, path) if parent is not None else None
+                    current = read_project(content, path) if content is not None else None
+                except InvalidData as exc:
+                    batch.failures[normalized_name] = exc
+                    continue
+                project = current
+                for job in jobs:
+                    project = job.merge(project)
+                if project is not None and project != current:
+                    changes[path] = write_project(project)
+                    labels += [job.label for job in jobs]
+                    if _has_dynamic_sdists(project):
+                        dynamic.add(normalized_name)
+            count = len(changes)
+            for job in batch.jobs:
+                changes.update(job.documents)
+            message = (
+                f"pull-through: {count} project{'s' if count != 1 else ''} "
+                f"from {self.source_url}\n\n" + "\n".join(f"- {label}" for label in labels)
+            )
+            return changes, message
+
+        commit_id = self._writer.commit_computed(branch, compute, start_point=start_point)
+        if commit_id is not None and dynamic and self._build_in_background:
+            # A process of its own builds them ([builds] in metasrv.toml); no request waits.
+            start_in_background(self._writer)
+        return commit_id or self._writer.branch_commit(branch)
+
+
+def _has_dynamic_sdists(project: Project) -> bool:
+    return any(
+        dist_file.metadata_status is MetadataStatus.DYNAMIC
+        for release in project.releases
+        for dist_file in release.files
+    )
