@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
+
 from metasrv.model import CoreMetadata, DistFile, Project, Release, SourceState
 from metasrv.repo.storage import Storage
 from tests.builders import project_files
@@ -83,7 +85,9 @@ def build_repository(path: Path, count: int, seed: int = 0, serial: int | None =
     """
     if (path / ".complete").exists():
         return Storage(path)
-    storage = Storage.init(path)
+    # Bare: a working tree of every project would be written and re-indexed on every batch.
+    pygit2.init_repository(str(path), bare=True, initial_head="main")
+    storage = Storage(path)
     names = project_names(count, seed)
     rng = random.Random(seed)
     for batch in _batches(names):

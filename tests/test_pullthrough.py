@@ -26,6 +26,7 @@ from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
+from tests.builders import make_project, project_files
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import BoundedThread, poll_until
 from tests.distributions import build_wheel
@@ -398,3 +399,34 @@ def test_a_declared_hash_that_is_no_sha256_is_not_passed_on(tmp_path: Path) -> N
             assert entry["core-metadata"] is True
             answer = http.get(f"/files/pt-beta/{wheel}.metadata")
             assert answer.status_code == 404, answer.text
+
+
+def test_the_data_branch_takes_in_what_is_committed_to_heads_branch_later(
+    source: Source, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure(source.meta, source.index.simple_url, PullThroughConfig(branch="pulled"))
+    assert main(["show", "--repo", str(source.meta), "pt-beta"]) == 0
+    storage = Storage(source.meta)
+    pulled = storage.branch_commit("pulled")
+    assert pulled is not None
+    # Later, on the contributor's branch: a project of their own and an edit of a pulled one.
+    handmade = make_project("pt-handmade", ["1.0"])
+    edited = make_project("pt-beta", ["9.0"])
+    main_commit = storage.commit("main", project_files(handmade, edited), "by hand")
+    assert main_commit is not None
+    capsys.readouterr()
+
+    # A new server (here: show) merges them in before it reads, asking the source nothing.
+    assert main(["show", "--repo", str(source.meta), "pt-handmade"]) == 0
+    assert "pt-handmade" in capsys.readouterr().out
+    assert source.page_requests("pt-handmade") == 0
+    merge = storage.branch_commit("pulled")
+    assert merge is not None
+    assert storage.merge_base(merge, main_commit) == main_commit
+    assert storage.merge_base(merge, pulled) == pulled
+    # Where both changed a file, HEAD's branch wins.
+    assert storage.read(merge, _path("pt-beta")) == storage.read(main_commit, _path("pt-beta"))
+    # Merged once: with nothing new on HEAD's branch the next pull-through commit is no merge.
+    assert main(["show", "--repo", str(source.meta), "pt-alpha"]) == 0
+    assert storage.first_parent(storage.resolve("pulled")) == merge
+    assert storage.merge_base(storage.resolve("pulled"), main_commit) == main_commit

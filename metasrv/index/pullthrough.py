@@ -73,6 +73,10 @@ class PullThrough:
         self._writer = PullWriter(
             repo_path, source_url, branch, build_in_background=build_in_background
         )
+        try:
+            self._writer.follow_head()  # HEAD's commits since the last run: served from the start
+        except MetasrvError as exc:
+            self._log(f"pull-through: {branch} does not follow HEAD's branch: {exc.message}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()

@@ -53,6 +53,34 @@ class PullWriter:
         self._queue: list[_Job] = []
         self._committing: asyncio.Task[None] | None = None
 
+    def follow_head(self) -> CommitId | None:
+        """Merge HEAD's branch into the data branch when it has new commits; they win conflicts.
+
+        The data branch starts at HEAD's commit; what is committed to HEAD's branch later (an
+        understanding, a sync, an edit) is served once it is merged in. Returns the merge.
+        """
+        head_branch = self._writer.head_branch()
+        if self._branch is None or self._branch == head_branch:
+            return None
+        ours = self._writer.branch_commit(self._branch)
+        theirs = self._writer.branch_commit(head_branch)
+        if ours is None or theirs is None:
+            return None
+        base = self._writer.merge_base(ours, theirs)
+        if base == theirs:
+            return None  # nothing new on HEAD's branch
+        changes = {
+            change.path: None
+            if change.new_blob is None
+            else self._writer.read_blob(change.new_blob)
+            for change in (self._writer.diff(base, theirs, "") if base is not None else [])
+        }
+        return self._writer.commit_computed(
+            self._branch,
+            lambda _: (changes, f"Merge {head_branch} into {self._branch}"),
+            merged=theirs,
+        )
+
     @property
     def queued(self) -> int:
         """Return how many changes wait to be committed, the one being committed included."""
@@ -96,6 +124,8 @@ class PullWriter:
         head_branch = self._writer.head_branch()
         branch = self._branch or head_branch
         start_point = self._writer.branch_commit(head_branch)
+        if branch != head_branch:
+            self.follow_head()
 
         dynamic: set[NormalizedName] = set()
 

@@ -180,6 +180,11 @@ class Storage:
         """Return a commit's committer time, in seconds since the epoch."""
         return self._commit(commit_id).commit_time
 
+    def merge_base(self, one: CommitId, other: CommitId) -> CommitId | None:
+        """Return the best common ancestor of two commits, or None when they share none."""
+        base = self._repo.merge_base(one, other)
+        return None if base is None else CommitId(str(base))
+
     def first_parent(self, commit_id: CommitId) -> CommitId | None:
         """Return a commit's first parent, or None for a root commit."""
         parent_ids = self._commit(commit_id).parent_ids
@@ -243,12 +248,7 @@ class Storage:
         changes = []
         for delta in diff.deltas:
             old_id, new_id = str(delta.old_file.id), str(delta.new_file.id)
-            if old_id == zero:
-                status = "added"
-            elif new_id == zero:
-                status = "deleted"
-            else:
-                status = "modified"
+            status = "added" if old_id == zero else "deleted" if new_id == zero else "modified"
             changes.append(
                 Change(
                     path=delta.new_file.path if new_id != zero else delta.old_file.path,
@@ -291,8 +291,13 @@ class Storage:
         expected_parent: CommitId | None = None,
         start_point: CommitId | None = None,
         sign: Callable[[bytes], bytes] | None = None,
+        *,
+        merged: CommitId | None = None,
     ) -> CommitId | None:
-        """Commit what ``compute(parent) -> (changes, message)`` makes, all under the lock."""
+        """Commit what ``compute(parent) -> (changes, message)`` makes, all under the lock.
+
+        With ``merged`` the commit is a merge of that commit too, made even if the tree is the same.
+        """
         with self._write_lock():
             worktree.recover(self._repo)
             parent = self.branch_commit(branch) or start_point
@@ -303,10 +308,10 @@ class Storage:
             tree_id = self._write_tree(base_tree, split_paths(changes))
             if tree_id is None:
                 tree_id = self._repo.TreeBuilder().write()
-            if base_tree is not None and tree_id == base_tree.id:
+            if base_tree is not None and tree_id == base_tree.id and merged is None:
                 return None
             signature = self._signature()
-            parents: list[str | pygit2.Oid] = [parent] if parent else []
+            parents: list[str | pygit2.Oid] = [p for p in (parent, merged) if p]
             if sign is None:
                 commit_id = self._repo.create_commit(
                     None, signature, signature, message, tree_id, parents
