@@ -8,12 +8,16 @@ benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 through (a new repository and server per run); (c) the same server warm. Prints (b)/(a), (c)/(a)
 and the requests each makes to the source (nginx's access log). Then, on a new empty repository,
 `GET /v1/projects` p50 / p99 while ``--pulls`` first requests for distinct projects run at once.
-Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms.
+Last, the first page of a project with ``--big`` files (numpy has about 2,000), pulled through
+an empty repository, against the source serving that page itself (PEP 691 JSON, nginx).
+Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms; the big page "in about the time the
+source takes to serve its own page".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -51,6 +55,56 @@ def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
         thread.join()
 
 
+def build_big_project(root: Path, files: int) -> str:
+    """Write a PEP 691 page of one project with ``files`` wheels (never downloaded); name it."""
+    name = "big-project"
+    entries = [
+        {
+            "filename": f"big_project-1.{index}-cp312-cp312-manylinux_2_17_x86_64.whl",
+            "url": f"../../files/big_project-1.{index}-cp312-cp312-manylinux_2_17_x86_64.whl",
+            "hashes": {"sha256": f"{index:064x}"},
+            "requires-python": ">=3.10",
+            "size": 15_000_000 + index,
+            "upload-time": "2026-01-01T00:00:00.000000Z",
+            "core-metadata": {"sha256": f"{index + 1:064x}"},
+        }
+        for index in range(files)
+    ]
+    page = {"meta": {"api-version": "1.1"}, "name": name, "files": entries, "versions": []}
+    folder = root / "simple" / name
+    folder.mkdir(parents=True)
+    (folder / "index.json").write_text(json.dumps(page))
+    return name
+
+
+def big_first_page(work: Path, files: int, runs: int) -> tuple[float, float, float]:
+    """Return median seconds: the source's page, metasrv's first page of it, metasrv's warm."""
+    root = work / "big"
+    name = build_big_project(root, files)
+    accept = {"accept": "application/vnd.pypi.simple.v1+json"}
+    figures: dict[str, list[float]] = {"source": [], "first": [], "warm": []}
+
+    def timed(client: httpx.Client, url: str) -> float:
+        started = time.perf_counter()
+        answer = client.get(url, headers=accept)
+        elapsed = time.perf_counter() - started
+        assert answer.status_code == 200, answer.text[:200]
+        assert len(answer.json()["files"]) == files
+        return elapsed
+
+    with nginx(root, json_pages=True) as source, httpx.Client(timeout=120) as client:
+        for _ in range(runs):
+            figures["source"].append(timed(client, f"{source}/simple/{name}/"))
+            with empty_metasrv(work, f"{source}/simple/") as url:
+                figures["first"].append(timed(client, f"{url}/simple/{name}/"))
+                figures["warm"].append(timed(client, f"{url}/simple/{name}/"))
+    return (
+        statistics.median(figures["source"]),
+        statistics.median(figures["first"]),
+        statistics.median(figures["warm"]),
+    )
+
+
 def lines(path: Path) -> int:
     return len(path.read_text().splitlines())
 
@@ -84,6 +138,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pulls", type=int, default=50)
+    parser.add_argument("--big", type=int, default=2_000, help="files of the big project")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     names = build_source(work / "source", max(args.projects, args.pulls))
@@ -105,6 +160,7 @@ def main() -> None:
                 figures["c"].append((seconds, lines(access_log)))
         with empty_metasrv(work, source_url) as url:
             p50, p99, samples = latency_under_pulls(url, names, args.pulls)
+    big_source, big_first, big_warm = big_first_page(work, args.big, args.runs)
     shutil.rmtree(work)
     medians = {
         label: (statistics.median(s for s, _ in runs), statistics.median(r for _, r in runs))
@@ -121,6 +177,11 @@ def main() -> None:
     print(
         f"GET /v1/projects while {args.pulls} pull-throughs run: p50 {p50:.1f} ms, "
         f"p99 {p99:.1f} ms over {samples} requests (target p99 < 50 ms)"
+    )
+    print(
+        f"first page of a project with {args.big} files: source {big_source * 1000:.1f} ms, "
+        f"metasrv first {big_first * 1000:.1f} ms ({big_first / big_source:.1f}x), "
+        f"warm {big_warm * 1000:.1f} ms ({big_warm / big_source:.1f}x)"
     )
 
 

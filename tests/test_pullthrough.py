@@ -24,6 +24,7 @@ from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
+from metasrv.repo.projectfile import read_project
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
 from tests.builders import make_project, project_files
@@ -430,3 +431,29 @@ def test_the_data_branch_takes_in_what_is_committed_to_heads_branch_later(
     assert main(["show", "--repo", str(source.meta), "pt-alpha"]) == 0
     assert storage.first_parent(storage.resolve("pulled")) == merge
     assert storage.merge_base(storage.resolve("pulled"), main_commit) == main_commit
+
+
+def test_what_pull_through_hands_the_server_equals_what_it_committed(
+    source: Source, tmp_path: Path
+) -> None:
+    # A reader over another, empty repository: what it returns it can only have been handed.
+    reader = Catalog(Storage.init(tmp_path / "elsewhere"))
+    pull = PullThrough(source.meta, source.index.simple_url, reader=reader)
+
+    async def pull_and_read() -> None:
+        await pull.ensure("pt-beta")  # a first pull: every file pending
+        await pull.complete("pt-beta")  # its metadata read and filled in
+        await pull.ensure("pt-alpha")
+
+    try:
+        asyncio.run(pull_and_read())
+    finally:
+        pull.close()
+    storage = Storage(source.meta)
+    catalog = Catalog(storage)
+    head = storage.resolve(None)
+    for name in ("pt-beta", "pt-alpha"):
+        normalized_name, blob_id = catalog.project_blob(head, name)
+        handed = reader.parse_project(blob_id, normalized_name)
+        assert handed == read_project(storage.read_blob(blob_id), name)
+    assert not catalog.get_project(head, "pt-beta").releases[0].files[0].metadata_pending

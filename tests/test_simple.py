@@ -285,3 +285,19 @@ def test_a_file_url_that_is_no_file_of_the_source_folder_is_never_served(
     # The source here is an http(s) index: a file:// URL in its data is not read.
     assert download.status_code == 502
     assert download.json()["error"].startswith(url)
+
+
+def test_a_page_served_again_is_the_same_per_format_and_follows_a_commit(
+    client: AsgiClient, storage: Storage
+) -> None:
+    first = {
+        accept: client.get("/simple/flask/", headers={"Accept": accept}) for accept in (JSON, HTML)
+    }
+    for accept, answer in first.items():
+        again = client.get("/simple/flask/", headers={"Accept": accept})
+        assert again.content == answer.content
+        assert again.headers["etag"] == answer.headers["etag"]
+    assert first[JSON].json()["name"] == "flask"
+    assert first[HTML].text.startswith("<!DOCTYPE html>")
+    commit_projects(storage, make_project("Flask", ["1.0", "9.9"]))
+    assert "9.9" in client.get("/simple/flask/", headers={"Accept": JSON}).json()["versions"]

@@ -219,6 +219,7 @@ def open_pull_through(
         refresh=config.pull_through.refresh,
         log=log,
         build_in_background=config.builds.enabled,
+        reader=catalog,
     )
 
 

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from metasrv.errors import MetadataPending, NotFound
 from metasrv.http import readapi
+from metasrv.http.bytecache import ByteCache
 from metasrv.http.hotpath import etag_matches
 from metasrv.http.pulling import PulledReads
 from metasrv.http.simplepages import index_page_chunks, negotiate, render_json, render_project_html
@@ -21,6 +22,7 @@ from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
 from metasrv.names import parse_version
 from metasrv.repo.storage import BlobId
 
+PAGE_CACHE_BYTES = 64 * 1024 * 1024  # numpy's page is ~2.4 MB in JSON
 IMMUTABLE = readapi.IMMUTABLE.decode()
 MOVING = readapi.MOVING.decode()
 # Each view is reachable plainly, with understandings, pinned, or both; and each with a cooldown,
@@ -44,6 +46,7 @@ class SimpleRoutes:
         self.pulled = pulled or PulledReads(None)
         # The root page at PyPI scale is ~40 MB; it is built once per data tree and content type.
         self._index_cache: dict[tuple[str, str], bytes] = {}
+        self._pages = ByteCache(PAGE_CACHE_BYTES)  # project pages of views without understandings
 
     def routes(self) -> list[Route]:
         """Return the route table: index, project page and files under every prefix."""
@@ -124,8 +127,10 @@ class SimpleRoutes:
             if request.url.query:
                 target += f"?{request.url.query}"  # ?format= must survive the redirect
             return RedirectResponse(target, status_code=301)
-        page, left_out = await self.api.project(mount, name)
         etag = f"{mount.key}-{blob_id}-{content_type}"
+        # A view without understandings rewrites no wheel: its page is a function of the ETag.
+        body = self._pages.get(etag) if not mount.pinned else None
+        page, left_out = ({}, 0) if body is not None else await self.api.project(mount, name)
         if left_out:
             # Files waiting for their rewritten wheel: a page that will change, never immutable.
             mount = replace(mount, immutable=False)
@@ -134,7 +139,11 @@ class SimpleRoutes:
         headers.update(self.pulled.headers(at, name))
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        body = render_json(page) if content_type == MIME_SIMPLE_JSON else render_project_html(page)
+        if body is None:
+            render = render_json if content_type == MIME_SIMPLE_JSON else render_project_html
+            body = render(page)
+            if not mount.pinned:
+                self._pages.put(etag, body)
         return Response(body, media_type=_media_type(content_type), headers=headers)
 
     def _located_mount(self, request: Request, name: str) -> Mount:

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +38,9 @@ FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seco
 MISSING_SECONDS = 30.0  # a source's 404 is remembered this long: misses must not flood it
 MISSING_CAPACITY = 10_000
 PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking again
-METADATA_BATCH = 20  # releases read and committed together in the background
+# Files read per background commit: each commit rewrites the whole project file (numpy's is
+# ~1 MB), so fewer, larger commits; what a client waits for is read in one.
+BACKGROUND_BATCH_FILES = 500
 START_DEADLINE_SECONDS = 10.0
 # Background metadata reads, one project at a time, once clients have asked nothing for a while:
 # they must not take the source's connections, the writer or the CPU from what clients wait for.
@@ -61,6 +63,7 @@ class PullThrough:
         fetch: FetchOptions = FETCH,
         log: Callable[[str], None] | None = None,
         build_in_background: bool = False,
+        reader: Catalog | None = None,
     ) -> None:
         self.source_url = source_url
         self.refresh = refresh
@@ -70,8 +73,13 @@ class PullThrough:
         self._storage = Storage(repo_path)  # read on the pull thread only
         self._storage.data_branch = branch
         self._catalog = Catalog(self._storage)
+        self._reader = reader  # the server's catalog, seeded with what is written for it
         self._writer = PullWriter(
-            repo_path, source_url, branch, build_in_background=build_in_background
+            repo_path,
+            source_url,
+            branch,
+            build_in_background=build_in_background,
+            written=self._remember,
         )
         try:
             self._writer.follow_head()  # HEAD's commits since the last run: served from the start
@@ -193,6 +201,11 @@ class PullThrough:
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
         await asyncio.shield(future)
 
+    def _remember(self, content: bytes, project: Project) -> None:
+        self._catalog.remember(content, project)
+        if self._reader is not None:
+            self._reader.remember(content, project)
+
     def _head_project(self, normalized_name: NormalizedName) -> Project | None:
         try:
             return self._catalog.get_project(self._storage.resolve(None), normalized_name)
@@ -301,7 +314,7 @@ class PullThrough:
     async def _complete_quietly(self, normalized_name: NormalizedName) -> None:
         try:
             key = ("metadata", normalized_name, "background")
-            await self._single(key, lambda: self._read_metadata(normalized_name, None, True))
+            await self._single(key, lambda: self._read_in_background(normalized_name))
         except MetasrvError as exc:
             self._log(f"pull-through {normalized_name}: metadata not read: {exc.message}")
 
@@ -311,39 +324,43 @@ class PullThrough:
         await self._asked_for(read)
 
     async def _read_metadata(
-        self, normalized_name: NormalizedName, version: Version | None, background: bool = False
+        self, normalized_name: NormalizedName, version: Version | None
     ) -> None:
         project = self._head_project(normalized_name)
         releases = pending_of(project, version) if project is not None else []
-        if not releases:
-            return
+        if releases:
+            await self._read_chunk(normalized_name, await self._page(normalized_name), releases)
+
+    async def _read_in_background(self, normalized_name: NormalizedName) -> None:
+        async with self._background_reads:
+            await self._idle()
+            project = self._head_project(normalized_name)
+            releases = pending_of(project) if project is not None else []
+            for batch in _batches(releases, BACKGROUND_BATCH_FILES):
+                await self._idle()
+                await self._read_chunk(normalized_name, await self._page(normalized_name), batch)
+
+    async def _page(self, normalized_name: NormalizedName) -> ProjectPage:
+        """Return the project's page as last fetched, fetching it if it is no longer kept."""
         page = self._pages.get(normalized_name)
-        source = self._open_source()
         if page is None:
-            page = await source.project_page(normalized_name, SourceState())
+            page = await self._open_source().project_page(normalized_name, SourceState())
             assert page is not None  # an unconditional request always has a page
             self._remember_page(normalized_name, page)
-        for start in range(0, len(releases), METADATA_BATCH):
-            chunk = releases[start : start + METADATA_BATCH]
-            if background:
-                async with self._background_reads:
-                    await self._idle()
-                    await self._read_chunk(normalized_name, page, source, chunk)
-            else:
-                await self._read_chunk(normalized_name, page, source, chunk)
+        return page
 
     async def _read_chunk(
         self,
         normalized_name: NormalizedName,
         page: ProjectPage,
-        source: IndexSource | FolderSource,
         chunk: list[Release],
     ) -> None:
         """Read the pending files of some releases and commit what was read."""
         listed = {f.filename: f for f in page.files}
         wanted = tuple(listed[f.filename] for r in chunk for f in r.files if f.filename in listed)
         documents: dict[str, bytes] = {}  # committed with this job, never with another's
-        read = await read_page_files(source, ProjectPage(page.name, wanted), {}, documents)
+        chunk_page = ProjectPage(page.name, wanted)
+        read = await read_page_files(self._open_source(), chunk_page, {}, documents)
         filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
         stated = next((name for _, name, _ in reversed(read) if name), None)
         await self._writer.write(
@@ -352,3 +369,15 @@ class PullThrough:
             f"{normalized_name} (metadata of {len(filled)} files)",
             documents,
         )
+
+
+def _batches(releases: list[Release], files: int) -> Iterator[list[Release]]:
+    """Yield runs of consecutive releases holding about ``files`` files each."""
+    batch: list[Release] = []
+    for release in releases:
+        batch.append(release)
+        if sum(len(r.files) for r in batch) >= files:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidData, MetasrvError
+from metasrv.errors import InvalidData, MetasrvError, UnknownProject
 from metasrv.index.buildrun import start_in_background
 from metasrv.index.projectmerge import Merge
 from metasrv.model import MetadataStatus, Project
 from metasrv.names import project_path
-from metasrv.repo.catalog import DATA_ROOT
-from metasrv.repo.projectfile import read_project, write_project
+from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import CommitId, Storage
 
 Documents = dict[str, bytes]  # path -> a PEP 658 document read, committed with its change
@@ -45,13 +46,16 @@ class PullWriter:
         branch: str | None,
         *,
         build_in_background: bool,
+        written: Callable[[bytes, Project], None] | None = None,
     ) -> None:
         self.source_url = source_url
         self._branch = branch
         self._build_in_background = build_in_background
         self._writer = Storage(repo_path)  # written in commit threads, one at a time
+        self._catalog = Catalog(self._writer)
         self._queue: list[_Job] = []
         self._committing: asyncio.Task[None] | None = None
+        self._written = written or (lambda content, project: None)
 
     def follow_head(self) -> CommitId | None:
         """Merge HEAD's branch into the data branch when it has new commits; they win conflicts.
@@ -120,6 +124,13 @@ class PullWriter:
                         job.future.set_result(commit_id)
             del self._queue[: len(batch.jobs)]
 
+    def _current(self, parent: CommitId | None, normalized_name: NormalizedName) -> Project | None:
+        """Return the project as ``parent`` holds it, or None."""
+        try:
+            return None if parent is None else self._catalog.get_project(parent, normalized_name)
+        except UnknownProject:
+            return None
+
     def _commit(self, batch: _Batch) -> CommitId | None:
         head_branch = self._writer.head_branch()
         branch = self._branch or head_branch
@@ -137,10 +148,8 @@ class PullWriter:
             for job in batch.jobs:
                 grouped.setdefault(job.normalized_name, []).append(job)
             for normalized_name, jobs in grouped.items():
-                path = f"{DATA_ROOT}/{project_path(normalized_name)}"
                 try:
-                    content = self._writer.read(parent, path) if parent is not None else None
-                    current = read_project(content, path) if content is not None else None
+                    current = self._current(parent, normalized_name)
                 except InvalidData as exc:
                     batch.failures[normalized_name] = exc
                     continue
@@ -148,7 +157,11 @@ class PullWriter:
                 for job in jobs:
                     project = job.merge(project)
                 if project is not None and project != current:
-                    changes[path] = write_project(project)
+                    content = write_project(project)
+                    changes[f"{DATA_ROOT}/{project_path(normalized_name)}"] = content
+                    # The next commit, and the server's reader, need not parse what was written.
+                    self._catalog.remember(content, project)
+                    self._written(content, project)
                     labels += [job.label for job in jobs]
                     if _has_dynamic_sdists(project):
                         dynamic.add(normalized_name)

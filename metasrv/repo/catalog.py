@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 from packaging.utils import NormalizedName
 from packaging.version import Version
@@ -43,7 +44,7 @@ class Catalog:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._listing: _Listing | None = None
-        self._parse_project = lru_cache(maxsize=PARSED_PROJECT_CACHE_SIZE)(self._parse_blob)
+        self._parsed: OrderedDict[BlobId, Project] = OrderedDict()  # least recently used first
 
     def config(self, commit_id: CommitId) -> MetaConfig:
         """Return the meta repository's ``metasrv.toml`` at a commit (empty when it has none)."""
@@ -72,7 +73,28 @@ class Catalog:
 
     def parse_project(self, blob_id: BlobId, normalized_name: NormalizedName) -> Project:
         """Return the project a blob holds, parsed once per blob id."""
-        return self._parse_project(blob_id, normalized_name)
+        project = self._parsed.get(blob_id)
+        if project is None:
+            where = f"{DATA_ROOT}/{project_path(normalized_name)}"
+            project = read_project(self.storage.read_blob(blob_id), where)
+        self._remember(blob_id, project)
+        return project
+
+    def remember(self, content: bytes, project: Project) -> None:
+        """Keep ``project`` as the parse of the project file ``content``, which its writer made.
+
+        Parsing a large project file (numpy's, ~1 MB) costs far more than the commit that wrote
+        it: a pull-through hands the project it wrote to the reader that will serve it.
+        """
+        # The id git gives a blob: the sha1 of its header and bytes.
+        blob_id = hashlib.sha1(b"blob %d\0%b" % (len(content), content), usedforsecurity=False)
+        self._remember(BlobId(blob_id.hexdigest()), project)
+
+    def _remember(self, blob_id: BlobId, project: Project) -> None:
+        self._parsed[blob_id] = project
+        self._parsed.move_to_end(blob_id)
+        while len(self._parsed) > PARSED_PROJECT_CACHE_SIZE:
+            self._parsed.popitem(last=False)
 
     def read_release(
         self, blob_id: BlobId, normalized_name: NormalizedName, version: Version
@@ -80,10 +102,6 @@ class Catalog:
         """Return a project's registered name and its release PEP 440 equal to ``version``."""
         where = f"{DATA_ROOT}/{project_path(normalized_name)}"
         return read_release(self.storage.read_blob(blob_id), where, version)
-
-    def _parse_blob(self, blob_id: BlobId, normalized_name: NormalizedName) -> Project:
-        where = f"{DATA_ROOT}/{project_path(normalized_name)}"
-        return read_project(self.storage.read_blob(blob_id), where)
 
     def _read_name(self, blob_id: BlobId) -> str:
         return registered_name(self.storage.read_blob(blob_id), where=f"blob {blob_id}")
