@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pygit2
 
+from metasrv.config import MetaConfig
 from metasrv.model import CoreMetadata, DistFile, Project, Release, SourceState
+from metasrv.repo import tomlcodec
+from metasrv.repo.catalog import CONFIG_PATH
 from metasrv.repo.storage import Storage
 from tests.builders import project_files
 
@@ -84,7 +87,7 @@ def build_repository(path: Path, count: int, seed: int = 0, serial: int | None =
     With ``serial`` every project records it as its source-serial, as a synced mirror does.
     """
     if (path / ".complete").exists():
-        return Storage(path)
+        return configured(Storage(path))
     # Bare: a working tree of every project would be written and re-indexed on every batch.
     pygit2.init_repository(str(path), bare=True, initial_head="main")
     storage = Storage(path)
@@ -93,9 +96,18 @@ def build_repository(path: Path, count: int, seed: int = 0, serial: int | None =
     for batch in _batches(names):
         projects = [synthetic_project(name, names, rng, serial) for name in batch]
         storage.commit("main", project_files(*projects), f"add {len(batch)} projects")
+    configured(storage)
     # A served repository is normally packed; loose objects would cost a file open per read.
     subprocess.run(["git", "repack", "-a", "-d", "-q"], cwd=path, check=True)
     (path / ".complete").write_text("")
+    return storage
+
+
+def configured(storage: Storage) -> Storage:
+    """Give the repository a metasrv.toml if it has none: serve refuses one without it."""
+    if storage.read(storage.resolve(None), CONFIG_PATH) is None:
+        config = tomlcodec.dumps(MetaConfig().to_toml())
+        storage.commit("main", {CONFIG_PATH: config}, "metasrv.toml")
     return storage
 
 
