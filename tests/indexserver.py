@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import zstandard
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 
 from metasrv.index.archives import is_wheel
@@ -35,7 +36,8 @@ class IndexBehaviour:
     # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
     # "hold" (answer normally once released),
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
-    # "gzip-bomb" (a few kB that inflate past the page cap), "huge-total" (a 5,000-digit
+    # "gzip-bomb" (a few kB that inflate past the page cap), "zstd-bomb" (the same, unasked, in
+    # zstd), "huge-total" (a 5,000-digit
     # Content-Range total on a range answer)
     faults: dict[str, list[str]] = field(default_factory=dict)
     # project -> edits of its PEP 691 page document before it is served (wrong types, ...)
@@ -110,6 +112,11 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "oversize":
                 self._stream_zeros(MAX_PAGE_BYTES + 1)
+                return
+            if fault == "zstd-bomb":
+                # Unasked for: a client that decodes whatever it is sent inflates it to 128 MiB.
+                bomb = zstandard.ZstdCompressor().compress(b" " * (2 * MAX_PAGE_BYTES))
+                self._send(200, bomb, MIME_JSON, {"content-encoding": "zstd"}, compress=False)
                 return
             if fault == "gzip-bomb":
                 bomb = _gzip_bomb()

@@ -1,16 +1,17 @@
-"""gzip on the wire: simple pages and JSON compressed once per ETag, validators still matching."""
+"""zstd or gzip on the wire: pages and JSON compressed once per ETag, validators still matching."""
 
 from __future__ import annotations
 
 import pytest
 
-from metasrv.http.compression import accepts_gzip
+from metasrv.http.compression import accepts_gzip, chosen_coding
 from metasrv.repo.catalog import CONFIG_PATH
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
 from tests.conftest import AsgiClient
 
-GZIP = {"Accept-Encoding": "gzip, deflate, zstd"}  # what uv sends
+UV = {"Accept-Encoding": "gzip, deflate, zstd"}  # what uv sends
+GZIP = {"Accept-Encoding": "gzip, deflate"}  # what pip sends
 IDENTITY = {"Accept-Encoding": "identity"}
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -37,6 +38,24 @@ def test_accept_encoding_is_read_with_its_weights(header: str | None, accepted: 
     assert accepts_gzip(header) is accepted
 
 
+@pytest.mark.parametrize(
+    ("header", "coding"),
+    [
+        ("gzip, deflate, zstd", "zstd"),
+        ("ZSTD;q=0.1, gzip", "zstd"),
+        ("gzip, zstd;q=0", "gzip"),
+        ("*", "gzip"),  # every client decodes gzip; zstd only to those that name it
+        ("zstd;q=bogus", None),
+        ("br", None),
+        (None, None),
+    ],
+)
+def test_zstd_goes_to_clients_that_name_it_and_gzip_to_the_rest(
+    header: str | None, coding: str | None
+) -> None:
+    assert chosen_coding(header) == coding
+
+
 @pytest.fixture
 def many(storage: Storage) -> Storage:
     """Return the repository with enough projects and versions that pages are worth gzipping."""
@@ -55,27 +74,31 @@ def many(storage: Storage) -> Storage:
         "/v1/projects/big",
     ],
 )
-def test_a_client_that_accepts_gzip_gets_the_same_body_gzipped(
-    many: Storage, client: AsgiClient, url: str
+@pytest.mark.parametrize(("accept", "coding"), [(GZIP, "gzip"), (UV, "zstd")])
+def test_a_client_that_accepts_compression_gets_the_same_body_compressed(
+    many: Storage, client: AsgiClient, url: str, accept: dict[str, str], coding: str
 ) -> None:
     plain = client.get(url, headers=IDENTITY)
-    packed = client.get(url, headers=GZIP)
+    packed = client.get(url, headers=accept)
     assert "content-encoding" not in plain.headers
-    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.headers["content-encoding"] == coding
     assert packed.content == plain.content  # httpx decoded it
     assert int(packed.headers["content-length"]) < len(plain.content)
     assert "Accept-Encoding" in packed.headers["vary"]
     assert "Accept-Encoding" in plain.headers["vary"]
-    assert packed.headers["etag"] == plain.headers["etag"][:-1] + '-gzip"'
+    assert packed.headers["etag"] == plain.headers["etag"][:-1] + f'-{coding}"'
 
 
-def test_the_gzip_etag_gets_a_304_and_a_stale_one_a_200(many: Storage, client: AsgiClient) -> None:
-    etag = client.get("/simple/", headers=GZIP).headers["etag"]
-    again = client.get("/simple/", headers={**GZIP, "If-None-Match": etag})
+@pytest.mark.parametrize("accept", [GZIP, UV])
+def test_a_compressed_etag_gets_a_304_and_a_stale_one_a_200(
+    many: Storage, client: AsgiClient, accept: dict[str, str]
+) -> None:
+    etag = client.get("/simple/", headers=accept).headers["etag"]
+    again = client.get("/simple/", headers={**accept, "If-None-Match": etag})
     assert again.status_code == 304
     assert again.headers["etag"] == etag
     commit_projects(many, make_project("another", ["1.0"]))
-    fresh = client.get("/simple/", headers={**GZIP, "If-None-Match": etag})
+    fresh = client.get("/simple/", headers={**accept, "If-None-Match": etag})
     assert fresh.status_code == 200
     assert b"another" in fresh.content
 

@@ -99,6 +99,7 @@ FAULTS = [
     Fault("truncated", faults=("truncate",) * 4, project_error="after 2 attempts"),
     Fault("over-64MB", faults=("oversize",), project_error="larger than 67108864 bytes"),
     Fault("gzip-inflating-past-64MB", faults=("gzip-bomb",), project_error="larger than 67108864"),
+    Fault("zstd-unasked", faults=("zstd-bomb",), project_error="content-encoding 'zstd'"),
     Fault("redirect-loop", faults=("redirect-loop",) * 25, project_error="TooManyRedirects"),
     Fault("redirect-to-ftp", faults=("redirect-ftp",), project_error="UnsupportedProtocol"),
     Fault("bad-content-encoding", faults=("bad-encoding",), project_error="DecodingError"),

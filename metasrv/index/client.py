@@ -90,12 +90,17 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
     return int(first), min(size, int(last) + 1) if last else size
 
 
+DECODED = frozenset({"identity", "gzip", "x-gzip", "deflate"})
+
+
 def make_client(options: FetchOptions) -> httpx.AsyncClient:
     """Return the HTTP client a sync shares between its requests."""
     return httpx.AsyncClient(
         timeout=options.timeout_seconds,
         follow_redirects=True,
-        headers={"user-agent": USER_AGENT},
+        # What is decoded is counted against the caps chunk by chunk: gzip's inflation per chunk
+        # is bounded; codings asked for by default when a decoder is installed (zstd) are not.
+        headers={"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"},
         limits=httpx.Limits(max_connections=options.concurrency),
     )
 
@@ -198,6 +203,9 @@ class Fetcher:
             declared = response.headers.get("content-length", "")
             if method == "HEAD":
                 return Fetched(response.status_code, response.headers, b"", str(response.url))
+            coding = response.headers.get("content-encoding", "identity").strip().lower()
+            if coding not in DECODED:
+                raise InvalidArchive(f"{url}: content-encoding {coding[:40]!r} was not asked for")
             # 19 digits tell a length over any cap; int() would refuse 4,301 of them.
             if declared.isascii() and declared.isdigit() and int(declared[:19]) > max_bytes:
                 raise InvalidArchive(f"{url}: larger than {max_bytes} bytes ({declared[:20]})")
