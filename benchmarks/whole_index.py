@@ -188,13 +188,13 @@ def start_server(repo_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes],
 
 
 def measure_root(repo_path: Path, storage: Storage) -> None:
-    """Time /simple/ cold (first after a commit) and warm, raw and gzip, HTML and JSON."""
+    """Time /simple/ cold (first after a commit) and warm, raw, gzip and zstd, HTML and JSON."""
     process, url = start_server(repo_path)
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
             for accept in ("text/html", MIME_SIMPLE_JSON):
                 touch_data(storage)
-                for encoding in ("identity", "gzip"):
+                for encoding in ("identity", "gzip", "zstd"):
                     headers = {"accept": accept, "accept-encoding": encoding}
                     cold = _timed(client, headers)
                     warm = statistics.median(_timed(client, headers) for _ in range(WARM_REPEATS))
