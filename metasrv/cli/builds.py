@@ -23,7 +23,19 @@ MEGABYTE = 1024 * 1024
 def add_parsers(commands: Any) -> None:
     """Add the ``build-metadata`` subcommand."""
     build = commands.add_parser(
-        "build-metadata", help="build dynamic sdists' metadata in a sandbox and commit it"
+        "build-metadata",
+        help="build dynamic sdists' metadata in a sandbox and commit it",
+        description="Compute the core metadata of sdists recorded as metadata-status "
+        '"dynamic" (a PKG-INFO older than 2.2) by running their build backend in a bubblewrap '
+        "sandbox without network, its build requirements installed as wheels only from "
+        "--index-url (default: metasrv.toml's [builds] index-url, else its source) into "
+        "environments kept where [builds] environments says (default: "
+        "~/.cache/metasrv/build-envs). Each result is committed on the "
+        "file, one commit per project, on pull-through's branch if it has one: "
+        '"built", with the metadata and its METADATA document (stored under core-metadata/ '
+        'and served as the .metadata), or "build-failed" with the reason. Limits come from '
+        "metasrv.toml's [builds] (defaults: 120 s wall and CPU time, 4096 MB, 64 processes, "
+        "256 MB of output). Exit status 1 when some build failed, 2 for usage errors.",
     )
     build.add_argument("projects", nargs="*", metavar="PROJECT", help="default: every project")
     build.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")

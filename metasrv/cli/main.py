@@ -107,12 +107,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_ArgumentParser)
 
-    init = commands.add_parser("init", help="create a new meta repository")
-    init.add_argument("path", type=Path)
+    init = commands.add_parser(
+        "init",
+        help="create a new meta repository",
+        description="Create a meta repository in PATH, a new or empty folder: a git repository "
+        "whose one commit holds metasrv.toml (naming --source as the index that sync and "
+        "pull-through read; without it, sync needs --source) and a README in data/, "
+        "understandings/ and markers/. Nothing is fetched.",
+    )
+    init.add_argument("path", type=Path, help="a new or empty folder")
     init.add_argument("--source", help="URL of the source repository (a PEP 503 / 691 index)")
     init.set_defaults(handler=_init)
 
-    serve = commands.add_parser("serve", help="serve a meta repository over HTTP")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a meta repository over HTTP",
+        description="Serve the meta repository's data on http://127.0.0.1:8000 by default: the "
+        "simple API for installers (/simple/, /u/UNDERSTANDINGS/simple/) and the JSON API "
+        "(/v1/). Reads follow HEAD's branch, or metasrv.toml's [pull-through] branch once it "
+        "exists. Unless --offline, a project the data lacks is fetched from metasrv.toml's "
+        "source on its first request and committed to that branch; nothing else is committed. "
+        "Understandings are mirrored under .git/metasrv-mirrors (or --mirrors), rewritten "
+        "wheels kept under .git/metasrv-wheels. Refuses a repository without metasrv.toml.",
+    )
     serve.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
@@ -149,7 +166,18 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    sync = commands.add_parser("sync", help="mirror the source repository into data/ and commit")
+    sync = commands.add_parser(
+        "sync",
+        help="mirror the source repository into data/ and commit",
+        description="Read the named projects' pages from the source (--source, default "
+        "metasrv.toml's) and each new file's core metadata (its PEP 658 file, else the wheel by "
+        "range requests, else the sdist's PKG-INFO), write data/ (and core-metadata/ for "
+        "documents the source does not serve) and commit on the checked-out branch every "
+        "--checkpoint projects. Pages are asked for conditionally: nothing new, no commit. "
+        "--all syncs every project the source lists and removes those it no longer lists. "
+        "Exit status 0 when everything landed, 1 when files or projects were recorded as "
+        "errors, 2 for usage or source errors.",
+    )
     sync.add_argument("projects", nargs="*", metavar="PROJECT", help="projects to sync")
     sync.add_argument("--all", action="store_true", help="every project the source lists")
     sync.add_argument(

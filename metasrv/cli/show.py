@@ -17,9 +17,19 @@ from metasrv.understandings.registry import Understandings
 
 def add_parsers(commands: Any) -> None:
     """Add the ``show`` subcommand."""
-    show = commands.add_parser("show", help="print a project or a release")
-    show.add_argument("project")
-    show.add_argument("version", nargs="?")
+    show = commands.add_parser(
+        "show",
+        help="print a project or a release",
+        description="Print a project's versions (files, requires-python, yanks) or one "
+        "release's requirements and files, as the JSON API answers them, read from HEAD's "
+        "branch (or metasrv.toml's [pull-through] branch once it exists) unless --at names "
+        "another commit. --understanding applies understandings and says what each patched; "
+        "--cooldown hides files younger than that; --json prints the API's JSON. A project not "
+        "in git is first pulled from the source and committed to that branch, unless --offline; "
+        "nothing else is written.",
+    )
+    show.add_argument("project", help="a project name, any spelling")
+    show.add_argument("version", nargs="?", help="a release (default: the whole project)")
     show.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     show.add_argument("--at", help="commit sha, branch or tag (default: HEAD's branch)")
     show.add_argument("--json", action="store_true", help="print the read API's JSON")
