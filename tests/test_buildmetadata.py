@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import sys
 import time
@@ -19,12 +20,13 @@ from metasrv.index.buildenvs import built_on
 from metasrv.index.buildrun import LOCK_NAME
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import DistFile, MetadataStatus
+from metasrv.names import core_metadata_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
 from tests.conftest import AsgiClient, running_server
-from tests.distributions import build_wheel
+from tests.distributions import build_wheel, metadata_text
 from tests.indexserver import LocalIndex, serve_index
 from tests.test_installers import run, uv
 
@@ -128,6 +130,34 @@ def test_the_apis_serve_built_metadata_with_its_origin_and_advertise_it(mirror: 
     assert client.get("/v1/projects/py2lib/1.0").json()["files"][0]["metadata-reason"] == (
         "python 2 only"
     )
+
+
+def test_a_built_sdist_s_metadata_file_is_the_document_its_build_wrote_byte_for_byte(
+    mirror: Mirror,
+) -> None:
+    # The build writes a description body and a field metasrv does not model: a .metadata
+    # rendered from the recorded fields would lack both.
+    body = "Summary: only the build says this\n\nA description the build wrote.\n"
+    code = "METADATA = METADATA.rstrip() + " + repr("\n" + body)
+    build_dynamic_sdist(mirror.index.folder, "desclib", "1.0", requires_dist=("dep",), code=code)
+    expected = metadata_text("desclib", "1.0", requires_dist=("dep",)).rstrip() + "\n" + body
+    digest = hashlib.sha256(expected.encode()).hexdigest()
+    assert main(["sync", "--repo", str(mirror.repo), "desclib"]) == 0
+    assert main(["build-metadata", "--repo", str(mirror.repo), "desclib"]) == 0
+    built = _file(mirror.storage, "desclib")
+    assert built.metadata_status is MetadataStatus.BUILT
+    assert (built.core_metadata_sha256, built.core_metadata_stored) == (digest, True)
+    head = mirror.storage.resolve(None)
+    # Stored content-addressed in the same commit as the file that names it.
+    assert mirror.storage.read(head, core_metadata_path(digest)) == expected.encode()
+    client = AsgiClient(create_app(mirror.repo))
+    page = client.get("/simple/desclib/", headers={"accept": MIME_SIMPLE_JSON}).json()
+    (listed,) = page["files"]
+    assert listed["core-metadata"] == {"sha256": digest}
+    served = client.get(listed["url"] + ".metadata")
+    assert served.status_code == 200
+    assert served.content == expected.encode()
+    assert hashlib.sha256(served.content).hexdigest() == digest
 
 
 def test_pip_resolves_a_built_sdist_without_downloading_it_but_uv_builds_it_still(

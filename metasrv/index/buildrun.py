@@ -23,7 +23,7 @@ from metasrv.index.buildenvs import BuildEnvironments, built_on
 from metasrv.index.builds import Builder, BuildResult
 from metasrv.index.sandbox import Limits, find_bubblewrap
 from metasrv.model import DistFile, MetadataStatus, Project, Release
-from metasrv.names import normalize_name, project_path
+from metasrv.names import core_metadata_path, normalize_name, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import CommitId, Storage
@@ -116,16 +116,29 @@ class _Run:
             return
         for name in targets or sorted(self.catalog.list_projects(head)):
             project = self.catalog.get_project(head, name)
+            documents: dict[str, bytes] = {}
             updates = _build_project(
-                self.builder, project, self.options, self.summary, self.progress
+                self.builder,
+                project,
+                self.options,
+                self.summary,
+                self.progress,
+                documents=documents,
             )
             if updates:
-                head = self.commit(project.normalized_name, updates) or head
+                head = self.commit(project.normalized_name, updates, documents) or head
 
     def commit(
-        self, normalized_name: NormalizedName, updates: dict[str, DistFile]
+        self,
+        normalized_name: NormalizedName,
+        updates: dict[str, DistFile],
+        documents: dict[str, bytes],
     ) -> CommitId | None:
-        """Record builds on the project as it is now: another writer may have moved the branch."""
+        """Record builds on the project as it is now: another writer may have moved the branch.
+
+        ``documents`` are the built METADATA documents by sha256; those of recorded files are
+        stored content-addressed beside the project, in the same commit.
+        """
         for _attempt in range(COMMIT_ATTEMPTS):
             parent = self.storage.branch_commit(self.branch)
             if parent is None:
@@ -138,10 +151,16 @@ class _Run:
             if updated is None:
                 return parent
             path = f"{DATA_ROOT}/{project_path(normalized_name)}"
+            changes: dict[str, bytes | None] = {path: write_project(updated)}
+            for release in updated.releases:
+                for dist_file in release.files:
+                    digest = dist_file.core_metadata_sha256
+                    if dist_file.filename in updates and digest in documents:
+                        changes[core_metadata_path(digest)] = documents[digest]
             message = f"build-metadata {project.name}: {len(updates)} sdists"
             try:
                 commit_id = self.storage.commit(
-                    self.branch, {path: write_project(updated)}, message, expected_parent=parent
+                    self.branch, changes, message, expected_parent=parent
                 )
             except Conflict:
                 continue
@@ -195,8 +214,14 @@ def _build_project(
     options: BuildOptions,
     summary: BuildSummary,
     progress: Progress | None,
+    *,
+    documents: dict[str, bytes],
 ) -> dict[str, DistFile]:
-    """Build a project's dynamic sdists; return each built file as it is to be recorded."""
+    """Build a project's dynamic sdists; return each built file as it is to be recorded.
+
+    The METADATA each build wrote is added to ``documents`` by its sha256: PEP 658 wants the
+    .metadata served to be that document, not one rendered from the fields read out of it.
+    """
     updates: dict[str, DistFile] = {}
     for release in project.releases:
         for dist_file in release.files:
@@ -214,14 +239,18 @@ def _build_project(
                 result = builder.build(sdist)
             result = _check_name(result, project.normalized_name)
             summary.seconds.append(result.seconds)
-            if result.metadata is not None:
+            if result.metadata is not None and result.document is not None:
                 summary.built += 1
+                digest = hashlib.sha256(result.document).hexdigest()
+                documents[digest] = result.document
                 updates[dist_file.filename] = replace(
                     dist_file,
                     metadata=result.metadata,
                     metadata_status=MetadataStatus.BUILT,
                     metadata_reason=None,
                     metadata_built_on=built_on(),
+                    core_metadata_sha256=digest,
+                    core_metadata_stored=True,
                 )
             else:
                 summary.failed += 1
@@ -232,6 +261,8 @@ def _build_project(
                     metadata_status=MetadataStatus.BUILD_FAILED,
                     metadata_reason=result.reason,
                     metadata_built_on=None,
+                    core_metadata_sha256=None,
+                    core_metadata_stored=False,
                 )
             if progress is not None:
                 progress(dist_file.filename, result)
@@ -296,6 +327,8 @@ def _apply(project: Project, updates: dict[str, DistFile]) -> Project | None:
                         metadata_status=update.metadata_status,
                         metadata_reason=update.metadata_reason,
                         metadata_built_on=update.metadata_built_on,
+                        core_metadata_sha256=update.core_metadata_sha256,
+                        core_metadata_stored=update.core_metadata_stored,
                     )
                 )
                 changed = True

@@ -59,6 +59,7 @@ class BuildResult:
     name: str | None
     reason: str | None
     seconds: float
+    document: bytes | None = None  # the METADATA the build wrote, byte for byte (PEP 658)
 
 
 @dataclass(slots=True)
@@ -81,7 +82,8 @@ class Builder:
         finally:
             # Everything the build wrote is below workdir, even if it ran as another user.
             shutil.rmtree(workdir, ignore_errors=True)
-        return BuildResult(read.metadata, read.name, None, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return BuildResult(read.metadata, read.name, None, seconds, document=read.document)
 
     def _build_in(self, workdir: Path, sdist: Path) -> archives.ReadMetadata:
         source = unpack_sdist(sdist, workdir / SANDBOXED / "source")
