@@ -200,6 +200,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds for each whole request (default 30)"
     )
     sync.add_argument("--checkpoint", type=int, default=200, help="commit every N projects")
+    sync.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="ask for each named project's page whole, not with its stored ETag, so that a page "
+        "that did not change is read again (files whose hashes did not change are not)",
+    )
     sync.set_defaults(handler=_sync)
 
     show.add_parsers(commands)
@@ -291,8 +297,8 @@ def _sync(args: argparse.Namespace) -> int:
         raise InvalidInput("name the projects to sync, or pass --all for the whole index")
     if args.follow and not args.all:
         raise InvalidInput("--follow follows the whole index: pass --all")
-    if args.with_dependencies and args.all:
-        raise InvalidInput("--with-dependencies follows named projects: drop --all")
+    if (args.with_dependencies or args.unconditional) and args.all:
+        raise InvalidInput("--with-dependencies and --unconditional take named projects, not --all")
     if args.interval <= 0:
         raise InvalidInput("--interval must be positive")
     storage = open_repository(args.repo)
@@ -302,6 +308,7 @@ def _sync(args: argparse.Namespace) -> int:
             concurrency=args.concurrency, retries=args.retries, timeout_seconds=args.timeout
         ),
         checkpoint=args.checkpoint,
+        conditional=not args.unconditional,
     )
     if args.follow:
         return _follow(storage, source, options, args.interval)

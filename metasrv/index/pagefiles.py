@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import replace
 
 from packaging.version import Version
@@ -19,6 +21,7 @@ from metasrv.names import core_metadata_path
 WHEELS_GIVE_METADATA = "the release's wheels give its metadata"
 # Metadata in these states is read again by the next sync; other states belong to the bytes.
 READ_AGAIN = frozenset({MetadataStatus.FETCH_FAILED, MetadataStatus.PENDING})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 async def read_page_files(
@@ -107,7 +110,7 @@ async def _read_file(
             core_metadata_sha256=previous.core_metadata_sha256,
             core_metadata_stored=previous.core_metadata_stored,
         )
-        return reused, None, False
+        return _with_source_document(reused, source_file), None, False
     if skip:
         skipped = replace(
             dist_file,
@@ -147,6 +150,25 @@ async def _read_file(
         if not read.from_source:
             documents[core_metadata_path(digest)] = read.document
     return read_file, read.name, False
+
+
+def _with_source_document(dist_file: DistFile, source_file: SourceFile) -> DistFile:
+    """Return a known file with the hash of the PEP 658 file its http(s) source lists for it.
+
+    Data synced before metasrv kept documents has none; the page's hash is the document's
+    (PEP 658), and clients are sent to the source's own file, so nothing needs reading.
+    """
+    listed = source_file.core_metadata
+    digest = listed.get("sha256", "").lower() if isinstance(listed, Mapping) else ""
+    if (
+        dist_file.core_metadata_sha256 is not None
+        or dist_file.metadata_status is not None
+        or dist_file.metadata is None
+        or not _SHA256.fullmatch(digest)
+        or not dist_file.url.startswith(("http://", "https://"))
+    ):
+        return dist_file
+    return replace(dist_file, core_metadata_sha256=digest, core_metadata_stored=False)
 
 
 async def _size(source: IndexSource | FolderSource, source_file: SourceFile) -> int | None:

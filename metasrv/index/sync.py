@@ -35,6 +35,9 @@ class SyncOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     checkpoint: int = 200
     branch: str | None = None
+    # False: ask for every page whole, so that what a 304 would keep (a PEP 658 hash an older
+    # metasrv did not record) is read from it again; unchanged files are still not read.
+    conditional: bool = True
 
 
 @dataclass(slots=True)
@@ -129,7 +132,7 @@ async def run_plan(
 ) -> bool:
     """Sync a plan a checkpoint at a time, removals in the last; False when ``stop`` ended it."""
     branch = options.branch or storage.head_branch()
-    run = _Run(source, Catalog(storage), summary, plan.named)
+    run = _Run(source, Catalog(storage), summary, plan.named, options.conditional)
     # A writer killed between moving the branch and updating the checkout is finished first.
     storage.recover()
     parent = base_commit(storage, branch)
@@ -223,6 +226,7 @@ class _Run:
     catalog: Catalog
     summary: SyncSummary
     named: bool
+    conditional: bool
     # Metadata documents read this checkpoint, by path, committed with the projects (PEP 658).
     documents: dict[str, bytes] = field(default_factory=dict)
 
@@ -258,7 +262,7 @@ async def _sync_project(
 ) -> Project | None:
     source, summary = run.source, run.summary
     existing, state = _existing(run.catalog, parent, normalized_name)
-    page = await source.project_page(normalized_name, state)
+    page = await source.project_page(normalized_name, state if run.conditional else SourceState())
     if page is None:
         return _with_serial(existing, listed_serial)
     if page.state.serial is None and listed_serial is not None:

@@ -1,0 +1,99 @@
+"""sync --unconditional: a page read again whole gives data synced earlier its PEP 658 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from metasrv.cli.main import main
+from metasrv.http.app import create_app
+from metasrv.index.pages import MIME_SIMPLE_JSON
+from metasrv.model import Project, Release
+from metasrv.names import project_path
+from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.projectfile import write_project
+from metasrv.repo.storage import Storage
+from tests.conftest import AsgiClient
+from tests.distributions import build_sdist, build_wheel
+from tests.indexserver import LocalIndex, serve_index
+
+
+def _wheel_metadata(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(next(n for n in archive.namelist() if n.endswith("METADATA")))
+
+
+def _project(storage: Storage) -> Project:
+    return Catalog(storage).get_project(storage.resolve(None), "alpha")
+
+
+def _forget_hashes(storage: Storage) -> None:
+    """Rewrite the project as a metasrv that kept no metadata hashes synced it."""
+    project = _project(storage)
+    releases = [
+        Release.from_files(
+            release.version_text,
+            tuple(replace(f, core_metadata_sha256=None) for f in release.files),
+        )
+        for release in project.releases
+    ]
+    old = Project.create(project.name, releases, project.source_state)
+    path = f"{DATA_ROOT}/{project_path(old.normalized_name)}"
+    storage.commit(storage.head_branch(), {path: write_project(old)}, "as an older sync left it")
+
+
+def _file_requests(index: LocalIndex) -> list[str]:
+    return [path for path, _ in index.requests if path.startswith("/files/")]
+
+
+def test_a_page_read_again_whole_records_the_hashes_of_its_pep_658_files_without_reading_them(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "index"
+    folder.mkdir()
+    wheels = [build_wheel(folder, "alpha", version, requires_dist=["beta"]) for version in "12"]
+    build_sdist(folder, "alpha", "2", requires_dist=["beta"])
+    repo = tmp_path / "meta"
+    assert main(["init", str(repo)]) == 0
+    storage = Storage(repo)
+    with serve_index(folder) as index:
+        sync = ["sync", "--repo", str(repo), "--source", index.simple_url, "alpha"]
+        assert main(sync) == 0
+        _forget_hashes(storage)
+        forgotten = storage.resolve(None)
+        index.requests.clear()
+        # A conditional request: the page did not change (304), so nothing is learnt.
+        assert main(sync) == 0
+        assert storage.resolve(None) == forgotten
+        assert main([*sync, "--unconditional"]) == 0
+        assert _file_requests(index) == []
+    assert storage.resolve(None) != forgotten
+    expected = {w.name: hashlib.sha256(_wheel_metadata(w)).hexdigest() for w in wheels}
+    files = {f.filename: f for r in _project(storage).releases for f in r.files}
+    for filename, digest in expected.items():
+        assert files[filename].core_metadata_sha256 == digest
+        assert files[filename].core_metadata_stored is False  # the source serves it
+    # The sdist beside wheels was never read: no document, so no hash to claim.
+    assert files["alpha-2.tar.gz"].core_metadata_sha256 is None
+    client = AsgiClient(create_app(repo))
+    page = client.get("/simple/alpha/", headers={"accept": MIME_SIMPLE_JSON}).json()
+    listed = {f["filename"]: f.get("core-metadata") for f in page["files"]}
+    assert listed == {**{n: {"sha256": d} for n, d in expected.items()}, "alpha-2.tar.gz": None}
+    wheel_url = next(f["url"] for f in page["files"] if f["filename"] == wheels[0].name)
+    redirect = client.get(wheel_url + ".metadata")
+    assert redirect.status_code in (301, 302, 303, 307, 308)
+    assert redirect.headers["location"] == f"{index.url}/files/{wheels[0].name}.metadata"
+
+
+def test_unconditional_takes_named_projects_not_the_whole_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", str(tmp_path / "meta"), "--source", "https://index.test/simple/"]) == 0
+    assert main(["sync", "--repo", str(tmp_path / "meta"), "--all", "--unconditional"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "--unconditional take named projects" in error
