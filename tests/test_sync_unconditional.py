@@ -1,4 +1,4 @@
-"""sync --unconditional: a page read again whole gives data synced earlier its PEP 658 hashes."""
+"""sync --unconditional and --probe-metadata: files get the hash of the PEP 658 file served."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import hashlib
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.index.pages import MIME_SIMPLE_JSON
-from metasrv.model import Project, Release
-from metasrv.names import project_path
+from metasrv.model import CoreMetadata, Project, Release
+from metasrv.names import core_metadata_path, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
 from tests.conftest import AsgiClient
 from tests.distributions import build_sdist, build_wheel
-from tests.indexserver import LocalIndex, serve_index
+from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
 
 def _wheel_metadata(path: Path) -> bytes:
@@ -31,13 +32,21 @@ def _project(storage: Storage) -> Project:
     return Catalog(storage).get_project(storage.resolve(None), "alpha")
 
 
-def _forget_hashes(storage: Storage) -> None:
+def _forget_hashes(storage: Storage, metadata: CoreMetadata | None = None) -> None:
     """Rewrite the project as a metasrv that kept no metadata hashes synced it."""
     project = _project(storage)
     releases = [
         Release.from_files(
             release.version_text,
-            tuple(replace(f, core_metadata_sha256=None) for f in release.files),
+            tuple(
+                replace(
+                    f,
+                    core_metadata_sha256=None,
+                    core_metadata_stored=False,
+                    metadata=f.metadata if metadata is None or f.metadata is None else metadata,
+                )
+                for f in release.files
+            ),
         )
         for release in project.releases
     ]
@@ -87,6 +96,74 @@ def test_a_page_read_again_whole_records_the_hashes_of_its_pep_658_files_without
     redirect = client.get(wheel_url + ".metadata")
     assert redirect.status_code in (301, 302, 303, 307, 308)
     assert redirect.headers["location"] == f"{index.url}/files/{wheels[0].name}.metadata"
+
+
+def _unlisted_pep658() -> IndexBehaviour:
+    """An index that serves each wheel's .metadata but, like a stripped mirror, lists none."""
+
+    def unlist(document: dict[str, Any]) -> None:
+        for entry in document["files"]:
+            entry.pop("core-metadata", None)
+
+    return IndexBehaviour(pages={"alpha": unlist})
+
+
+def _alpha_index(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path / "index"
+    folder.mkdir()
+    wheels = [build_wheel(folder, "alpha", version, requires_dist=["beta"]) for version in "12"]
+    return folder, {w.name: hashlib.sha256(_wheel_metadata(w)).hexdigest() for w in wheels}
+
+
+def _hashes(storage: Storage) -> dict[str, tuple[str | None, bool]]:
+    return {
+        f.filename: (f.core_metadata_sha256, f.core_metadata_stored)
+        for r in _project(storage).releases
+        for f in r.files
+    }
+
+
+def test_probing_reads_unlisted_metadata_files_and_stores_no_document(tmp_path: Path) -> None:
+    folder, expected = _alpha_index(tmp_path)
+    repo = tmp_path / "meta"
+    assert main(["init", str(repo)]) == 0
+    storage = Storage(repo)
+    with serve_index(folder, _unlisted_pep658()) as index:
+        sync = ["sync", "--repo", str(repo), "--source", index.simple_url, "alpha"]
+        assert main([*sync, "--probe-metadata"]) == 0
+        wheel_reads = [p for p in _file_requests(index) if p.endswith(".whl")]
+    assert _hashes(storage) == {name: (digest, False) for name, digest in expected.items()}
+    assert wheel_reads == []
+    head = storage.resolve(None)
+    for digest in expected.values():  # the source serves them: no copies
+        assert storage.read(head, core_metadata_path(digest)) is None
+    client = AsgiClient(create_app(repo))
+    page = client.get("/simple/alpha/", headers={"accept": MIME_SIMPLE_JSON}).json()
+    assert {f["filename"]: f["core-metadata"]["sha256"] for f in page["files"]} == expected
+
+
+@pytest.mark.parametrize("recorded_agrees", [True, False])
+def test_probing_gives_files_synced_earlier_the_hash_of_the_document_they_were_read_from(
+    tmp_path: Path, recorded_agrees: bool
+) -> None:
+    folder, expected = _alpha_index(tmp_path)
+    repo = tmp_path / "meta"
+    assert main(["init", str(repo)]) == 0
+    storage = Storage(repo)
+    with serve_index(folder, _unlisted_pep658()) as index:
+        sync = ["sync", "--repo", str(repo), "--source", index.simple_url, "alpha"]
+        assert main(sync) == 0
+        other = CoreMetadata("2.1", requires_dist=("gamma",))
+        _forget_hashes(storage, None if recorded_agrees else other)
+        index.requests.clear()
+        assert main([*sync, "--unconditional", "--probe-metadata"]) == 0
+        reads = _file_requests(index)
+    assert sorted(reads) == sorted(f"/files/{name}.metadata" for name in expected)
+    if recorded_agrees:
+        assert _hashes(storage) == {name: (digest, False) for name, digest in expected.items()}
+    else:
+        # A document that says otherwise than the record is not the one the record was read from.
+        assert _hashes(storage) == dict.fromkeys(expected, (None, False))
 
 
 def test_unconditional_takes_named_projects_not_the_whole_index(

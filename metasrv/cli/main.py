@@ -201,6 +201,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--checkpoint", type=int, default=200, help="commit every N projects")
     sync.add_argument(
+        "--probe-metadata",
+        action="store_true",
+        help="ask for each wheel's PEP 658 <url>.metadata even where the page lists none (a "
+        "mirror that serves them but leaves them out of its pages)",
+    )
+    sync.add_argument(
         "--unconditional",
         action="store_true",
         help="ask for each named project's page whole, not with its stored ETag, so that a page "
@@ -305,7 +311,10 @@ def _sync(args: argparse.Namespace) -> int:
     source = args.source or _configured_source(storage)
     options = SyncOptions(
         fetch=FetchOptions(
-            concurrency=args.concurrency, retries=args.retries, timeout_seconds=args.timeout
+            concurrency=args.concurrency,
+            retries=args.retries,
+            timeout_seconds=args.timeout,
+            probe_metadata_files=args.probe_metadata,
         ),
         checkpoint=args.checkpoint,
         conditional=not args.unconditional,

@@ -47,6 +47,9 @@ class FetchOptions:
     retries: int = 4
     backoff_seconds: float = 0.5
     timeout_seconds: float = 30.0
+    # Ask for a wheel's <url>.metadata (PEP 658) though its page lists none: a mirror may serve
+    # PyPI's metadata files but leave them out of its pages.
+    probe_metadata_files: bool = False
 
 
 def _read_file_url(url: str, headers: Mapping[str, str], max_bytes: int) -> Fetched:

@@ -55,6 +55,24 @@ def _same_version(stated: str, version: str) -> bool:
         return False
 
 
+def probes_metadata_file(source: IndexSource | FolderSource, source_file: SourceFile) -> bool:
+    """Return whether to ask for a wheel's PEP 658 file that its page does not list."""
+    return (
+        isinstance(source, IndexSource)
+        and source.fetcher.options.probe_metadata_files
+        and archives.is_wheel(source_file.filename)
+        and source_file.url.startswith(("http://", "https://"))
+    )
+
+
+async def read_metadata_file(source: IndexSource, source_file: SourceFile) -> bytes | None:
+    """Return the document the source serves as a file's ``.metadata``, or None without one."""
+    response = await source.fetcher.get(
+        source_file.url + ".metadata", max_bytes=archives.MAX_METADATA_BYTES
+    )
+    return response.content if response.status_code == 200 else None
+
+
 async def _read_metadata(
     source: IndexSource | FolderSource, source_file: SourceFile
 ) -> archives.ReadMetadata:
@@ -62,7 +80,7 @@ async def _read_metadata(
     if isinstance(source, FolderSource):
         return _from_whole_file(source_file, _read_local(source_file.url))
     fetcher = source.fetcher
-    if source_file.core_metadata:
+    if source_file.core_metadata or probes_metadata_file(source, source_file):
         response = await fetcher.get(
             source_file.url + ".metadata", max_bytes=archives.MAX_METADATA_BYTES
         )

@@ -13,7 +13,12 @@ from packaging.version import Version
 from metasrv.errors import MetasrvError, SourceError
 from metasrv.index import archives
 from metasrv.index.client import FolderSource, IndexSource
-from metasrv.index.filemetadata import file_size, read_metadata
+from metasrv.index.filemetadata import (
+    file_size,
+    probes_metadata_file,
+    read_metadata,
+    read_metadata_file,
+)
 from metasrv.index.pages import ProjectPage, SourceFile
 from metasrv.model import DistFile, MetadataStatus
 from metasrv.names import core_metadata_path
@@ -110,7 +115,8 @@ async def _read_file(
             core_metadata_sha256=previous.core_metadata_sha256,
             core_metadata_stored=previous.core_metadata_stored,
         )
-        return _with_source_document(reused, source_file), None, False
+        reused = _with_listed_hash(reused, source_file)
+        return await _with_probed_hash(source, reused, source_file), None, False
     if skip:
         skipped = replace(
             dist_file,
@@ -152,22 +158,49 @@ async def _read_file(
     return read_file, read.name, False
 
 
-def _with_source_document(dist_file: DistFile, source_file: SourceFile) -> DistFile:
-    """Return a known file with the hash of the PEP 658 file its http(s) source lists for it.
+def _lacks_hash(dist_file: DistFile) -> bool:
+    """Return whether a file of an http(s) source has known metadata but no document's hash."""
+    # Data synced before metasrv kept documents has none, so its files offer no .metadata.
+    return (
+        dist_file.core_metadata_sha256 is None
+        and dist_file.metadata_status is None
+        and dist_file.metadata is not None
+        and dist_file.url.startswith(("http://", "https://"))
+    )
 
-    Data synced before metasrv kept documents has none; the page's hash is the document's
-    (PEP 658), and clients are sent to the source's own file, so nothing needs reading.
+
+def _with_listed_hash(dist_file: DistFile, source_file: SourceFile) -> DistFile:
+    """Return a file lacking a hash with the one its page lists for the source's PEP 658 file.
+
+    The page's hash is the document's (PEP 658) and clients are sent to the source's own file,
+    so nothing needs reading.
     """
     listed = source_file.core_metadata
     digest = listed.get("sha256", "").lower() if isinstance(listed, Mapping) else ""
+    if not _lacks_hash(dist_file) or not _SHA256.fullmatch(digest):
+        return dist_file
+    return replace(dist_file, core_metadata_sha256=digest, core_metadata_stored=False)
+
+
+async def _with_probed_hash(
+    source: IndexSource | FolderSource, dist_file: DistFile, source_file: SourceFile
+) -> DistFile:
+    """Return a file lacking a hash with that of the PEP 658 file its source serves unlisted."""
     if (
-        dist_file.core_metadata_sha256 is not None
-        or dist_file.metadata_status is not None
-        or dist_file.metadata is None
-        or not _SHA256.fullmatch(digest)
-        or not dist_file.url.startswith(("http://", "https://"))
+        not isinstance(source, IndexSource)
+        or not _lacks_hash(dist_file)
+        or not probes_metadata_file(source, source_file)
     ):
         return dist_file
+    try:
+        document = await read_metadata_file(source, source_file)
+        read = None if document is None else archives.parse_metadata(document)
+    except MetasrvError:
+        return dist_file  # no hash is no error: clients read the wheel, as before
+    # Only the document the recorded metadata says: a hash must name what was read.
+    if document is None or read is None or read.metadata != dist_file.metadata:
+        return dist_file
+    digest = hashlib.sha256(document).hexdigest()
     return replace(dist_file, core_metadata_sha256=digest, core_metadata_stored=False)
 
 
