@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from metasrv.cli.main import main
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
@@ -63,3 +65,50 @@ def test_dependencies_are_followed_through_extras_markers_and_build_backends(
 
 def test_with_dependencies_names_projects() -> None:
     assert main(["sync", "--all", "--with-dependencies"]) == 2
+
+
+def test_max_files_leaves_out_big_projects_only_extras_ask_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    build_wheel(
+        archives,
+        "mf-app",
+        "1.0",
+        requires_dist=[
+            "mf-needed",
+            'mf-small ; extra == "s"',
+            'mf-big ; extra == "b" and python_version >= "3"',
+            'mf-late ; extra == "l"',
+        ],
+        provides_extra=["s", "b", "l"],
+    )
+    build_wheel(archives, "mf-needed", "1.0", requires_dist=["mf-deep"])
+    build_wheel(archives, "mf-deep", "1.0", requires_dist=["mf-late"])
+    build_wheel(archives, "mf-small", "1.0")
+    for version in ("1.0", "2.0", "3.0"):
+        build_wheel(archives, "mf-big", version)
+        build_wheel(archives, "mf-late", version)  # big too, but a required chain reaches it
+    meta = tmp_path / "meta"
+    with serve_index(archives) as index:
+        assert main(["init", str(meta), "--source", index.simple_url]) == 0
+        arguments = ["sync", "--repo", str(meta), "--with-dependencies", "mf-app"]
+        assert main([*arguments, "--max-files", "2"]) == 0
+    storage = Storage(meta)
+    assert set(Catalog(storage).list_projects(storage.resolve(None))) == {
+        "mf-app",
+        "mf-needed",
+        "mf-deep",
+        "mf-late",
+        "mf-small",
+    }
+    assert "left out: mf-big: 3 files, and only extras ask for it\n" in capsys.readouterr().err
+
+
+def test_max_files_is_for_with_dependencies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init", str(tmp_path / "meta"), "--source", "https://index.test/simple/"]) == 0
+    assert main(["sync", "--repo", str(tmp_path / "meta"), "x", "--max-files", "9"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

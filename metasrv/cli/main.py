@@ -187,6 +187,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "build backends of sdist-only releases), to a fixed point",
     )
     sync.add_argument(
+        "--max-files",
+        type=int,
+        help="with --with-dependencies: leave out a project only extras ask for whose page lists "
+        "more files than this (default: none left out)",
+    )
+    sync.add_argument(
         "--follow", action="store_true", help="with --all: keep syncing until SIGTERM / SIGINT"
     )
     sync.add_argument(
@@ -203,14 +209,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--probe-metadata",
         action="store_true",
-        help="ask for each wheel's PEP 658 <url>.metadata even where the page lists none (a "
-        "mirror that serves them but leaves them out of its pages)",
+        help="ask for each wheel's <url>.metadata (PEP 658) though its page lists none",
     )
     sync.add_argument(
         "--unconditional",
         action="store_true",
-        help="ask for each named project's page whole, not with its stored ETag, so that a page "
-        "that did not change is read again (files whose hashes did not change are not)",
+        help="ask for the named projects' pages whole, without their stored ETags",
     )
     sync.set_defaults(handler=_sync)
 
@@ -307,6 +311,8 @@ def _sync(args: argparse.Namespace) -> int:
         raise InvalidInput("--with-dependencies and --unconditional take named projects, not --all")
     if args.interval <= 0:
         raise InvalidInput("--interval must be positive")
+    if args.max_files is not None and not (args.with_dependencies and args.max_files >= 0):
+        raise InvalidInput("--max-files is a number of files for --with-dependencies")
     storage = open_repository(args.repo)
     source = args.source or _configured_source(storage)
     options = SyncOptions(
@@ -335,7 +341,9 @@ def _sync(args: argparse.Namespace) -> int:
     if args.all:
         summary = sync_all(storage, source, options, progress)
     elif args.with_dependencies:
-        summary = sync_with_dependencies(storage, source, args.projects, options, progress)
+        summary = sync_with_dependencies(
+            storage, source, args.projects, options, progress, max_files=args.max_files
+        )
     else:
         summary = sync(storage, source, args.projects, options, progress)
     if terminal:
@@ -371,6 +379,8 @@ def _print_summary(summary: SyncSummary, source: str) -> None:
         print(f"skipped: {skipped}", file=sys.stderr)
     for failure in summary.failed_projects:
         print(f"not synced (kept as it was): {failure}", file=sys.stderr)
+    for left_out in summary.left_out:
+        print(f"left out: {left_out}", file=sys.stderr)
     print(
         f"synced {summary.projects} projects from {source}: {summary.changed} changed, "
         f"{summary.removed} removed, {summary.releases_added} releases added, "

@@ -15,9 +15,9 @@ from packaging.utils import NormalizedName, canonicalize_name
 from metasrv.errors import MetasrvError, NotFound, SourceError
 from metasrv.index.archives import MAX_SDIST_BYTES, is_wheel
 from metasrv.index.builds import DEFAULT_BACKEND, read_build_system, unpack_sdist
-from metasrv.index.client import Fetcher, FetchOptions, make_client
+from metasrv.index.client import Fetcher, FetchOptions, make_client, open_source
 from metasrv.index.sync import Progress, SyncOptions, SyncSummary, sync
-from metasrv.model import DistFile, Project, Release
+from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
@@ -33,18 +33,29 @@ def sync_with_dependencies(
     names: Sequence[str],
     options: SyncOptions | None = None,
     progress: Progress | None = None,
+    *,
+    max_files: int | None = None,
 ) -> SyncSummary:
     """Sync ``names``, then what their newest releases require, until nothing new is needed.
 
     Requirements count under every extra and every marker; an sdist-only release adds the build
     requirements its pyproject.toml declares (or setuptools and wheel when it declares none).
+    With ``max_files``, a project only extras ask for is left out (``left_out`` names it) when
+    its page lists more files than that: its whole history would be synced for an option.
     """
     options = options or SyncOptions()
     total = SyncSummary()
-    wanted = {normalize_name(name) for name in names}
+    required = {normalize_name(name) for name in names}
+    optional: set[NormalizedName] = set()
     done: set[NormalizedName] = set()
-    while wanted - done:
-        batch = sorted(wanted - done)
+    too_big: dict[NormalizedName, int] = {}
+    while batch := sorted((required | optional) - done - (too_big.keys() - required)):
+        if max_files is not None:
+            sizes = asyncio.run(_file_counts(source_location, batch, required, options.fetch))
+            too_big |= {name: count for name, count in sizes.items() if count > max_files}
+            batch = [name for name in batch if name in required or name not in too_big]
+            if not batch:
+                continue
         _add(total, sync(storage, source_location, batch, options, progress))
         done |= set(batch)
         head = storage.branch_commit(options.branch or storage.head_branch())
@@ -56,8 +67,36 @@ def sync_with_dependencies(
                 project = catalog.get_project(head, normalized_name)
             except NotFound:
                 continue  # not on the source, or recorded as failed: the summary says so
-            wanted |= asyncio.run(_needed(project, options.fetch))
+            needed, extras_only = asyncio.run(_needed(project, options.fetch))
+            required |= needed
+            optional |= extras_only
+    total.left_out += [
+        f"{name}: {count} files, and only extras ask for it"
+        for name, count in sorted(too_big.items())
+        if name not in done
+    ]
     return total
+
+
+async def _file_counts(
+    source_location: str,
+    names: Sequence[NormalizedName],
+    required: set[NormalizedName],
+    fetch: FetchOptions,
+) -> dict[NormalizedName, int]:
+    """Return how many files the source lists for each project that only extras ask for."""
+    async with make_client(fetch) as client:
+        source = open_source(source_location, Fetcher(client, fetch))
+
+        async def count(name: NormalizedName) -> tuple[NormalizedName, int]:
+            try:
+                page = await source.project_page(name, SourceState())
+            except MetasrvError:
+                return name, 0  # its sync will say what is wrong with it
+            return name, 0 if page is None else len(page.files)
+
+        counted = await asyncio.gather(*(count(n) for n in names if n not in required))
+    return dict(counted)
 
 
 def newest_release(project: Project) -> Release | None:
@@ -80,23 +119,37 @@ def requirement_names(requirements: Iterable[str]) -> set[NormalizedName]:
     return found
 
 
-async def _needed(project: Project, fetch: FetchOptions) -> set[NormalizedName]:
+async def _needed(
+    project: Project, fetch: FetchOptions
+) -> tuple[set[NormalizedName], set[NormalizedName]]:
+    """Return what a project's newest release needs: always, and only under some extra."""
     release = newest_release(project)
     if release is None:
-        return set()
-    requirements = [
+        return set(), set()
+    requirements = {
         requirement
         for dist_file in release.files
         if dist_file.metadata is not None
         for requirement in dist_file.metadata.requires_dist
-    ]
+    }
     if release.metadata is not None:
-        requirements += release.metadata.requires_dist
-    needed = requirement_names(requirements)
+        requirements |= set(release.metadata.requires_dist)
+    under_extras = {text for text in requirements if _under_extra(text)}
+    needed = requirement_names(requirements - under_extras)
     sdists = [f for f in release.files if not is_wheel(f.filename)]
     if sdists and len(sdists) == len(release.files):
         needed |= requirement_names(await _build_requirements(sdists[0], fetch))
-    return needed
+    return needed, requirement_names(under_extras) - needed
+
+
+def _under_extra(text: str) -> bool:
+    """Return whether a requirement applies only when some extra is asked for."""
+    try:
+        marker = Requirement(text).marker
+    except InvalidRequirement:
+        return False
+    # `extra == "x" and ...`; an `or` may hold without the extra, so it counts as always needed.
+    return marker is not None and "extra" in str(marker) and " or " not in str(marker)
 
 
 async def _build_requirements(sdist: DistFile, fetch: FetchOptions) -> list[str]:

@@ -56,6 +56,7 @@ class SyncSummary:
     bytes_fetched: int = 0
     failed_projects: list[str] = field(default_factory=list)
     skipped_files: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # not followed (sync --max-files)
 
     @property
     def exit_code(self) -> int:
