@@ -67,7 +67,7 @@ def test_with_dependencies_names_projects() -> None:
     assert main(["sync", "--all", "--with-dependencies"]) == 2
 
 
-def test_max_files_leaves_out_big_projects_only_extras_ask_for(
+def test_max_files_leaves_out_big_projects_only_extras_lead_to(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     archives = tmp_path / "archives"
@@ -81,14 +81,17 @@ def test_max_files_leaves_out_big_projects_only_extras_ask_for(
             'mf-small ; extra == "s"',
             'mf-big ; extra == "b" and python_version >= "3"',
             'mf-late ; extra == "l"',
+            'mf-opt ; extra == "o"',
         ],
-        provides_extra=["s", "b", "l"],
+        provides_extra=["s", "b", "l", "o"],
     )
+    build_wheel(archives, "mf-opt", "1.0", requires_dist=["mf-heavy"])
     build_wheel(archives, "mf-needed", "1.0", requires_dist=["mf-deep"])
     build_wheel(archives, "mf-deep", "1.0", requires_dist=["mf-late"])
     build_wheel(archives, "mf-small", "1.0")
     for version in ("1.0", "2.0", "3.0"):
         build_wheel(archives, "mf-big", version)
+        build_wheel(archives, "mf-heavy", version)  # required, but only below an extra
         build_wheel(archives, "mf-late", version)  # big too, but a required chain reaches it
     meta = tmp_path / "meta"
     with serve_index(archives) as index:
@@ -102,8 +105,11 @@ def test_max_files_leaves_out_big_projects_only_extras_ask_for(
         "mf-deep",
         "mf-late",
         "mf-small",
+        "mf-opt",
     }
-    assert "left out: mf-big: 3 files, and only extras ask for it\n" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "left out: mf-big: 3 files, and only extras lead to it\n" in err
+    assert "left out: mf-heavy: 3 files, and only extras lead to it\n" in err
 
 
 def test_max_files_is_for_with_dependencies(

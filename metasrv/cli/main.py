@@ -189,7 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--max-files",
         type=int,
-        help="with --with-dependencies: leave out a project only extras ask for whose page lists "
+        help="with --with-dependencies: leave out a project only extras lead to whose page lists "
         "more files than this (default: none left out)",
     )
     sync.add_argument(

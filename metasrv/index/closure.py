@@ -40,14 +40,16 @@ def sync_with_dependencies(
 
     Requirements count under every extra and every marker; an sdist-only release adds the build
     requirements its pyproject.toml declares (or setuptools and wheel when it declares none).
-    With ``max_files``, a project only extras ask for is left out (``left_out`` names it) when
-    its page lists more files than that: its whole history would be synced for an option.
+    With ``max_files``, a project that only paths through an extra lead to is left out
+    (``left_out`` names it) when its page lists more files than that: its whole history would
+    be synced for an option.
     """
     options = options or SyncOptions()
     total = SyncSummary()
     required = {normalize_name(name) for name in names}
     optional: set[NormalizedName] = set()
     done: set[NormalizedName] = set()
+    needs: dict[NormalizedName, tuple[set[NormalizedName], set[NormalizedName]]] = {}
     too_big: dict[NormalizedName, int] = {}
     while batch := sorted((required | optional) - done - (too_big.keys() - required)):
         if max_files is not None:
@@ -67,15 +69,28 @@ def sync_with_dependencies(
                 project = catalog.get_project(head, normalized_name)
             except NotFound:
                 continue  # not on the source, or recorded as failed: the summary says so
-            needed, extras_only = asyncio.run(_needed(project, options.fetch))
-            required |= needed
-            optional |= extras_only
+            needs[normalized_name] = asyncio.run(_needed(project, options.fetch))
+        _spread(required, optional, needs)
     total.left_out += [
-        f"{name}: {count} files, and only extras ask for it"
+        f"{name}: {count} files, and only extras lead to it"
         for name, count in sorted(too_big.items())
         if name not in done
     ]
     return total
+
+
+def _spread(
+    required: set[NormalizedName],
+    optional: set[NormalizedName],
+    needs: dict[NormalizedName, tuple[set[NormalizedName], set[NormalizedName]]],
+) -> None:
+    """Add what the synced projects need: required only on a path of no extra from a seed."""
+    while True:
+        grown = {n for name in required & needs.keys() for n in needs[name][0]} - required
+        if not grown:
+            break
+        required |= grown
+    optional |= {n for needed, extras_only in needs.values() for n in needed | extras_only}
 
 
 async def _file_counts(
