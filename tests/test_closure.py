@@ -87,7 +87,7 @@ def test_max_files_leaves_out_big_projects_only_extras_lead_to(
     )
     build_wheel(archives, "mf-opt", "1.0", requires_dist=["mf-heavy"])
     build_wheel(archives, "mf-needed", "1.0", requires_dist=["mf-deep"])
-    build_wheel(archives, "mf-deep", "1.0", requires_dist=["mf-late"])
+    build_wheel(archives, "mf-deep", "1.0", requires_dist=["mf-late", "mf-ghost"])
     build_wheel(archives, "mf-small", "1.0")
     for version in ("1.0", "2.0", "3.0"):
         build_wheel(archives, "mf-big", version)
@@ -110,6 +110,8 @@ def test_max_files_leaves_out_big_projects_only_extras_lead_to(
     err = capsys.readouterr().err
     assert "left out: mf-big: 3 files, and only extras lead to it\n" in err
     assert "left out: mf-heavy: 3 files, and only extras lead to it\n" in err
+    # A requirement naming a project the source does not have stops nothing.
+    assert "left out: mf-ghost: the source has no such project\n" in err
 
 
 def test_max_files_is_for_with_dependencies(

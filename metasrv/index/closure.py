@@ -58,7 +58,10 @@ def sync_with_dependencies(
             batch = [name for name in batch if name in required or name not in too_big]
             if not batch:
                 continue
-        _add(total, sync(storage, source_location, batch, options, progress))
+        # A requirement may name a project the source does not have: no reason to stop, as a
+        # named project is. The first batch is the named projects.
+        unknown_ok = bool(done)
+        _add(total, sync(storage, source_location, batch, options, progress, unknown_ok=unknown_ok))
         done |= set(batch)
         head = storage.branch_commit(options.branch or storage.head_branch())
         if head is None:
@@ -68,7 +71,10 @@ def sync_with_dependencies(
             try:
                 project = catalog.get_project(head, normalized_name)
             except NotFound:
-                continue  # not on the source, or recorded as failed: the summary says so
+                # Not on the source, or its sync failed (the summary names it then).
+                if not any(f.startswith(f"{normalized_name}:") for f in total.failed_projects):
+                    total.left_out.append(f"{normalized_name}: the source has no such project")
+                continue
             needs[normalized_name] = asyncio.run(_needed(project, options.fetch))
         _spread(required, optional, needs)
     total.left_out += [

@@ -86,11 +86,25 @@ def sync(
     names: Sequence[str],
     options: SyncOptions | None = None,
     progress: Progress | None = None,
+    *,
+    unknown_ok: bool = False,
 ) -> SyncSummary:
-    """Mirror the projects ``names`` and commit what changed (the whole index: ``sync_all``)."""
+    """Mirror the projects ``names`` and commit what changed (the whole index: ``sync_all``).
+
+    A name the source does not know is a NotFound, unless ``unknown_ok``: then it is passed over.
+    """
     if not names:
         raise InvalidInput("name the projects to sync, or sync the whole index with --all")
-    return asyncio.run(_sync(storage, source_location, names, options or SyncOptions(), progress))
+    return asyncio.run(
+        _sync(
+            storage,
+            source_location,
+            names,
+            options or SyncOptions(),
+            progress,
+            unknown_ok=unknown_ok,
+        )
+    )
 
 
 async def _sync(
@@ -99,9 +113,11 @@ async def _sync(
     names: Sequence[str],
     options: SyncOptions,
     progress: Progress | None,
+    *,
+    unknown_ok: bool,
 ) -> SyncSummary:
     check_options(options)
-    plan = Plan(targets=[normalize_name(name) for name in names], named=True)
+    plan = Plan(targets=[normalize_name(name) for name in names], named=not unknown_ok)
     summary = SyncSummary()
     async with make_client(options.fetch) as client:
         fetcher = Fetcher(client, options.fetch)
