@@ -33,7 +33,7 @@ class IndexBehaviour:
     json: bool = True
     pep658: bool = True
     ranges: bool = True
-    # path -> faults consumed one per request: "500", "429", "truncate", "hang", "garbage",
+    # path -> faults consumed one per request: "500", "429", "404", "truncate", "hang", "garbage",
     # "hold" (answer normally once released),
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
     # "gzip-bomb" (a few kB that inflate past the page cap), "zstd-bomb" (the same, unasked, in
@@ -105,6 +105,9 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
             if fault in ("500", "429"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
+                return
+            if fault == "404":
+                self._send(404, b"not found", "text/plain", {})
                 return
             if fault in ("redirect-loop", "redirect-ftp"):
                 target = self.path if fault == "redirect-loop" else "ftp://127.0.0.1/x/"

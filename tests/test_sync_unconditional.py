@@ -55,6 +55,10 @@ def _forget_hashes(storage: Storage, metadata: CoreMetadata | None = None) -> No
     storage.commit(storage.head_branch(), {path: write_project(old)}, "as an older sync left it")
 
 
+def _digest(wheel: Path) -> str:
+    return hashlib.sha256(_wheel_metadata(wheel)).hexdigest()
+
+
 def _file_requests(index: LocalIndex) -> list[str]:
     return [path for path, _ in index.requests if path.startswith("/files/")]
 
@@ -125,21 +129,31 @@ def _hashes(storage: Storage) -> dict[str, tuple[str | None, bool]]:
 
 def test_probing_reads_unlisted_metadata_files_and_stores_no_document(tmp_path: Path) -> None:
     folder, expected = _alpha_index(tmp_path)
+    # A wheel whose .metadata the source lacks is read by ranges, and no copy is kept of it.
+    lacking = build_wheel(folder, "alpha", "3", requires_dist=["beta"])
+    behaviour = _unlisted_pep658()
+    behaviour.faults[f"/files/{lacking.name}.metadata"] = ["404"]
     repo = tmp_path / "meta"
     assert main(["init", str(repo)]) == 0
     storage = Storage(repo)
-    with serve_index(folder, _unlisted_pep658()) as index:
+    with serve_index(folder, behaviour) as index:
         sync = ["sync", "--repo", str(repo), "--source", index.simple_url, "alpha"]
         assert main([*sync, "--probe-metadata"]) == 0
-        wheel_reads = [p for p in _file_requests(index) if p.endswith(".whl")]
-    assert _hashes(storage) == {name: (digest, False) for name, digest in expected.items()}
-    assert wheel_reads == []
+        wheel_reads = {p for p in _file_requests(index) if p.endswith(".whl")}
+    assert _hashes(storage) == {
+        **{name: (digest, False) for name, digest in expected.items()},
+        lacking.name: (None, False),
+    }
+    assert wheel_reads == {f"/files/{lacking.name}"}
+    assert _project(storage).releases[-1].metadata is not None  # its metadata was still read
+    assert storage.read(storage.resolve(None), core_metadata_path(_digest(lacking))) is None
     head = storage.resolve(None)
     for digest in expected.values():  # the source serves them: no copies
         assert storage.read(head, core_metadata_path(digest)) is None
     client = AsgiClient(create_app(repo))
     page = client.get("/simple/alpha/", headers={"accept": MIME_SIMPLE_JSON}).json()
-    assert {f["filename"]: f["core-metadata"]["sha256"] for f in page["files"]} == expected
+    listed = {f["filename"]: f.get("core-metadata") for f in page["files"]}
+    assert listed == {**{n: {"sha256": d} for n, d in expected.items()}, lacking.name: None}
 
 
 @pytest.mark.parametrize("recorded_agrees", [True, False])

@@ -147,7 +147,10 @@ async def _read_file(
     )
     if read_file.size is None:
         read_file = replace(read_file, size=await _size(source, source_file))
-    if read.document is not None and read.metadata is not None:
+    # A source taken to serve wheels' PEP 658 files (--probe-metadata) is not copied from where
+    # it lacks one: the file is listed without .metadata, as on an index without PEP 658.
+    unserved = not read.from_source and probes_metadata_file(source, source_file)
+    if read.document is not None and read.metadata is not None and not unserved:
         # PEP 658: the .metadata served is the document itself, hashed as it is.
         digest = hashlib.sha256(read.document).hexdigest()
         read_file = replace(
