@@ -103,11 +103,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 index.release.wait(THREAD_DEADLINE_SECONDS)
                 self.close_connection = True  # the client sees the connection drop, and retries
                 return
-            if fault in ("500", "429"):
+            if fault in ("500", "429", "404"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})
-                return
-            if fault == "404":
-                self._send(404, b"not found", "text/plain", {})
                 return
             if fault in ("redirect-loop", "redirect-ftp"):
                 target = self.path if fault == "redirect-loop" else "ftp://127.0.0.1/x/"
@@ -116,15 +113,12 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
             if fault == "oversize":
                 self._stream_zeros(MAX_PAGE_BYTES + 1)
                 return
-            if fault == "zstd-bomb":
-                # Unasked for: a client that decodes whatever it is sent inflates it to 128 MiB.
-                bomb = zstandard.ZstdCompressor().compress(b" " * (2 * MAX_PAGE_BYTES))
-                self._send(200, bomb, MIME_JSON, {"content-encoding": "zstd"}, compress=False)
-                return
-            if fault == "gzip-bomb":
-                bomb = _gzip_bomb()
-                extra = {"content-encoding": "gzip"}
-                self._send(200, bomb, MIME_JSON, extra, compress=False)
+            if fault in ("gzip-bomb", "zstd-bomb"):
+                # zstd unasked for: a client that decodes whatever it is sent inflates it.
+                coding, bomb = (
+                    ("gzip", _gzip_bomb()) if fault == "gzip-bomb" else ("zstd", _zstd_bomb())
+                )
+                self._send(200, bomb, MIME_JSON, {"content-encoding": coding}, compress=False)
                 return
             body, content_type, status, extra = self._route()
             if fault == "truncate":
@@ -310,6 +304,11 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
 
 
 @functools.cache
+def _zstd_bomb() -> bytes:
+    """Return a zstd body of spaces that inflates to twice the page cap."""
+    return zstandard.ZstdCompressor().compress(b" " * (2 * MAX_PAGE_BYTES))
+
+
 def _gzip_bomb() -> bytes:
     """Return a gzip body of spaces that inflates to just past the page cap."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
