@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,7 +49,9 @@ def verify_commit(storage: Storage, commit_id: CommitId, allowed_signers: bytes)
     signature, payload = signed
     if not signature.lstrip().startswith(SSH_SIGNATURE_HEADER):
         return Verdict(commit_id, None, "the commit is not signed with an SSH key")
-    when = datetime.fromtimestamp(storage.commit_time(commit_id), UTC).strftime("%Y%m%d%H%M%S")
+    # ssh-keygen reads a verify-time (and valid-after / valid-before) in the local time zone, so
+    # the commit time is given in it too, as git does.
+    when = datetime.fromtimestamp(storage.commit_time(commit_id)).strftime("%Y%m%d%H%M%S")
     try:
         return _verify(commit_id, signature, payload, allowed_signers, when)
     except _Unavailable as exc:
