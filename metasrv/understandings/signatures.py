@@ -187,6 +187,8 @@ class SshSigner:
         except _Unavailable as exc:
             raise InvalidInput(f"cannot sign with {key_path}: {exc}") from None
         if signed.returncode != 0 or SSH_SIGNATURE_HEADER not in signed.stdout:
-            detail = signed.stderr.decode(errors="replace").strip().splitlines()
+            lines = signed.stderr.decode(errors="replace").strip().splitlines()
+            # A key others may read is refused under a banner of @ lines; the reason follows it.
+            detail = [line for line in lines if not line.startswith("@")]
             raise InvalidInput(f"cannot sign with {key_path}: {' '.join(detail[:1])}")
         return signed.stdout
