@@ -100,10 +100,16 @@ def test_an_html_root_whose_anchors_are_cut_by_a_chunk_of_a_megabyte_lists_each_
 
 
 def test_an_html_root_with_an_anchor_longer_than_a_megabyte_is_refused() -> None:
-    page = '<a href="/simple/a/">a</a><a href="/simple/b/">' + "b" * (2 * MEGABYTE) + "</a>"
+    page = '<a href="/simple/a/">a</a><a href="/simple/b/">' + "b" * (MEGABYTE * 5 // 2) + "</a>"
     with pytest.raises(SourceError) as raised:
         list(iter_html_projects(io.StringIO(page)))
     assert str(raised.value) == "root page: an anchor longer than a megabyte"
+
+
+def test_an_html_root_with_a_long_anchor_under_a_megabyte_is_read() -> None:
+    long_name = "b" * (MEGABYTE * 3 // 4)
+    page = f'<a href="/simple/a/">a</a>\n<a href="/simple/b/">{long_name}</a>\n' * 2
+    assert list(iter_html_projects(io.StringIO(page))) == ["a", long_name, "a", long_name]
 
 
 def test_a_json_root_whose_entries_are_cut_by_a_chunk_of_a_megabyte_reads_each_once() -> None:
@@ -113,8 +119,19 @@ def test_a_json_root_whose_entries_are_cut_by_a_chunk_of_a_megabyte_reads_each_o
     assert list(iter_json_projects(io.StringIO(text))) == [(f"p{n}", n) for n in range(60_000)]
 
 
+def test_a_json_value_under_a_megabyte_is_read() -> None:
+    long_name = "a" * (MEGABYTE * 3 // 4)
+    entries = f'{{"name": "{long_name}"}}, {{"name": "b"}}, {{"name": "{long_name}"}}'
+    text = f'{{"projects": [{entries}]}}'
+    assert list(iter_json_projects(io.StringIO(text))) == [
+        (long_name, None),
+        ("b", None),
+        (long_name, None),
+    ]
+
+
 def test_a_json_value_longer_than_a_megabyte_is_refused() -> None:
-    text = '{"projects": [{"name": "' + "a" * (2 * MEGABYTE)
+    text = '{"projects": [{"name": "' + "a" * (MEGABYTE * 5 // 2) + '"}]}'
     with pytest.raises(SourceError) as raised:
         list(iter_json_projects(io.StringIO(text)))
     assert str(raised.value).startswith("root index: invalid JSON: ")

@@ -12,7 +12,6 @@ import pytest
 from metasrv.errors import InvalidInput
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.signatures import (
-    MAX_UNVERIFIED_COMMITS,
     SshSigner,
     newest_verified,
     signing_key,
@@ -21,6 +20,8 @@ from metasrv.understandings.signatures import (
 )
 from tests.signing import DEADLINE_SECONDS, allowed_signers_line, git, make_key
 
+# understandings/README.md: the newest commit whose signature verifies, at most 100 commits back.
+SEARCH_LIMIT = 100
 PGP_SIGNATURE = b"-----BEGIN PGP SIGNATURE-----\n\nwsBcBAABCAAQBQJ\n-----END PGP SIGNATURE-----\n"
 
 
@@ -88,6 +89,7 @@ def test_a_commit_signed_with_gpg_is_refused_as_not_ssh(tmp_path: Path) -> None:
     assert head is not None
     alice = make_key(tmp_path / "keys", "alice")
     verdict = verify_commit(storage, head, allowed_signers_line("alice@example.org", alice))
+    assert verdict.commit == head
     assert (verdict.signer, verdict.reason) == (None, "the commit is not signed with an SSH key")
     assert not verdict.verified
 
@@ -158,7 +160,7 @@ def test_a_verified_commit_further_back_than_the_search_limit_is_not_found(
     alice = make_key(tmp_path / "keys", "alice")
     signed = commit_at(repository, alice, "2024-05-01T12:00:00Z")
     storage = Storage(repository)
-    unsigned = unsigned_commits(storage, MAX_UNVERIFIED_COMMITS)
+    unsigned = unsigned_commits(storage, SEARCH_LIMIT)
     signers = allowed_signers_line("alice@example.org", alice)
     found = newest_verified(storage, unsigned[-1], signers)
     assert found.commit is None
@@ -166,7 +168,7 @@ def test_a_verified_commit_further_back_than_the_search_limit_is_not_found(
     # One unverified commit fewer, and the signed one is found.
     found = newest_verified(storage, unsigned[-2], signers)
     assert found.commit == signed
-    assert len(found.refused) == MAX_UNVERIFIED_COMMITS - 1
+    assert len(found.refused) == SEARCH_LIMIT - 1
 
 
 def test_a_branch_with_no_verified_commit_refuses_each_down_to_its_root(tmp_path: Path) -> None:
@@ -201,9 +203,9 @@ def test_unverified_commits_without_a_base_checks_only_the_head(tmp_path: Path) 
 
 def test_unverified_commits_stops_at_the_search_limit(tmp_path: Path) -> None:
     storage = Storage.init(tmp_path / "meta")
-    commits = unsigned_commits(storage, MAX_UNVERIFIED_COMMITS + 2)
+    commits = unsigned_commits(storage, SEARCH_LIMIT + 2)
     problems = unverified_commits(storage, commits[-1], commits[0], b"")
-    assert len(problems) == MAX_UNVERIFIED_COMMITS
+    assert len(problems) == SEARCH_LIMIT
     assert problems[-1].startswith(f"commit {commits[2]}: ")
 
 
@@ -301,6 +303,17 @@ def test_a_missing_key_file_is_refused_with_ssh_keygens_first_line(tmp_path: Pat
     assert message.startswith(f"cannot sign with {missing}: ")
     assert "\n" not in message
     assert len(message) > len(f"cannot sign with {missing}: ")
+
+
+def test_a_key_file_others_can_read_is_refused_with_ssh_keygens_reason(tmp_path: Path) -> None:
+    alice = make_key(tmp_path / "keys", "alice")
+    alice.chmod(0o644)
+    with pytest.raises(InvalidInput) as raised:
+        SshSigner(str(alice))(b"content")
+    # Not the first line ssh-keygen writes, a row of @, but the one that says what is wrong.
+    assert str(raised.value) == (
+        f"cannot sign with {alice}: Permissions 0644 for '{alice}' are too open."
+    )
 
 
 def test_signing_without_ssh_keygen_says_it_cannot_run(

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from packaging.utils import NormalizedName
 
-from metasrv.index.syncstate import STATE_FOLDER, SyncState
+from metasrv.index.syncstate import SyncState
 from metasrv.names import project_path
 from metasrv.repo.catalog import DATA_ROOT
 from metasrv.repo.storage import CommitId, Storage
 
 SOURCE = "https://pypi.example/simple/"
+STATE_FOLDER = "metasrv-sync"  # README: kept beside the repository, in .git/metasrv-sync/
 
 
 def project(name: str, serial: int | None, status: str | None = None) -> bytes:
