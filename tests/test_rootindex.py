@@ -107,9 +107,10 @@ def test_an_html_root_with_an_anchor_longer_than_a_megabyte_is_refused() -> None
 
 
 def test_an_html_root_with_a_long_anchor_under_a_megabyte_is_read() -> None:
-    long_name = "b" * (MEGABYTE * 3 // 4)
-    page = f'<a href="/simple/a/">a</a>\n<a href="/simple/b/">{long_name}</a>\n' * 2
-    assert list(iter_html_projects(io.StringIO(page))) == ["a", long_name, "a", long_name]
+    # The long anchor starts an eighth into the first megabyte read and ends in the next one.
+    short, long_name = "a" * (MEGABYTE // 8), "b" * (MEGABYTE * 7 // 8)
+    page = f'<a href="/simple/a/">{short}</a>\n<a href="/simple/b/">{long_name}</a>\n'
+    assert list(iter_html_projects(io.StringIO(page))) == [short, long_name]
 
 
 def test_a_json_root_whose_entries_are_cut_by_a_chunk_of_a_megabyte_reads_each_once() -> None:
@@ -120,14 +121,10 @@ def test_a_json_root_whose_entries_are_cut_by_a_chunk_of_a_megabyte_reads_each_o
 
 
 def test_a_json_value_under_a_megabyte_is_read() -> None:
-    long_name = "a" * (MEGABYTE * 3 // 4)
-    entries = f'{{"name": "{long_name}"}}, {{"name": "b"}}, {{"name": "{long_name}"}}'
-    text = f'{{"projects": [{entries}]}}'
-    assert list(iter_json_projects(io.StringIO(text))) == [
-        (long_name, None),
-        ("b", None),
-        (long_name, None),
-    ]
+    # The long name starts an eighth into the first megabyte read and ends in the next one.
+    short, long_name = "a" * (MEGABYTE // 8), "b" * (MEGABYTE * 7 // 8)
+    text = f'{{"projects": [{{"name": "{short}"}}, {{"name": "{long_name}"}}]}}'
+    assert list(iter_json_projects(io.StringIO(text))) == [(short, None), (long_name, None)]
 
 
 def test_a_json_value_longer_than_a_megabyte_is_refused() -> None:
