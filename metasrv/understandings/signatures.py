@@ -63,11 +63,9 @@ class _Unavailable(Exception):
     """ssh-keygen could not be run or did not finish in time."""
 
 
-@lru_cache(maxsize=4096)
-def _verify(
+def _verify_uncached(
     commit_id: CommitId, signature: bytes, payload: bytes, allowed_signers: bytes, when: str
 ) -> Verdict:
-    # A commit's bytes never change, so one verdict per (commit, signer list) holds forever.
     with tempfile.TemporaryDirectory(prefix="metasrv-verify-") as folder:
         signers_path, signature_path = Path(folder) / "allowed_signers", Path(folder) / "sig"
         signers_path.write_bytes(allowed_signers)
@@ -109,6 +107,11 @@ def _verify(
         detail = checked.stderr.decode(errors="replace").strip().splitlines()
         return Verdict(commit_id, None, f"the signature does not verify: {' '.join(detail[:1])}")
     return Verdict(commit_id, principals[0], None)
+
+
+# A commit's bytes never change, so one verdict per (commit, signer list) holds forever. (Wrapped
+# here rather than decorated: mutmut leaves decorated functions alone.)
+_verify = lru_cache(maxsize=4096)(_verify_uncached)
 
 
 def _ssh_keygen(arguments: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
