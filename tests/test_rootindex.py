@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from metasrv.index.rootindex import (
     iter_json_projects,
     read_root,
 )
+from tests.deadlines import BoundedThread
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, serve_index
 
@@ -29,6 +33,67 @@ def read(location: str, etag: str | None = None) -> RootListing | None:
             return await read_root(open_source(location, Fetcher(client, FETCH)), etag)
 
     return asyncio.run(run())
+
+
+@contextmanager
+def serving(body: bytes, headers: dict[str, str]) -> Iterator[str]:
+    """Serve ``body`` with exactly ``headers`` to every GET; yield the root's URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            for key, value in {**headers, "content-length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep the test output quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = BoundedThread(server.serve_forever, "root-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/simple/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+JSON_ROOT = b'{"meta": {"api-version": "1.1"}, "projects": [{"name": "a", "_last-serial": 4}]}'
+HTML_ROOT = b'<html><body><a href="/simple/a/">a</a>\n<a href="/simple/b/">b</a></body></html>'
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/vnd.pypi.simple.v1+json;charset=utf-8",
+        "application/vnd.pypi.simple.v1+json ; charset=utf-8",
+    ],
+)
+def test_a_json_root_whose_content_type_has_parameters_is_read_as_json(content_type: str) -> None:
+    with serving(JSON_ROOT, {"content-type": content_type}) as url:
+        listing = read(url)
+    assert listing is not None
+    assert listing.serials == {"a": 4}
+    assert listing.etag is None
+
+
+def test_a_root_without_a_content_type_is_read_as_html() -> None:
+    with serving(HTML_ROOT, {}) as url:
+        listing = read(url)
+    assert listing is not None
+    assert listing.serials == {"a": None, "b": None}
+
+
+def test_bytes_of_a_root_that_are_not_utf_8_do_not_stop_it_being_read() -> None:
+    body = HTML_ROOT.replace(b"\n", b"\n<!-- caf\xe9 -->\n")
+    with serving(body, {"content-type": "text/html", "etag": '"e"'}) as url:
+        listing = read(url)
+    assert listing is not None
+    assert listing.serials == {"a": None, "b": None}
+    assert listing.etag == '"e"'
 
 
 @pytest.fixture
@@ -111,6 +176,13 @@ def test_an_html_root_with_a_long_anchor_under_a_megabyte_is_read() -> None:
     short, long_name = "a" * (MEGABYTE // 8), "b" * (MEGABYTE * 7 // 8)
     page = f'<a href="/simple/a/">{short}</a>\n<a href="/simple/b/">{long_name}</a>\n'
     assert list(iter_html_projects(io.StringIO(page))) == [short, long_name]
+
+
+def test_an_anchor_that_fills_the_whole_first_read_is_read() -> None:
+    # No </a> in the first megabyte read at all: the whole of it waits for the next read.
+    long_name = "x" * MEGABYTE
+    page = f'<a href="/simple/x/">{long_name}</a>\n<a href="/simple/y/">y</a>\n'
+    assert list(iter_html_projects(io.StringIO(page))) == [long_name, "y"]
 
 
 def test_a_json_root_whose_entries_are_cut_by_a_chunk_of_a_megabyte_reads_each_once() -> None:

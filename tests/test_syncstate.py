@@ -213,3 +213,16 @@ def test_serials_and_the_roots_etag_are_kept_together(storage: Storage) -> None:
     again = SyncState(storage, "main")
     assert again.serials(later) == {"alpha": 7, "beta": 9}
     assert again.root_etag(SOURCE, later) == '"etag-2"'
+
+
+def test_a_new_commit_updates_only_the_changed_projects_serials(storage: Storage) -> None:
+    # Upkeep scales with the diff, not with the 740,000 files: the projects a commit did not touch
+    # keep what the state says, shown by a state file that says otherwise for alpha.
+    first = commit(storage, {path("alpha"): project("alpha", 7), path("beta"): project("beta", 9)})
+    SyncState(storage, "main").serials(first)
+    state_file = storage.path / STATE_FOLDER / "main.json"
+    document = json.loads(state_file.read_text())
+    document["serials"]["alpha"] = 70
+    state_file.write_text(json.dumps(document))
+    second = commit(storage, {path("beta"): project("beta", 10)})
+    assert SyncState(storage, "main").serials(second) == {"alpha": 70, "beta": 10}
