@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,7 @@ def release(version: str, *, files: int = 1, yanked: bool = False) -> Release:
         (["1.0-yanked", "2.0a1", "3.0-yanked"], "2.0a1"),
         (["1.0-yanked", "2.0-yanked"], "2.0"),
         (["1.0", "2.0"], "2.0"),
+        (["1.0", "2.0", "3.0"], "3.0"),
         (["1.0-nofiles"], None),
     ],
 )
@@ -286,3 +288,51 @@ def test_requirement_names_are_normalized_and_skip_what_does_not_parse() -> None
         "foo-bar",
         "baz",
     }
+
+
+def test_the_requirements_of_every_file_of_the_newest_release_are_followed(
+    archives: Path, tmp_path: Path
+) -> None:
+    build_wheel(archives, "cl-app", "1.0", requires_dist=["cl-builder"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    other = build_wheel(elsewhere, "cl-app", "1.0", requires_dist=["cl-evil"])
+    other.rename(archives / other.name.replace("-py3-", "-py2-"))
+    assert closure(archives, tmp_path, "cl-app")[0] == {"cl-app", "cl-builder", "cl-evil"}
+
+
+def test_a_closure_onto_another_branch_reads_what_it_synced_there(
+    archives: Path, tmp_path: Path
+) -> None:
+    build_wheel(archives, "cl-app", "1.0", requires_dist=["cl-builder"])
+    meta = tmp_path / "meta"
+    seen: list[int] = []
+    with serve_index(archives) as index:
+        assert main(["init", str(meta), "--source", index.simple_url]) == 0
+        storage = Storage(meta)
+        before = storage.resolve(None)
+        summary = sync_with_dependencies(
+            storage,
+            index.simple_url,
+            ["cl-app"],
+            replace(FAST, branch="closed"),
+            progress=lambda done, total, _: seen.append(done),
+        )
+    assert storage.resolve(None) == before
+    assert storage.resolve("closed") == summary.commits[-1]
+    names = Catalog(storage).list_projects(storage.resolve("closed"))
+    assert set(names) == {"cl-app", "cl-builder"}
+    assert seen  # each round reports its progress
+    assert seen[-1] == 1
+
+
+def test_a_closure_into_an_empty_repository_whose_project_fails_reports_it(
+    archives: Path, tmp_path: Path
+) -> None:
+    build_wheel(archives, "cl-app", "1.0")
+    storage = Storage.init(tmp_path / "empty")
+    behaviour = IndexBehaviour(faults={"/simple/cl-app/": ["500"] * 20})
+    with serve_index(archives, behaviour) as index:
+        summary = sync_with_dependencies(storage, index.simple_url, ["cl-app"], FAST)
+    assert [failed.split(":")[0] for failed in summary.failed_projects] == ["cl-app"]
+    assert summary.commits == []
