@@ -33,6 +33,12 @@ _PAGES = ("tests/test_simplepages.py", "tests/test_simple.py")
 _WHEELS = ("tests/test_wheels.py", "tests/test_simple.py")
 _RULES = ("tests/test_rules.py", "tests/test_overrides.py")
 _COOLDOWN = ("tests/test_cooldown.py", "tests/test_gates.py")
+_SIGNATURES = ("tests/test_signatures_mutants.py", "tests/test_signatures.py")
+_SYNCSTATE = ("tests/test_syncstate.py",)
+_ROOT = ("tests/test_rootindex.py",)
+_CLOSURE = ("tests/test_closure.py",)
+_SIGNATURES_PY = "metasrv/understandings/signatures.py"
+_FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
 _ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
 
 MUTANTS = (
@@ -176,6 +182,69 @@ MUTANTS = (
         "timedelta(days=3650)",
         "timedelta(days=3651)",
         _COOLDOWN,
+    ),
+    Mutant(
+        _SIGNATURES_PY,
+        'SSH_SIGNATURE_HEADER = b"-----BEGIN SSH SIGNATURE-----"',
+        'SSH_SIGNATURE_HEADER = b"-----BEGIN PGP SIGNATURE-----"',
+        _SIGNATURES,
+    ),
+    Mutant(_SIGNATURES_PY, 'NAMESPACE = "git"', 'NAMESPACE = "file"', _SIGNATURES),
+    Mutant(
+        _SIGNATURES_PY, "MAX_UNVERIFIED_COMMITS = 100", "MAX_UNVERIFIED_COMMITS = 99", _SIGNATURES
+    ),
+    Mutant(
+        _SIGNATURES_PY, "MAX_UNVERIFIED_COMMITS = 100", "MAX_UNVERIFIED_COMMITS = 101", _SIGNATURES
+    ),
+    Mutant(
+        "metasrv/index/syncstate.py",
+        'STATE_FOLDER = "metasrv-sync"',
+        'STATE_FOLDER = "metasrv-state"',
+        _SYNCSTATE,
+    ),
+    Mutant(
+        "metasrv/index/syncstate.py",
+        f"({_FETCH_FAILED}, b'\"fetch failed: ')",
+        "(b'\"fetch failed: ',)",
+        _SYNCSTATE,
+    ),
+    Mutant(
+        "metasrv/index/syncstate.py",
+        f"({_FETCH_FAILED}, b'\"fetch failed: ')",
+        f"({_FETCH_FAILED},)",
+        _SYNCSTATE,
+    ),
+    Mutant(
+        "metasrv/index/rootindex.py",
+        "_MAX_VALUE_CHARS = 1 << 20",
+        "_MAX_VALUE_CHARS = 1 << 19",
+        _ROOT,
+    ),
+    Mutant(
+        "metasrv/index/rootindex.py",
+        "_MAX_VALUE_CHARS = 1 << 20",
+        "_MAX_VALUE_CHARS = 1 << 21",
+        _ROOT,
+    ),
+    Mutant("metasrv/index/rootindex.py", '" \\t\\r\\n"', '" \\r\\n"', _ROOT),
+    Mutant("metasrv/index/rootindex.py", '" \\t\\r\\n"', '" \\t\\n"', _ROOT),
+    Mutant(
+        "metasrv/index/closure.py",
+        'LEGACY_BUILD_REQUIRES = ("setuptools", "wheel")',
+        'LEGACY_BUILD_REQUIRES = ("setuptools",)',
+        _CLOSURE,
+    ),
+    Mutant(
+        "metasrv/index/closure.py",
+        'LEGACY_BUILD_REQUIRES = ("setuptools", "wheel")',
+        'LEGACY_BUILD_REQUIRES = ("wheel",)',
+        _CLOSURE,
+    ),
+    Mutant(
+        "metasrv/index/closure.py",
+        "LEGACY_BACKEND = DEFAULT_BACKEND",
+        'LEGACY_BACKEND = "setuptools.build_meta"',
+        _CLOSURE,
     ),
 )
 
