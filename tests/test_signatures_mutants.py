@@ -345,3 +345,15 @@ def test_a_keys_validity_is_judged_at_commit_time_whatever_the_servers_time_zone
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_principal_that_is_not_utf_8_is_refused_not_an_error(
+    tmp_path: Path, repository: Path
+) -> None:
+    alice = make_key(tmp_path / "keys", "alice")
+    head = commit_at(repository, alice, "2024-05-01T12:00:00Z")
+    signers = allowed_signers_line("caf\xe9@example.org", alice).replace(b"\xc3\xa9", b"\xe9")
+    verdict = verify_commit(Storage(repository), head, signers)
+    assert not verdict.verified
+    assert verdict.reason is not None
+    assert verdict.reason.startswith("the signature does not verify: ")
