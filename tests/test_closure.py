@@ -336,3 +336,10 @@ def test_a_closure_into_an_empty_repository_whose_project_fails_reports_it(
         summary = sync_with_dependencies(storage, index.simple_url, ["cl-app"], FAST)
     assert [failed.split(":")[0] for failed in summary.failed_projects] == ["cl-app"]
     assert summary.commits == []
+
+
+def test_an_sdist_only_release_adds_both_what_it_requires_and_what_builds_it(
+    archives: Path, tmp_path: Path
+) -> None:
+    build_sdist(archives, "cl-sdist", "1.0", requires_dist=["cl-evil"], pyproject=BUILT_BY_BUILDER)
+    assert closure(archives, tmp_path, "cl-sdist")[0] == {"cl-sdist", "cl-evil", "cl-builder"}
