@@ -24,6 +24,7 @@ from metasrv.understandings.authoring import (
     open_understanding_repository,
     write_override,
 )
+from metasrv.understandings.mirrors import Deadlines
 from metasrv.understandings.registry import Understandings, registration_path
 from metasrv.understandings.rules import Registration, Rule, validate_understanding_name
 from metasrv.understandings.signatures import SshSigner, signing_key, unverified_commits
@@ -86,6 +87,12 @@ def add_parsers(commands: Any) -> None:
     override.add_argument("--branch", help="branch to commit on (default: derived)")
     override.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     override.add_argument("--workdir", type=Path, default=Path(), help="where URLs are cloned")
+    override.add_argument(
+        "--git-timeout",
+        type=float,
+        default=Deadlines().whole_seconds,
+        help="seconds the clone or fetch of a URL may take (default: %(default)g)",
+    )
     override.set_defaults(handler=_override)
 
     markers = commands.add_parser("markers", help="known marker sets")
@@ -166,7 +173,10 @@ def _override(args: argparse.Namespace) -> int:
         raise InvalidInput(
             f"understanding {registration.name!r} is not a gate, so --approve would change nothing"
         )
-    repository = open_understanding_repository(registration, meta, args.workdir)
+    if args.git_timeout <= 0:
+        raise InvalidInput("--git-timeout must be positive")
+    deadlines = Deadlines.within(args.git_timeout)
+    repository = open_understanding_repository(registration, meta, args.workdir, deadlines)
     key = signing_key(repository)
     written = write_override(
         registration,

@@ -14,7 +14,7 @@ from typing import NewType
 import pygit2
 from pygit2.enums import ObjectType
 
-from metasrv.errors import Conflict, InvalidInput, NotFound, SourceError
+from metasrv.errors import Conflict, InvalidInput, NotFound
 from metasrv.repo import worktree
 from metasrv.repo.paths import split_paths
 
@@ -78,25 +78,6 @@ class Storage:
     def checkout_head(self) -> None:
         """Make the working tree and index match HEAD; only ``init`` uses a working tree."""
         self._repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
-
-    @classmethod
-    def clone_mirror(cls, url: str, path: Path) -> Storage:
-        """Clone ``url`` (a URL or a local path) as a bare mirror at ``path``."""
-        try:
-            pygit2.clone_repository(url, str(path), bare=True)
-        except (pygit2.GitError, ValueError, OSError) as exc:
-            raise SourceError(f"cannot clone {url}: {exc}") from None
-        return cls(path)
-
-    def fetch_mirror(self) -> None:
-        """Fetch every branch and tag of a mirror's origin, replacing what it had."""
-        try:
-            self._repo.remotes["origin"].fetch(
-                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                prune=pygit2.enums.FetchPrune.PRUNE,
-            )
-        except (pygit2.GitError, KeyError, OSError) as exc:
-            raise SourceError(f"cannot fetch {self.path}: {exc}") from None
 
     @property
     def workdir(self) -> Path | None:

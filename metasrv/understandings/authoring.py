@@ -15,6 +15,7 @@ from metasrv.names import name_from_path, normalize_name
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId, Storage
+from metasrv.understandings.mirrors import Deadlines, clone, fetch, git_url, origin_url
 from metasrv.understandings.overrides import Layer, apply_layers
 from metasrv.understandings.rules import Registration, Rule, RuleFile, rule_path
 
@@ -31,24 +32,30 @@ class Written:
 
 
 def open_understanding_repository(
-    registration: Registration, meta: Storage, workdir: Path
+    registration: Registration, meta: Storage, workdir: Path, deadlines: Deadlines | None = None
 ) -> Storage:
     """Return the repository an override for ``registration`` is written to.
 
     Embedded understandings live in the meta repository; a local path is that repository; a URL
-    is cloned (or fetched) under ``workdir``, and nothing is ever pushed.
+    is cloned (or fetched) under ``workdir`` by the git CLI within ``deadlines``, as the server's
+    mirrors are, and nothing is ever pushed.
     """
     if registration.is_embedded:
         return meta
     local = Path(registration.repository).expanduser()
     if "://" not in registration.repository and local.exists():
         return Storage(local)
-    clone = workdir / registration.name
-    if clone.exists():
-        storage = Storage(clone)
-        storage.fetch_mirror()
-        return storage
-    return Storage.clone_mirror(registration.repository, clone)
+    deadlines = deadlines or Deadlines()
+    url, path = git_url(registration.repository), workdir / registration.name
+    # libgit2 has no network timeouts: a remote that never answers would hang the command.
+    if not path.exists():
+        clone(url, path, deadlines)
+    elif origin_url(path) == url:
+        fetch(url, path, deadlines)
+    else:
+        # Never replaced: it may be the contributor's own work.
+        raise InvalidInput(f"{path} exists and is not a clone of {url}; pass another --workdir")
+    return Storage(path)
 
 
 def write_override(
