@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "wheelcache",
             "views",
             "bytecache",
+            "listings",
             "readapi",
             "pulling",
             "hotpath",

@@ -17,10 +17,11 @@ from starlette.routing import Route
 from metasrv.errors import MetasrvError, NotFound
 from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
+from metasrv.http.documents import encode
 from metasrv.http.guard import GuardedHttpToolsProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.pulling import PulledReads
-from metasrv.http.readapi import Answer, ReadApi, encode
+from metasrv.http.readapi import Answer, ReadApi
 from metasrv.http.simpleroutes import SimpleRoutes
 from metasrv.http.views import SimpleApi
 from metasrv.http.wheelcache import WheelCache
@@ -99,6 +100,7 @@ def create_app(
     wheels = WheelCache(storage.path / "metasrv-wheels")
     simple_routes = SimpleRoutes(
         SimpleApi(catalog, understandings, wheels, pending_metadata=pulled.pull is not None),
+        read_api.listings,
         pulled,
     )
 
@@ -107,7 +109,7 @@ def create_app(
 
     async def projects(request: Request) -> Response:
         query = request.query_params
-        return _respond(request, read_api.projects(query.get("at"), query.get("since")))
+        return _respond(request, await read_api.projects(query.get("at"), query.get("since")))
 
     async def project(request: Request) -> Response:
         query, name = request.query_params, request.path_params["name"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -147,3 +148,8 @@ def render_patched_release(
     document["approvals"] = [approval.to_json() for approval in patched.approvals]
     document["understandings"] = [{"name": n, "commit": c} for n, c in pinned]
     return document
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """Return compact UTF-8 JSON."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

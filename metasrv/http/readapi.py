@@ -13,6 +13,8 @@ from packaging.utils import NormalizedName
 from metasrv.errors import InvalidInput, MetasrvError, NotFound
 from metasrv.http import documents
 from metasrv.http.bytecache import ByteCache
+from metasrv.http.documents import encode
+from metasrv.http.listings import Listings
 from metasrv.markers import (
     MarkerSets,
     annotate_requirements,
@@ -97,7 +99,7 @@ class ReadApi:
         self.understandings = understandings
         self.marker_sets = marker_sets
         self.bodies = ByteCache(BODY_CACHE_BYTES)
-        self._listing: tuple[str, bytes] | None = None
+        self.listings = Listings(catalog.storage.path, self.bodies)
 
     def pin(self, at: str | None) -> Pin:
         """Resolve ``?at=`` (or the served branch now) to a commit."""
@@ -145,26 +147,17 @@ class ReadApi:
         }
         return Answer(pin, f"root-{pin.commit_id}", encode(body))
 
-    def projects(self, at: str | None, since: str | None) -> Answer:
-        """List every project, or only those changed since a commit."""
+    async def projects(self, at: str | None, since: str | None) -> Answer:
+        """List every project, or only those changed since a commit (a miss: off the loop)."""
         pin = self.pin(at)
+        tree_id = self.catalog.data_tree(pin.commit_id)
         if since is None:
-            # ~45 MB at PyPI scale: rendered once per data tree, never per request.
-            tree_id = self.catalog.data_tree(pin.commit_id)
-            if self._listing is None or self._listing[0] != tree_id:
-                names = self.catalog.list_projects(pin.commit_id)
-                self._listing = (tree_id, encode(documents.render_listing(names)))
-            return Answer(pin, f"list-{pin.commit_id}", self._listing[1])
+            body = await self.listings.listing(pin.commit_id, tree_id)
+            return Answer(pin, f"list-{pin.commit_id}", body)
         if not since:
             raise InvalidInput("'since' is empty: expected a commit sha")
         since_id = self.catalog.storage.resolve(since)
-        # Mirrors poll with the commit they last saw: the diff is read once per data tree.
-        key = ("since", since_id, self.catalog.data_tree(pin.commit_id))
-        body = self.bodies.get(key)
-        if body is None:
-            changes = self.catalog.changed_since(since_id, pin.commit_id)
-            body = encode(documents.render_changes(since_id, changes))
-            self.bodies.put(key, body)
+        body = await self.listings.changes(since_id, pin.commit_id, tree_id)
         return Answer(pin, f"since-{since_id}-{pin.commit_id}", body)
 
     def project(self, at: str | None, name: str) -> Answer:
@@ -391,8 +384,3 @@ def _pending(release: Release) -> bool:
 def _state_key(body: bytes) -> str:
     # Mirror heads and fetch times change without a meta commit; the body itself says when.
     return hashlib.sha256(body).hexdigest()[:16]
-
-
-def encode(document: dict[str, Any]) -> bytes:
-    """Return compact UTF-8 JSON."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

@@ -15,8 +15,9 @@ from metasrv.errors import MetadataPending, NotFound
 from metasrv.http import readapi
 from metasrv.http.bytecache import ByteCache
 from metasrv.http.hotpath import etag_matches
+from metasrv.http.listings import Listings
 from metasrv.http.pulling import PulledReads
-from metasrv.http.simplepages import index_page_chunks, negotiate, render_json, render_project_html
+from metasrv.http.simplepages import negotiate, render_json, render_project_html
 from metasrv.http.views import METADATA_SUFFIX, Mount, SimpleApi
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_JSON
 from metasrv.names import parse_version
@@ -41,11 +42,13 @@ def _media_type(content_type: str) -> str:
 class SimpleRoutes:
     """The simple API's endpoints over one SimpleApi."""
 
-    def __init__(self, simple_api: SimpleApi, pulled: PulledReads | None = None) -> None:
+    def __init__(
+        self, simple_api: SimpleApi, listings: Listings, pulled: PulledReads | None = None
+    ) -> None:
         self.api = simple_api
+        # The root page at PyPI scale is ~40 MB: built once per data tree, off the loop.
+        self.listings = listings
         self.pulled = pulled or PulledReads(None)
-        # The root page at PyPI scale is ~40 MB; it is built once per data tree and content type.
-        self._index_cache: dict[tuple[str, str], bytes] = {}
         self._pages = ByteCache(PAGE_CACHE_BYTES)  # project pages of views without understandings
 
     def routes(self) -> list[Route]:
@@ -93,13 +96,7 @@ class SimpleRoutes:
         headers = self._headers(mount, f"root-{tree_id}-{content_type}", content_type)
         if etag_matches(request.headers.get("if-none-match", ""), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-        key = (tree_id, content_type)
-        body = self._index_cache.get(key)
-        if body is None:
-            body = b"".join(index_page_chunks(self.api.names(mount), content_type))
-            # One tree's pages at a time bound the memory (each is ~40 MB at PyPI scale).
-            self._index_cache = {k: v for k, v in self._index_cache.items() if k[0] == tree_id}
-            self._index_cache[key] = body
+        body = await self.listings.index_page(mount.commit_id, tree_id, content_type)
 
         async def chunks() -> AsyncIterator[bytes]:
             for start in range(0, len(body), 1 << 20):

@@ -12,8 +12,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
-from packaging.utils import NormalizedName
-
 from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
 from metasrv.http.simplepages import SimpleFile, project_page
 from metasrv.http.wheelcache import Rewritten, WheelCache
@@ -137,10 +135,6 @@ class SimpleApi:
             return Mount(commit_id, pinned, immutable, root)
         commit_time = datetime.fromtimestamp(storage.commit_time(commit_id), UTC)
         return Mount(commit_id, pinned, immutable, root, Cooldown.from_text(cooldown), commit_time)
-
-    def names(self, mount: Mount) -> dict[NormalizedName, str]:
-        """Return every project of the view (understandings do not add or remove projects)."""
-        return self.catalog.list_projects(mount.commit_id)
 
     def _located(self, mount: Mount, project: Project) -> Iterator[_Located]:
         layers = [self.understandings.layer(p, project.normalized_name) for p in mount.pinned]
