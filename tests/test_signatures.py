@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from metasrv.understandings.rules import Registration
 from metasrv.understandings.signatures import SshSigner
 from tests.builders import allow_repositories
 from tests.conftest import AsgiClient, running_server
+from tests.deadlines import BoundedThread, poll_until
 from tests.signing import allowed_signers_line, git, git_commit, make_key
 from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, rule_file
 
@@ -206,3 +208,45 @@ def test_without_ssh_keygen_nothing_is_served_and_nothing_is_remembered(
     again = client.get("/v1/projects/flask/2.0.0?understanding=audit")
     assert again.status_code == 200
     assert again.json()["understandings"] == [{"name": "audit", "commit": head}]
+
+
+GATED_SSH_KEYGEN = """#!/bin/sh
+# ssh-keygen, held while the gate is shut: the test sees a verification in progress.
+touch "$METASRV_TEST_GATE/started"
+while [ ! -e "$METASRV_TEST_GATE/open" ]; do sleep 0.02; done
+exec {real} "$@"
+"""
+
+
+def test_a_pin_being_verified_leaves_every_other_request_answered(
+    signed: Signed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    older = signed.commit(signed.alice, CAP_WERKZEUG)
+    newer = signed.commit(signed.alice, RELAX_CLICK)
+    real = shutil.which("ssh-keygen")
+    assert real is not None
+    tools, gate = tmp_path / "gated-tools", tmp_path / "gate"
+    tools.mkdir()
+    gate.mkdir()
+    (tools / "ssh-keygen").write_text(GATED_SSH_KEYGEN.format(real=real))
+    (tools / "ssh-keygen").chmod(0o755)
+    (gate / "open").touch()
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("METASRV_TEST_GATE", str(gate))
+    arguments = ["--repo", str(signed.meta.path), "--mirrors", str(signed.mirrors)]
+    with running_server(arguments) as server:
+        assert poll(f"{server.url}/v1/understandings/audit", lambda b: b["head"] == newer)
+        (gate / "open").unlink()
+        (gate / "started").unlink()
+        # The older commit was never verified: its pin runs ssh-keygen, which the gate holds.
+        answers: list[httpx.Response] = []
+        pinned_url = f"{server.url}/v1/projects/flask/1.1.4?understanding=audit@{older}"
+        pinned = BoundedThread(lambda: answers.append(httpx.get(pinned_url, timeout=60)), "pin")
+        pinned.start()
+        poll_until((gate / "started").exists, "the pin's verification began")
+        assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
+        assert answers == []  # still held
+        (gate / "open").touch()
+        pinned.join()
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["understandings"] == [{"name": "audit", "commit": older}]

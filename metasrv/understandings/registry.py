@@ -226,11 +226,39 @@ class Understandings:
         return True
 
     async def prepare(self, meta_commit: CommitId, spec: str) -> None:
-        """Wait (off the loop, at most the request wait) for the refreshes a read needs."""
+        """Wait (off the loop, at most the request wait) for the refreshes a read needs, then
+        check its signatures off the loop too, so that ``pin`` finds their verdicts cached."""
         jobs = self.needed(meta_commit, spec)
         if jobs:
             waiting = [asyncio.wrap_future(job) for job in jobs]
             await asyncio.wait(waiting, timeout=self.deadlines.request_wait_seconds)
+        signed = self._signed(meta_commit, spec)
+        if signed:
+            await asyncio.to_thread(self._verify_pins, meta_commit, signed)
+
+    def _signed(self, meta_commit: CommitId, spec: str) -> list[tuple[Registration, str]]:
+        """Return the items of ``spec`` whose registration names allowed signers."""
+        signed = []
+        for item in spec.split(",")[:MAX_UNDERSTANDINGS_PER_REQUEST]:
+            name, _, ref = item.strip().partition("@")
+            with suppress(MetasrvError):  # pin reports what is wrong with the list
+                registration = self.get(meta_commit, name)
+                if registration.allowed_signers is not None and not registration.is_embedded:
+                    signed.append((registration, ref))
+        return signed
+
+    def _verify_pins(self, meta_commit: CommitId, signed: list[tuple[Registration, str]]) -> None:
+        """Verify the commits a read pins (ssh-keygen, one process each) into the shared cache."""
+        for registration, ref in signed:
+            with suppress(MetasrvError):  # pin reports failures, on the loop, from the cache
+                signers = self.allowed_signers(registration, meta_commit)
+                assert signers is not None
+                # A handle of this thread's own; the verdicts land in a cache requests share.
+                mirror = Storage(self.mirrors.path(registration.name))
+                if ref:
+                    verify_commit(mirror, mirror.resolve(ref), signers)
+                else:
+                    newest_verified(mirror, mirror.resolve(registration.branch), signers)
 
     def prepare_blocking(self, meta_commit: CommitId, spec: str) -> None:
         """Wait for the refreshes a read needs, for a command line that may block."""
