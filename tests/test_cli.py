@@ -149,7 +149,6 @@ def test_help_is_for_users_and_shows_defaults(capsys: pytest.CaptureFixture[str]
     assert "TCP port to listen on (default: 8000)" in serve
 
 
-# understanding, override, markers and check are defined in cli/contribute.py, not yet here.
 @pytest.mark.parametrize(
     ("command", "says"),
     [
@@ -158,6 +157,12 @@ def test_help_is_for_users_and_shows_defaults(capsys: pytest.CaptureFixture[str]
         (["sync"], "commit on the checked-out branch every --checkpoint projects"),
         (["show"], "as the JSON API answers them"),
         (["build-metadata"], "defaults: 120 s wall and CPU time, 4096 MB"),
+        (["understanding"], "/u/NAME/simple/ or ?understanding=NAME"),
+        (["understanding", "add"], "understandings/NAME.toml"),
+        (["override"], "nothing is pushed"),
+        (["markers"], "resolve for machines it is not running on"),
+        (["markers", "generate"], "markers/sets/NAME.toml"),
+        (["check"], "print each problem as file:line"),
     ],
 )
 def test_each_subcommand_help_opens_with_a_description_for_users(

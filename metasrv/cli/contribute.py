@@ -38,9 +38,24 @@ def open_repository(path: Path | None) -> Storage:
 
 
 def _add_understanding_parser(commands: Any) -> None:
-    understanding = commands.add_parser("understanding", help="manage registered understandings")
+    understanding = commands.add_parser(
+        "understanding",
+        help="manage registered understandings",
+        description="Register understandings: groups' git repositories of overrides of "
+        "dependency metadata, which clients opt into with /u/NAME/simple/ or ?understanding=NAME. "
+        "A registration is a file in the meta repository's understandings/ folder; the server "
+        "mirrors the repository it names and serves its rules.",
+    )
     actions = understanding.add_subparsers(required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="register an understanding and commit")
+    add = actions.add_parser(
+        "add",
+        help="register an understanding and commit",
+        description="Register the understanding NAME: write understandings/NAME.toml (its "
+        "repository, branch (default main), rule folder, description, whether it is a gate, "
+        "and with --allowed-signers the file of keys whose signatures it must carry, committed "
+        "beside it) and commit it on the meta repository's checked-out branch. A repository "
+        "URL must be allowed by metasrv.toml's [understandings] allow list.",
+    )
     add.add_argument("name")
     add.add_argument("--repository", required=True, help="URL or path of its git repository")
     add.add_argument("--branch", default="main")
@@ -62,7 +77,18 @@ def add_parsers(commands: Any) -> None:
     """Add the contributor subcommands to the ``metasrv`` parser."""
     _add_understanding_parser(commands)
 
-    override = commands.add_parser("override", help="write an override on a new branch")
+    override = commands.add_parser(
+        "override",
+        help="write an override on a new branch",
+        description="Write one rule into an understanding's rule file for PROJECT: for the "
+        "releases --versions selects, relax, replace, remove or add a requirement, set "
+        "Requires-Python, yank, or approve (in a gate), with --reason saying why. The rule is "
+        "committed on a new branch (default: derived from the change) of the understanding's "
+        "repository, without touching its working tree, ready for a pull request; nothing is "
+        "pushed. A registration whose repository is a URL is cloned or fetched into --workdir "
+        "(default: the current folder) within --git-timeout. A rule identical to one already "
+        "in the file is refused.",
+    )
     override.add_argument("project")
     override.add_argument("--understanding", required=True)
     override.add_argument("--versions", required=True, help="PEP 440 specifier set")
@@ -95,9 +121,23 @@ def add_parsers(commands: Any) -> None:
     )
     override.set_defaults(handler=_override)
 
-    markers = commands.add_parser("markers", help="known marker sets")
+    markers = commands.add_parser(
+        "markers",
+        help="known marker sets",
+        description="Known marker sets: named sets of full PEP 508 environments (platforms, "
+        "interpreters and their versions), kept in markers/ of the meta repository, so that a "
+        "lock tool can resolve for machines it is not running on. They are generated from the "
+        "facts in markers/facts/ (interpreters and platforms).",
+    )
     marker_actions = markers.add_subparsers(required=True, metavar="ACTION")
-    generate = marker_actions.add_parser("generate", help="write a marker set from the facts")
+    generate = marker_actions.add_parser(
+        "generate",
+        help="write a marker set from the facts",
+        description="Write markers/sets/NAME.toml: one environment per platform, interpreter "
+        "and architecture supported within --months of --as-of (default: today), for the "
+        "--platforms and --implementations (default: cpython) named, from markers/facts/; "
+        "then commit it on the meta repository's checked-out branch.",
+    )
     generate.add_argument("name")
     generate.add_argument("--platforms", required=True, help="comma list: linux,macos,windows")
     generate.add_argument("--months", type=int, required=True, help="support window in months")
@@ -107,7 +147,15 @@ def add_parsers(commands: Any) -> None:
     generate.add_argument("--repo", type=Path, help="meta repository (default: the one run in)")
     generate.set_defaults(handler=_markers_generate)
 
-    check = commands.add_parser("check", help="validate an understanding and show its effect")
+    check = commands.add_parser(
+        "check",
+        help="validate an understanding and show its effect",
+        description="Validate the rule files in FOLDER (default: the current folder), an "
+        "understanding's working tree, and print each problem as file:line; then, against the "
+        "canonical data in --repo, print each release a rule changes as before -> after "
+        "(with --base, only what changed since that ref). With --understanding, report commits "
+        "that do not verify against its allowed signers. Exits 1 on a problem; writes nothing.",
+    )
     check.add_argument("folder", nargs="?", type=Path, default=Path(), help="its rules' folder")
     check.add_argument("--repo", type=Path, help="meta repository with the canonical data")
     check.add_argument("--base", help="ref to compare against (e.g. origin/main)")
