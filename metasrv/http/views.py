@@ -78,7 +78,8 @@ class _Located:
 
 def _rendered(dist_file: DistFile) -> bool:
     """Return whether a file's .metadata is rendered from its record: a built sdist's is."""
-    # An sdist's PKG-INFO is not what a build computed; the build's own document is not kept.
+    # An sdist's PKG-INFO is not what a build computed; builds before the build's own document
+    # was kept (core-metadata-sha256) are served a rendering of their record.
     return (
         dist_file.metadata_status is MetadataStatus.BUILT and dist_file.core_metadata_sha256 is None
     )
