@@ -6,10 +6,13 @@ import hashlib
 import time
 from pathlib import Path
 
+import httpx
+
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.repo.storage import Storage
-from tests.conftest import AsgiClient
+from tests.conftest import AsgiClient, running_server
+from tests.deadlines import poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, serve_index
 from tests.test_installers import RELAX
@@ -59,3 +62,36 @@ def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_
             assert client.get("/u/relaxed/simple/mtsv-beta/", headers=JSON).json() == ready.json()
         assert client.get(wheel["url"]).content == served
         assert len(index.requests) == downloads
+
+
+def test_a_new_understanding_state_gets_its_wheels_rewritten_before_any_page_asks(
+    tmp_path: Path,
+) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    build_wheel(archives, "mtsv-alpha", "2.0")
+    build_wheel(archives, "mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"])
+    with serve_index(archives, IndexBehaviour(pep658=False)) as index:
+        assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
+        assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
+        meta = Storage(tmp_path / "meta")
+        register(meta, "relaxed", ".", "understandings/relaxed")
+        arguments = ["--repo", str(meta.path), "--offline", "--quiet", "--fetch-interval", "0.2"]
+        with running_server(arguments) as server:
+
+            def downloads() -> int:
+                """Return how often the whole wheel was fetched (sync read it by ranges)."""
+                requests = list(index.requests)
+                return sum(
+                    path == f"/files/{WHEEL}" and not byte_range for path, byte_range in requests
+                )
+
+            assert downloads() == 0  # the understanding changes nothing yet
+            add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
+            # The rule's state is served: its wheel is rewritten with no page asking for it.
+            poll_until(lambda: downloads() == 1, "the rewritten wheel was prepared")
+            page = httpx.get(f"{server.url}/u/relaxed/simple/mtsv-beta/", headers=JSON)
+            assert page.status_code == 200
+            assert len(page.json()["files"]) == 1
+            assert not page.headers["etag"].endswith('-without-1"')
+            assert downloads() == 1

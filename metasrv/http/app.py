@@ -168,7 +168,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _beside_the_server(understandings, fetch_interval, follower, log):
+        async with _beside_the_server(simple_routes.api, fetch_interval, follower, log):
             try:
                 yield
             finally:
@@ -227,13 +227,14 @@ def open_pull_through(
 
 @asynccontextmanager
 async def _beside_the_server(
-    understandings: Understandings,
+    simple_api: SimpleApi,
     fetch_interval: float,
     follower: Follower | None,
     log: Callable[[str], None] | None,
 ) -> AsyncIterator[None]:
-    """Fetch the understandings' mirrors and follow the source while the server runs."""
-    task = asyncio.create_task(_fetch_mirrors(understandings, fetch_interval, log))
+    """Fetch the understandings' mirrors, prepare the wheels they rewrite, and follow the source
+    while the server runs."""
+    task = asyncio.create_task(_fetch_mirrors(simple_api, fetch_interval, log))
     if follower is not None:
         follower.start()
     try:
@@ -296,15 +297,18 @@ def _prepared(read_api: ReadApi, endpoint: Endpoint) -> Endpoint:
 
 
 async def _fetch_mirrors(
-    understandings: Understandings, interval: float, log: Callable[[str], None] | None
+    simple_api: SimpleApi, interval: float, log: Callable[[str], None] | None
 ) -> None:
-    """Refresh every registered mirror now and then every ``interval`` seconds, off the loop.
+    """Refresh every registered mirror now and then every ``interval`` seconds, off the loop,
+    then start preparing the wheels each understanding's new state rewrites.
 
     The refreshes run in parallel on worker threads; the next round starts when all of this one
     are done or past their deadline, so a hung remote delays no other mirror. Of several workers
     serving one repository only the one holding the fetch lock refreshes periodically; a refresh
     a request needs takes the mirror's own lock (see Mirrors), so processes never fetch at once.
+    Rewritten wheels are kept on disk that every worker reads.
     """
+    understandings = simple_api.understandings
     understandings.mirrors.folder.mkdir(parents=True, exist_ok=True)
     with open(understandings.mirrors.folder / FETCH_LOCK, "w") as lock_file:
         while True:
@@ -318,6 +322,7 @@ async def _fetch_mirrors(
                     # next round (the routes report it to clients too).
                     if log is not None:
                         log(f"mirrors: refresh failed, trying again: {exc}")
+            await simple_api.prepare_rewrites()
             await asyncio.sleep(interval)
 
 

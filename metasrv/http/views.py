@@ -12,13 +12,15 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from urllib.request import url2pathname
 
+from packaging.utils import NormalizedName
+
 from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
 from metasrv.http.simplepages import SimpleFile, project_page
 from metasrv.http.wheelcache import Rewritten, WheelCache
 from metasrv.http.wheels import render_metadata_file
 from metasrv.index.archives import is_wheel
 from metasrv.model import CoreMetadata, DistFile, MetadataStatus, Project, Release
-from metasrv.names import core_metadata_path
+from metasrv.names import core_metadata_path, name_from_path
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId
 from metasrv.understandings.cooldown import Cooldown, apply_cooldown
@@ -85,6 +87,14 @@ def _rendered(dist_file: DistFile) -> bool:
     )
 
 
+def _ruled_projects(pinned: Pinned) -> list[NormalizedName]:
+    """Return the projects an understanding has rule files for, at its pinned commit."""
+    storage, folder = pinned.storage, pinned.registration.folder.strip("/")
+    tree_id = storage.tree_id(pinned.commit, folder)
+    paths = storage.walk_blobs(tree_id) if tree_id is not None else iter(())
+    return [name for path, _ in paths if (name := name_from_path(path)) is not None]
+
+
 def _source_serves_metadata(located: _Located) -> bool:
     """Return whether a pending file's .metadata is the source's document, its hash declared."""
     original = located.original
@@ -113,6 +123,37 @@ class SimpleApi:
         self.wheels = wheels
         # With pull-through, a wheel's metadata not read yet is offered and read on request.
         self.pending_metadata = pending_metadata
+        self._prepared: dict[str, str] = {}  # understanding -> the view state last prepared
+
+    async def prepare_rewrites(self) -> int:
+        """Start preparing, in the background, the wheels each understanding's own view rewrites,
+        for views whose state (data and understanding commits) is new; return how many started.
+
+        Run after mirrors are refreshed, so pages find them ready; a page of a combination of
+        understandings, or one whose wheel the disk cap evicted, starts what it lacks itself.
+        """
+        started = 0
+        for name in self.understandings.registrations(self.catalog.storage.resolve(None)):
+            try:
+                mount = self.mount(None, name)
+            except MetasrvError:
+                continue  # its routes say why
+            if self._prepared.get(name) == mount.key:
+                continue
+            for normalized_name in _ruled_projects(mount.pinned[0]):
+                await asyncio.sleep(0)  # a project at a time: requests are answered between
+                try:
+                    project = self.catalog.get_project(mount.commit_id, normalized_name)
+                    located = [item for item in self._located(mount, project) if not item.hidden]
+                except MetasrvError:
+                    continue  # an unknown project, a broken rule file: reported where read
+                for item in located:
+                    metadata = self._rewrite_needed(item)
+                    if metadata is not None and self.wheels.ready(item.original, metadata) is None:
+                        self.wheels.prepare(item.original, metadata)
+                        started += 1
+            self._prepared[name] = mount.key
+        return started
 
     async def prepare(self, at: str | None, spec: str) -> None:
         """Wait, off the loop and within a bound, for the mirror refreshes a view needs."""

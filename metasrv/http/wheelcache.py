@@ -1,8 +1,10 @@
 """Rewritten wheels, prepared in the background and kept on disk by what they are made of.
 
-No page request downloads a wheel: a page asks which rewritten wheels are ready, starts the
-missing ones on a few worker threads (bounded concurrency, a disk budget), waits for them at
-most ``page_wait_seconds``, and leaves out those still not ready. ``<key>.sha256`` is written
+No page request downloads a wheel: each understanding's view is prepared when the server serves
+a new state of it (``SimpleApi.prepare_rewrites``); a page asks which rewritten wheels are ready,
+starts the missing ones (combinations of understandings, evictions) on a few worker threads
+(bounded concurrency, a disk budget), waits for them at most ``page_wait_seconds``, and leaves
+out those still not ready. ``<key>.sha256`` is written
 last, so its presence means the wheel and its METADATA are complete; the digest is then read,
 never recomputed, and a wheel once written never changes: its key is its recipe.
 """
