@@ -9,6 +9,7 @@ import hashlib
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -363,43 +364,47 @@ def test_a_data_branch_git_could_not_name_is_refused_in_metasrv_toml(branch: str
         MetaConfig.from_toml(document, "metasrv.toml")
 
 
-def test_a_pending_wheel_metadata_is_the_sources_own_by_its_declared_hash(tmp_path: Path) -> None:
+BETA_WHEEL = "pt_beta-1.0-py3-none-any.whl"
+
+
+@contextmanager
+def pulling_server(
+    tmp_path: Path, behaviour: IndexBehaviour
+) -> Iterator[tuple[LocalIndex, httpx.Client]]:
+    """Serve the archives from an index that behaves so, and metasrv (nothing synced) before it."""
     archives = build_archives(tmp_path / "archives")
-    wheel = "pt_beta-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(archives / wheel) as archive:
-        document = archive.read("pt_beta-1.0.dist-info/METADATA")
-    # Were metasrv to read the document before answering, it would meet these failures.
-    behaviour = IndexBehaviour(faults={f"/files/{wheel}.metadata": ["500"] * 4})
     with serve_index(archives, behaviour) as index:
         assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
         with (
             running_server(["--repo", str(tmp_path / "meta"), "--quiet"]) as server,
             httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
         ):
-            (entry,) = http.get("/simple/pt-beta/", headers=JSON).json()["files"]
-            declared = {"sha256": hashlib.sha256(document).hexdigest()}
-            assert entry["core-metadata"] == entry["dist-info-metadata"] == declared
-            answer = http.get(f"/files/pt-beta/{wheel}.metadata")
-            assert answer.status_code == 302
-            assert answer.headers["location"] == f"{index.url}/files/{wheel}.metadata"
+            yield index, http
+
+
+def test_a_pending_wheel_metadata_is_the_sources_own_by_its_declared_hash(tmp_path: Path) -> None:
+    # Were metasrv to read the document before answering, it would meet these failures.
+    behaviour = IndexBehaviour(faults={f"/files/{BETA_WHEEL}.metadata": ["500"] * 4})
+    with pulling_server(tmp_path, behaviour) as (index, http):
+        (entry,) = http.get("/simple/pt-beta/", headers=JSON).json()["files"]
+        with zipfile.ZipFile(tmp_path / "archives" / BETA_WHEEL) as archive:
+            document = archive.read("pt_beta-1.0.dist-info/METADATA")
+        declared = {"sha256": hashlib.sha256(document).hexdigest()}
+        assert entry["core-metadata"] == entry["dist-info-metadata"] == declared
+        answer = http.get(f"/files/pt-beta/{BETA_WHEEL}.metadata")
+        assert answer.status_code == 302
+        assert answer.headers["location"] == f"{index.url}/files/{BETA_WHEEL}.metadata"
 
 
 def test_a_declared_hash_that_is_no_sha256_is_not_passed_on(tmp_path: Path) -> None:
-    archives = build_archives(tmp_path / "archives")
-    wheel = "pt_beta-1.0-py3-none-any.whl"
     # An HTML page: a JSON page with such a hash is refused whole at the edge.
-    behaviour = IndexBehaviour(json=False, metadata_hash={wheel: "not-a-digest"})
-    with serve_index(archives, behaviour) as index:
-        assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
-        with (
-            running_server(["--repo", str(tmp_path / "meta"), "--quiet"]) as server,
-            httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
-        ):
-            (entry,) = http.get("/simple/pt-beta/", headers=JSON).json()["files"]
-            # PEP 714: it exists, its hash unknown until metasrv reads it (and finds it wrong).
-            assert entry["core-metadata"] is True
-            answer = http.get(f"/files/pt-beta/{wheel}.metadata")
-            assert answer.status_code == 404, answer.text
+    behaviour = IndexBehaviour(json=False, metadata_hash={BETA_WHEEL: "not-a-digest"})
+    with pulling_server(tmp_path, behaviour) as (_, http):
+        (entry,) = http.get("/simple/pt-beta/", headers=JSON).json()["files"]
+        # PEP 714: it exists, its hash unknown until metasrv reads it (and finds it wrong).
+        assert entry["core-metadata"] is True
+        answer = http.get(f"/files/pt-beta/{BETA_WHEEL}.metadata")
+        assert answer.status_code == 404, answer.text
 
 
 def test_the_data_branch_takes_in_what_is_committed_to_heads_branch_later(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ from metasrv.repo.storage import Storage
 from tests.conftest import AsgiClient, running_server
 from tests.deadlines import poll_until
 from tests.distributions import build_wheel
-from tests.indexserver import IndexBehaviour, serve_index
+from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_installers import RELAX
 from tests.test_understandings import add_rules, register
 
@@ -23,9 +25,10 @@ DEADLINE_SECONDS = 60
 WHEEL = "mtsv_beta-1.0-py3-none-any.whl"
 
 
-def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_ready(
-    tmp_path: Path,
-) -> None:
+@contextmanager
+def synced_with_relaxed(tmp_path: Path) -> Iterator[tuple[LocalIndex, Storage]]:
+    """Sync mtsv-beta 1.0 (alpha below 2) and mtsv-alpha 2.0 from a local index; register the
+    understanding ``relaxed``, with no rules yet, in the meta repository."""
     archives = tmp_path / "archives"
     archives.mkdir()
     build_wheel(archives, "mtsv-alpha", "2.0")
@@ -35,6 +38,13 @@ def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_
         assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
         meta = Storage(tmp_path / "meta")
         register(meta, "relaxed", ".", "understandings/relaxed")
+        yield index, meta
+
+
+def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_ready(
+    tmp_path: Path,
+) -> None:
+    with synced_with_relaxed(tmp_path) as (index, meta):
         add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
         # The source holds the wheel's download until released: the page must not wait on it.
         index.behaviour.faults[f"/files/{WHEEL}"] = ["hold"]
@@ -67,15 +77,7 @@ def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_
 def test_a_new_understanding_state_gets_its_wheels_rewritten_before_any_page_asks(
     tmp_path: Path,
 ) -> None:
-    archives = tmp_path / "archives"
-    archives.mkdir()
-    build_wheel(archives, "mtsv-alpha", "2.0")
-    build_wheel(archives, "mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"])
-    with serve_index(archives, IndexBehaviour(pep658=False)) as index:
-        assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
-        assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
-        meta = Storage(tmp_path / "meta")
-        register(meta, "relaxed", ".", "understandings/relaxed")
+    with synced_with_relaxed(tmp_path) as (index, meta):
         arguments = ["--repo", str(meta.path), "--offline", "--quiet", "--fetch-interval", "0.2"]
         with running_server(arguments) as server:
 
