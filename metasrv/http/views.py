@@ -133,7 +133,11 @@ class SimpleApi:
         understandings, or one whose wheel the disk cap evicted, starts what it lacks itself.
         """
         started = 0
-        for name in self.understandings.registrations(self.catalog.storage.resolve(None)):
+        try:
+            registrations = self.understandings.registrations(self.catalog.storage.resolve(None))
+        except MetasrvError:
+            return 0  # no served commit yet, or a broken registration: the refresh says why
+        for name in registrations:
             try:
                 mount = self.mount(None, name)
             except MetasrvError:
