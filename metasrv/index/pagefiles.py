@@ -172,15 +172,21 @@ def _lacks_hash(dist_file: DistFile) -> bool:
     )
 
 
+def declared_sha256(source_file: SourceFile) -> str | None:
+    """Return the sha256 a page declares for a file's PEP 658 document, if it is a valid one."""
+    declared = source_file.core_metadata
+    digest = declared.get("sha256", "").lower() if isinstance(declared, Mapping) else ""
+    return digest if _SHA256.fullmatch(digest) else None
+
+
 def _with_listed_hash(dist_file: DistFile, source_file: SourceFile) -> DistFile:
     """Return a file lacking a hash with the one its page lists for the source's PEP 658 file.
 
     The page's hash is the document's (PEP 658) and clients are sent to the source's own file,
     so nothing needs reading.
     """
-    listed = source_file.core_metadata
-    digest = listed.get("sha256", "").lower() if isinstance(listed, Mapping) else ""
-    if not _lacks_hash(dist_file) or not _SHA256.fullmatch(digest):
+    digest = declared_sha256(source_file)
+    if not _lacks_hash(dist_file) or digest is None:
         return dist_file
     return replace(dist_file, core_metadata_sha256=digest, core_metadata_stored=False)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -10,12 +9,10 @@ from packaging.version import Version
 
 from metasrv.errors import InvalidInput
 from metasrv.index import archives
-from metasrv.index.pagefiles import listed_file
-from metasrv.index.pages import ProjectPage, SourceFile
+from metasrv.index.pagefiles import declared_sha256, listed_file
+from metasrv.index.pages import ProjectPage
 from metasrv.model import DistFile, MetadataStatus, Project, Release
 from metasrv.names import normalize_name
-
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Merge = Callable[[Project | None], Project | None]
 """A change to one project: the project at the head (None: absent) -> the project to write."""
@@ -30,18 +27,11 @@ def pending_files(page: ProjectPage, known: Mapping[str, DistFile]) -> list[Dist
         dist_file = replace(
             listed_file(source_file),
             metadata_status=MetadataStatus.PENDING,
-            core_metadata_sha256=_declared_sha256(source_file),
+            # Served to clients as the hash of the source's own document until sync reads it.
+            core_metadata_sha256=declared_sha256(source_file),
         )
         files.append(_with_known_metadata(dist_file, known.get(dist_file.filename)))
     return files
-
-
-def _declared_sha256(source_file: SourceFile) -> str | None:
-    """Return the sha256 a page declares for a file's PEP 658 document, if it is a valid one."""
-    declared = source_file.core_metadata
-    digest = declared.get("sha256", "").lower() if isinstance(declared, Mapping) else ""
-    # Served to clients as the hash of the source's own document until sync reads it.
-    return digest if SHA256_HEX.fullmatch(digest) else None
 
 
 def _with_known_metadata(dist_file: DistFile, known: DistFile | None) -> DistFile:

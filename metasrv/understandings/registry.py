@@ -251,14 +251,14 @@ class Understandings:
         """Verify the commits a read pins (ssh-keygen, one process each) into the shared cache."""
         for registration, ref in signed:
             with suppress(MetasrvError):  # pin reports failures, on the loop, from the cache
+                if not ref:
+                    self._verify_fetched(registration, meta_commit)  # its branch's head
+                    continue
                 signers = self.allowed_signers(registration, meta_commit)
                 assert signers is not None
                 # A handle of this thread's own; the verdicts land in a cache requests share.
                 mirror = Storage(self.mirrors.path(registration.name))
-                if ref:
-                    verify_commit(mirror, mirror.resolve(ref), signers)
-                else:
-                    newest_verified(mirror, mirror.resolve(registration.branch), signers)
+                verify_commit(mirror, mirror.resolve(ref), signers)
 
     def prepare_blocking(self, meta_commit: CommitId, spec: str) -> None:
         """Wait for the refreshes a read needs, for a command line that may block."""
