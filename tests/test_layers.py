@@ -13,7 +13,19 @@ MAX_MODULE_LINES = 400
 # may import the modules listed before it in its own layer and anything in a layer below its own.
 LAYERS: list[tuple[str, list[str]]] = [
     ("", ["errors", "names", "tables", "buildsettings", "config", "model"]),
-    ("repo", ["tomlcodec", "projectfile", "worktree", "paths", "locks", "storage", "catalog"]),
+    (
+        "repo",
+        [
+            "tomlcodec",
+            "projectfile",
+            "worktree",
+            "paths",
+            "locks",
+            "storage",
+            "namesfile",
+            "catalog",
+        ],
+    ),
     (
         "index",
         [

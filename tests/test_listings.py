@@ -16,6 +16,7 @@ from metasrv.http.listings import Listings
 from metasrv.http.readapi import BODY_CACHE_BYTES
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
+from metasrv.repo.namesfile import names_file
 from metasrv.repo.storage import Storage
 from tests.builders import SOURCE_URL, make_project, project_files
 from tests.deadlines import THREAD_DEADLINE_SECONDS
@@ -52,6 +53,7 @@ def test_cheap_requests_answer_while_a_whole_index_miss_is_computed(
     large: tuple[Storage, str], path: str
 ) -> None:
     storage, empty = large
+    names_file(Path(storage.path)).unlink(missing_ok=True)  # else the listing is read from it
     app = create_app(Path(storage.path))
 
     async def scenario() -> tuple[int, httpx.Response]:

@@ -10,10 +10,11 @@ from packaging.utils import NormalizedName
 from packaging.version import Version
 
 from metasrv.config import MetaConfig
-from metasrv.errors import UnknownProject
+from metasrv.errors import NotFound, UnknownProject
 from metasrv.model import Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
 from metasrv.repo import tomlcodec
+from metasrv.repo.namesfile import load_names, names_file, save_names
 from metasrv.repo.projectfile import read_project, read_release, registered_name
 from metasrv.repo.storage import BlobId, CommitId, Storage
 
@@ -21,6 +22,8 @@ DATA_ROOT = "data"
 CONFIG_PATH = "metasrv.toml"
 # A parsed project is ~100 KB of objects; encoded bodies are cached separately and far smaller.
 PARSED_PROJECT_CACHE_SIZE = 256
+# The saved listing is rewritten once a new process would otherwise follow this many changes.
+SAVE_AFTER_CHANGES = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class Catalog:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._listing: _Listing | None = None
+        self._unsaved_changes = 0  # projects changed since the saved listing's commit
         self._parsed: OrderedDict[BlobId, Project] = OrderedDict()  # least recently used first
 
     def config(self, commit_id: CommitId) -> MetaConfig:
@@ -112,18 +116,33 @@ class Catalog:
         if listing is not None and listing.commit_id == commit_id:
             return listing.names
         if listing is None:
+            saved = load_names(names_file(self.storage.path))
+            listing = None if saved is None else _Listing(*saved)
+        names = None if listing is None else self._follow(listing, commit_id)
+        if names is None:
             names = self._walk_names(commit_id)
-        else:
-            # Follow the tree diff from the last listing: work scales with what changed.
-            names = dict(listing.names)
-            for change in self.changed_since(listing.commit_id, commit_id):
-                if change.change == "removed":
-                    names.pop(change.normalized_name, None)
-                else:
-                    names[change.normalized_name] = change.name
-            names = dict(sorted(names.items()))
+            self._unsaved_changes = SAVE_AFTER_CHANGES
         self._listing = _Listing(commit_id, names)
+        if self._unsaved_changes >= SAVE_AFTER_CHANGES:
+            save_names(names_file(self.storage.path), commit_id, names)
+            self._unsaved_changes = 0
         return names
+
+    def _follow(self, listing: _Listing, commit_id: CommitId) -> dict[NormalizedName, str] | None:
+        """Return a listing moved to ``commit_id`` along the tree diff: work scales with what
+        changed. None when its commit is gone (gc, a rewritten branch)."""
+        try:
+            changes = self.changed_since(listing.commit_id, commit_id)
+        except (KeyError, ValueError, NotFound):
+            return None
+        names = dict(listing.names)
+        for change in changes:
+            if change.change == "removed":
+                names.pop(change.normalized_name, None)
+            else:
+                names[change.normalized_name] = change.name
+        self._unsaved_changes += len(changes)
+        return dict(sorted(names.items()))
 
     def _walk_names(self, commit_id: CommitId) -> dict[NormalizedName, str]:
         tree_id = self.storage.tree_id(commit_id, DATA_ROOT)
