@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+
 import pytest
 
-from metasrv.http.compression import accepts_gzip, chosen_coding
+from metasrv.http.compression import CACHE_MIN_BYTES, Compressor, accepts_gzip, chosen_coding
+from metasrv.http.hotpath import Message, Receive, Scope, Send
 from metasrv.repo.catalog import CONFIG_PATH
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_project
@@ -12,6 +16,7 @@ from tests.conftest import AsgiClient
 
 UV = {"Accept-Encoding": "gzip, deflate, zstd"}  # what uv sends
 GZIP = {"Accept-Encoding": "gzip, deflate"}  # what pip sends
+GZIP_RAW = [(b"accept-encoding", b"gzip, deflate")]
 IDENTITY = {"Accept-Encoding": "identity"}
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -123,3 +128,30 @@ def test_small_answers_and_redirects_are_not_compressed(client: AsgiClient) -> N
     redirect = client.get(url, headers=GZIP)
     assert redirect.status_code in (302, 307)
     assert "content-encoding" not in redirect.headers
+
+
+@pytest.mark.parametrize(("size", "kept"), [(CACHE_MIN_BYTES - 1, 0), (CACHE_MIN_BYTES, 1)])
+def test_only_bodies_worth_keeping_are_kept_compressed(size: int, kept: int) -> None:
+    """A release's few KB compress in microseconds: kept, 740,000 would fill the memory."""
+    body = b"[" + b"1," * ((size - 3) // 2) + b"1" * ((size - 3) % 2 + 1) + b"]"
+    assert len(body) == size
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"etag", b'"e"')]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    compressor = Compressor(app)
+    for _ in range(2):
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)  # noqa: B023 - each round's own list, read in the same round
+
+        async def receive() -> Message:
+            return {"type": "http.request"}
+
+        scope = {"type": "http", "path": "/v1/x", "query_string": b"", "headers": list(GZIP_RAW)}
+        asyncio.run(compressor(scope, receive, send))
+        assert gzip.decompress(sent[1]["body"]) == body
+    assert len(compressor.cache) == kept

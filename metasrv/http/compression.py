@@ -22,6 +22,9 @@ from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
 COMPRESSIBLE = frozenset({"application/json", MIME_SIMPLE_JSON, MIME_SIMPLE_HTML, MIME_HTML})
 MIN_BYTES = 1024  # below a packet, compressing saves nothing worth the CPU
 CACHE_BYTES = 64 * 1024 * 1024
+# A release's JSON (a few KB) compresses in microseconds; kept, 740,000 of them would fill the
+# cache with what is cheaper to redo. Pages from this size up are kept (numpy's, the root).
+CACHE_MIN_BYTES = 32 * 1024
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3  # zstd's default: about gzip 6's ratio on these pages, at a fraction of its CPU
 _SUFFIXED = re.compile(rb'-(?:gzip|zstd)"')
@@ -161,7 +164,7 @@ class Compressor:
                 compressed = await asyncio.to_thread(_compress, body, coding)
             else:
                 compressed = _compress(body, coding)
-            if key is not None:
+            if key is not None and len(body) >= CACHE_MIN_BYTES:
                 self.cache.put(key, compressed)
         dropped = (b"content-length", b"etag", b"content-encoding")
         headers = [(key, value) for key, value in headers if key.lower() not in dropped]

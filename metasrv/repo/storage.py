@@ -31,11 +31,13 @@ _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/-]|/$|\.lo
 # libgit2 caches only trees under 4 KiB by default; shard trees are larger and read per request.
 pygit2.settings.cache_object_limit(ObjectType.TREE, 4 * 1024 * 1024)
 pygit2.settings.cache_object_limit(ObjectType.COMMIT, 64 * 1024)
-pygit2.settings.cache_max_size(128 * 1024 * 1024)
+# At PyPI scale the shard trees alone outgrow any budget: the cache keeps the hot ones, and its
+# size is most of what a server that has read every project holds (issue 12: under 300 MB).
+pygit2.settings.cache_max_size(32 * 1024 * 1024)
 # Pack files are read through mmap windows (1 GiB each, 8 GiB in all by default on 64-bit); every
 # touched page counts in RSS, so reading all of a large repository once would map all of it.
-pygit2.settings.mwindow_size = 32 * 1024 * 1024
-pygit2.settings.mwindow_mapped_limit = 96 * 1024 * 1024
+pygit2.settings.mwindow_size = 16 * 1024 * 1024
+pygit2.settings.mwindow_mapped_limit = 48 * 1024 * 1024
 
 _DEFAULT_SIGNATURE = ("metasrv", "metasrv@localhost")
 
