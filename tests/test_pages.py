@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metasrv.errors import SourceError
-from metasrv.index.pages import parse_json_project
+from metasrv.index.pages import join_link, parse_json_project
 
 BASE = "https://index.test/simple/a/"
 JSON = st.recursive(
@@ -97,3 +98,22 @@ def test_a_project_page_serial_is_read_as_pypi_spells_it(
 def test_a_serial_that_is_no_serial_number_is_a_source_error(serial: object) -> None:
     with pytest.raises(SourceError, match="_last-serial"):
         parse_json_project({"name": "six", "files": [], "meta": {"_last-serial": serial}}, "six")
+
+
+_LINK_PARTS = ["a", "b.whl", ".", "..", "", "/", "//", ":", "https:", "http://h", "?q", "#f"]
+_LINK_PARTS += [";p", " ", "\t", "%2F", "\\", "x:y", "files", "h.org"]
+_BASES = ["http://h/simple/p/", "https://h/simple/p", "http://h/simple/p/?x#y", "http://h"]
+
+
+@given(st.sampled_from(_BASES), st.lists(st.sampled_from(_LINK_PARTS), max_size=8).map("".join))
+@example("http://h/simple/p/", "http://h")  # a host, not a folder
+@example("http://h/simple/p/", "//h")
+@example("http://h/simple/p/", "a/..")
+@example("http://h/simple/p/", "a/x:y")  # no scheme once inside a folder ...
+@example("http://h/simple/p/", "x:y")  # ... but here a scheme
+@example("http://h/simple/p/?x", "../../files/b.whl")
+@example("http://h/simple/p/", "https://files.example/packages/ab/b.whl")
+def test_a_link_is_joined_as_urljoin_joins_it(base: str, link: str) -> None:
+    """Links are joined folder by folder for speed; the result is urljoin's, scheme included."""
+    url = urljoin(base, link)
+    assert join_link(base, link) == (url, urlsplit(url).scheme)

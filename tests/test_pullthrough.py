@@ -462,3 +462,17 @@ def test_what_pull_through_hands_the_server_equals_what_it_committed(
         handed = reader.parse_project(blob_id, normalized_name)
         assert handed == read_project(storage.read_blob(blob_id), name)
     assert not catalog.get_project(head, "pt-beta").releases[0].files[0].metadata_pending
+
+
+def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
+    """The client's TLS context takes tens of milliseconds: not on the first request's time."""
+    pull = PullThrough(source.meta, source.index.simple_url)
+    try:
+        assert pull._fetcher is None
+        pull.warm_up()
+        # Callbacks run in order: once this has run on the pull loop, the warm-up has too.
+        loop = pull._start()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(DEADLINE_SECONDS)
+        assert pull._fetcher is not None
+    finally:
+        pull.close()

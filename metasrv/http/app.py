@@ -168,12 +168,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _beside_the_server(simple_routes.api, fetch_interval, follower, log):
-            try:
-                yield
-            finally:
-                if pulled.pull is not None:
-                    await asyncio.to_thread(pulled.pull.close)
+        async with (
+            _beside_the_server(simple_routes.api, fetch_interval, follower, log),
+            _pulling(pulled.pull),
+        ):
+            yield
 
     routes = [
         Route("/", root),
@@ -223,6 +222,18 @@ def open_pull_through(
         build_in_background=config.builds.enabled,
         reader=catalog,
     )
+
+
+@asynccontextmanager
+async def _pulling(pull: PullThrough | None) -> AsyncIterator[None]:
+    """Open pull-through's source as the server starts; stop its thread as the server stops."""
+    if pull is not None:
+        pull.warm_up()
+    try:
+        yield
+    finally:
+        if pull is not None:
+            await asyncio.to_thread(pull.close)
 
 
 @asynccontextmanager

@@ -125,6 +125,11 @@ class PullThrough:
         self._checked[normalized_name] = time.monotonic()  # one re-check per interval
         self._start().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
+    def warm_up(self) -> None:
+        """Open the source's client now, on the pull thread: its TLS context takes tens of
+        milliseconds that the first pull-through would otherwise wait for."""
+        self._start().call_soon_threadsafe(self._open_source)
+
     def close(self) -> None:
         """Stop the pull thread, cancelling background work."""
         loop, thread = self._loop, self._thread
