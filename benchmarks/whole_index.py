@@ -36,6 +36,7 @@ from benchmarks.synthetic import build_repository, project_names
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.namesfile import names_file
 from metasrv.repo.storage import Storage
 
 HERE = Path(__file__).resolve().parent
@@ -201,9 +202,15 @@ def start_server(repo_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes],
 
 def measure_root(repo_path: Path, storage: Storage) -> None:
     """Time /simple/ cold (first after a commit) and warm, raw, gzip and zstd, HTML and JSON."""
+    saved = names_file(repo_path).exists()
     process, url = start_server(repo_path)
     try:
         with httpx.Client(base_url=url, timeout=600) as client:
+            first = _timed(client, {"accept": "text/html", "accept-encoding": "identity"})
+            print(
+                f"/simple/ first request of a new server: {first:.0f} ms "
+                f"({'from the saved listing' if saved else 'no saved listing: every project read'})"
+            )
             for accept in ("text/html", MIME_SIMPLE_JSON):
                 touch_data(storage)
                 for encoding in ("identity", "gzip", "zstd"):

@@ -112,17 +112,21 @@ class PullWriter:
             try:
                 commit_id = await asyncio.to_thread(self._commit, batch)
             except Exception as exc:  # a failed commit fails its jobs, not the pull thread
-                for job in batch.jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                outcomes: list[BaseException | CommitId | None] = [exc] * len(batch.jobs)
             else:
-                for job in batch.jobs:
-                    failure = batch.failures.get(job.normalized_name)
-                    if failure is not None:
-                        job.future.set_exception(failure)
-                    else:
-                        job.future.set_result(commit_id)
-            del self._queue[: len(batch.jobs)]
+                outcomes = [
+                    batch.failures.get(job.normalized_name, commit_id) for job in batch.jobs
+                ]
+            finally:
+                del self._queue[: len(batch.jobs)]
+            for job, outcome in zip(batch.jobs, outcomes, strict=True):
+                # A waiter that went away (a client hung up) cancelled its future: skip it.
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
 
     def _current(self, parent: CommitId | None, normalized_name: NormalizedName) -> Project | None:
         """Return the project as ``parent`` holds it, or None."""
