@@ -1,0 +1,190 @@
+"""Pull-through driven in-process against a real local index: pulls, misses, refreshes, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pygit2
+import pytest
+from packaging.version import Version
+
+from metasrv.errors import InvalidInput, NotFound, SourceUnavailable
+from metasrv.index.client import FetchOptions
+from metasrv.index.pullthrough import PullThrough, _batches
+from metasrv.model import Project, Release
+from metasrv.names import normalize_name
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
+from tests.builders import make_file
+from tests.deadlines import poll_until
+from tests.distributions import build_wheel
+from tests.test_pullthrough import DEADLINE_SECONDS, Source, source
+
+__all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
+
+ALPHA = normalize_name("pt-alpha")
+FAST = FetchOptions(retries=1, backoff_seconds=0.01, timeout_seconds=5)
+
+
+@contextmanager
+def pulling(source: Source, **options: Any) -> Iterator[tuple[PullThrough, list[str]]]:
+    """Yield a pull-through in front of the source, and the lines it logs."""
+    lines: list[str] = []
+    pull = PullThrough(
+        source.meta, source.index.simple_url, fetch=FAST, log=lines.append, **options
+    )
+    try:
+        yield pull, lines
+    finally:
+        pull.close()
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coroutine, DEADLINE_SECONDS))
+
+
+def head_project(source: Source, name: str, branch: str | None = None) -> Project:
+    storage = Storage(source.meta)
+    return Catalog(storage).get_project(storage.resolve(branch), name)
+
+
+def pending(project: Project) -> dict[str, bool]:
+    return {str(r.version): any(f.metadata_pending for f in r.files) for r in project.releases}
+
+
+def test_a_first_ensure_commits_the_project_logs_it_and_asks_once(source: Source) -> None:
+    with pulling(source) as (pull, lines):
+        run(pull.ensure("PT_Alpha"))
+        run(pull.ensure("pt.alpha"))
+        assert pull.queued == 0
+    assert source.page_requests("pt-alpha") == 1
+    assert [str(r.version) for r in head_project(source, "pt-alpha").releases] == ["1.0", "2.0"]
+    commit_id = Storage(source.meta).resolve(None)
+    assert re.fullmatch(
+        rf"pull-through pt-alpha: 2 files, \d+ ms, commit {commit_id[:12]}", lines[0]
+    ), lines
+    assert source.commits()[0].message.endswith("\n\n- pt-alpha (new, 2 files)")
+
+
+def test_a_project_the_source_lacks_is_not_found_and_not_asked_for_again(
+    source: Source,
+) -> None:
+    with pulling(source) as (pull, _):
+        for _ in range(2):
+            with pytest.raises(NotFound, match="the source has no project 'pt-gone'"):
+                run(pull.ensure("pt-gone"))
+        with pytest.raises(InvalidInput):
+            run(pull.ensure("-not a name-"))
+    assert source.page_requests("pt-gone") == 1
+    assert not any("not" in path for path, _ in source.index.requests)
+
+
+def test_a_source_that_fails_makes_an_unknown_project_unavailable(source: Source) -> None:
+    source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
+    with pulling(source) as (pull, _), pytest.raises(SourceUnavailable) as raised:
+        run(pull.ensure("pt-alpha"))
+    assert str(raised.value).startswith(f"pt-alpha: the source {source.index.simple_url} failed: ")
+    assert "HTTP 500 after 2 attempts" in str(raised.value)
+
+
+def test_a_refresh_that_fails_keeps_the_project_and_marks_it_stale_until_one_works(
+    source: Source,
+) -> None:
+    with pulling(source, refresh=0) as (pull, lines):
+        run(pull.ensure("pt-alpha"))
+        before = Storage(source.meta).resolve(None)
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
+        pull.touch(ALPHA)
+        poll_until(lambda: ALPHA in pull.stale, "the failed refresh marked pt-alpha stale")
+        problem = pull.stale[ALPHA].removeprefix("the source failed: ")
+        assert problem.endswith("HTTP 500 after 2 attempts")
+        poll_until(lambda: any("refresh failed" in line for line in lines), "the failure logged")
+        assert f"pull-through pt-alpha: refresh failed: {problem}" in lines
+        pull.touch(ALPHA)
+        poll_until(lambda: not pull.stale, "a refresh that worked cleared the mark")
+    assert head_project(source, "pt-alpha").releases
+    assert Storage(source.meta).resolve(None) == before  # nothing new: nothing committed
+
+
+def test_a_release_published_later_is_committed_by_a_refresh(source: Source) -> None:
+    with pulling(source, refresh=0) as (pull, lines):
+        run(pull.ensure("pt-alpha"))
+        build_wheel(source.archives, "pt-alpha", "3.0")
+        pull.touch(ALPHA)
+        poll_until(lambda: "3.0" in pending(head_project(source, "pt-alpha")), "3.0 was committed")
+    messages = [commit.message for commit in source.commits()]
+    assert any(message.endswith("\n\n- pt-alpha (refreshed, 3 files)") for message in messages)
+    assert any(line.startswith("pull-through pt-alpha: 3 files, ") for line in lines)
+
+
+def test_complete_reads_only_the_release_asked_for(source: Source) -> None:
+    # The background read of the rest waits on its document until the test releases it.
+    source.index.behaviour.faults["/files/pt_alpha-2.0-py3-none-any.whl.metadata"] = ["hold"]
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        assert pending(head_project(source, "pt-alpha")) == {"1.0": True, "2.0": True}
+        run(pull.complete("pt-alpha", Version("1.0")))
+        assert pending(head_project(source, "pt-alpha")) == {"1.0": False, "2.0": True}
+        source.index.release.set()
+        poll_until(
+            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
+            "the background read filled in 2.0",
+        )
+    messages = [commit.message for commit in source.commits()]
+    assert any(message.endswith("- pt-alpha (metadata of 1 files)") for message in messages)
+
+
+def test_a_new_pull_through_reads_pending_metadata_fetching_the_page_again(
+    source: Source,
+) -> None:
+    source.index.behaviour.faults["/files/pt_beta-1.0-py3-none-any.whl.metadata"] = ["hold"]
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-beta"))
+    source.index.release.set()  # the first one's background read was cancelled by close
+    assert pending(head_project(source, "pt-beta")) == {"1.0": True}
+    with pulling(source) as (pull, _):
+        run(pull.complete("pt-beta"))
+        run(pull.complete("pt-unknown"))  # nothing pulled, nothing to read
+    assert pending(head_project(source, "pt-beta")) == {"1.0": False}
+    assert head_project(source, "pt-beta").releases[0].files[0].metadata is not None
+    assert source.page_requests("pt-beta") == 2
+    assert source.page_requests("pt-unknown") == 0
+
+
+def test_a_data_branch_that_cannot_follow_head_is_logged(source: Source) -> None:
+    repository = pygit2.Repository(str(source.meta))
+    repository.set_head(repository.head.target)  # an Oid: HEAD detached
+    with pulling(source, branch="pulled") as (pull, lines):
+        pull.close()  # never started: nothing to stop, and closing twice is harmless
+    assert lines == [
+        "pull-through: pulled does not follow HEAD's branch: HEAD does not name a branch"
+    ]
+
+
+def _releases(*sizes: int) -> list[Release]:
+    """Return releases 0.0, 1.0, ... with so many files each."""
+    return [
+        Release.from_files(f"{n}.0", tuple(make_file(f"p-{n}.0-{i}.tar.gz") for i in range(size)))
+        for n, size in enumerate(sizes)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "files", "batches"),
+    [
+        ((2, 3, 1), 3, [["0.0", "1.0"], ["2.0"]]),
+        ((2, 3, 1), 2, [["0.0"], ["1.0"], ["2.0"]]),
+        ((1, 1, 1), 3, [["0.0", "1.0", "2.0"]]),
+        ((1, 1, 1), 4, [["0.0", "1.0", "2.0"]]),
+        ((), 3, []),
+    ],
+)
+def test_background_reads_go_in_batches_of_about_so_many_files(
+    sizes: tuple[int, ...], files: int, batches: list[list[str]]
+) -> None:
+    found = _batches(_releases(*sizes), files)
+    assert [[str(release.version) for release in batch] for batch in found] == batches
