@@ -35,7 +35,8 @@ _RULES = ("tests/test_rules.py", "tests/test_overrides.py")
 _COOLDOWN = ("tests/test_cooldown.py", "tests/test_gates.py")
 _SIGNATURES = ("tests/test_signatures_mutants.py", "tests/test_signatures.py")
 _SYNCSTATE = ("tests/test_syncstate.py",)
-_ROOT = ("tests/test_rootindex.py",)
+_ROOT = ("tests/test_rootindex.py", "tests/test_rootindex_mutants.py")
+_PULL = ("tests/test_pullthrough_mutants.py",)
 _CLOSURE = ("tests/test_closure.py",)
 _SIGNATURES_PY = "metasrv/understandings/signatures.py"
 _FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
@@ -226,6 +227,9 @@ MUTANTS = (
         "_MAX_VALUE_CHARS = 1 << 21",
         _ROOT,
     ),
+    Mutant(
+        "metasrv/index/rootindex.py", "ROOT_MAX_BYTES = 1 << 30", "ROOT_MAX_BYTES = 1 << 26", _ROOT
+    ),
     Mutant("metasrv/index/rootindex.py", '" \\t\\r\\n"', '" \\r\\n"', _ROOT),
     Mutant("metasrv/index/rootindex.py", '" \\t\\r\\n"', '" \\t\\n"', _ROOT),
     Mutant(
@@ -246,6 +250,10 @@ MUTANTS = (
         'LEGACY_BACKEND = "setuptools.build_meta"',
         _CLOSURE,
     ),
+    Mutant(
+        "metasrv/index/pullthrough.py", "MISSING_SECONDS = 30.0", "MISSING_SECONDS = 0.0", _PULL
+    ),
+    Mutant("metasrv/index/pullthrough.py", "PAGE_CACHE_SIZE = 512", "PAGE_CACHE_SIZE = 0", _PULL),
 )
 
 

@@ -136,6 +136,7 @@ def test_complete_reads_only_the_release_asked_for(source: Source) -> None:
         )
     messages = [commit.message for commit in source.commits()]
     assert any(message.endswith("- pt-alpha (metadata of 1 files)") for message in messages)
+    assert source.page_requests("pt-alpha") == 1  # both reads used the page the pull fetched
 
 
 def test_a_new_pull_through_reads_pending_metadata_fetching_the_page_again(
