@@ -225,12 +225,6 @@ def test_a_change_queued_while_a_commit_runs_lands_in_the_next_commit(storage: S
     assert storage.read(first, path_of("beta")) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pullwriter._commit_queue: set_result on the cancelled future of a caller that gave up "
-    "raises InvalidStateError; the commit task dies before `del self._queue[...]`, so the queue "
-    "is never emptied and no later write ever starts a commit",
-)
 def test_a_write_whose_caller_gave_up_does_not_stop_later_writes(storage: Storage) -> None:
     started, release = threading.Event(), threading.Event()
     writer = writer_of(storage)
