@@ -85,9 +85,10 @@ def measure_sync(repo_path: Path, storage: Storage, args: argparse.Namespace) ->
         serials = dict.fromkeys(names, FIRST_SERIAL)
         catalog = Catalog(storage)
         head = storage.resolve(None)
+        changed_serial = int(time.time())  # above every serial an earlier run left behind
         for name in changed:
-            write_yanked_page(source, catalog, head, name, FIRST_SERIAL + 1)
-            serials[name] = FIRST_SERIAL + 1
+            write_yanked_page(source, catalog, head, name, changed_serial)
+            serials[name] = changed_serial
         write_root(source, serials)
         objects_before = loose_objects(repo_path)
         incremental = run_sync(repo_path, simple_url, access_log)
@@ -122,7 +123,8 @@ def write_yanked_page(source: Path, catalog: Catalog, head: str, name: str, seri
             "url": dist_file.url,
             "hashes": dict(dist_file.hashes),
             "requires-python": dist_file.requires_python,
-            "yanked": "benchmark" if index == 0 else dist_file.yanked,
+            # A reason of this run's own: a rerun on the same repository changes the file again.
+            "yanked": f"benchmark {serial}" if index == 0 else dist_file.yanked,
             "size": dist_file.size,
             "upload-time": dist_file.upload_time,
         }
