@@ -191,14 +191,21 @@ def test_a_failing_commit_fails_every_write_in_it_and_the_next_write_still_commi
     assert write(writer, "alpha", adopt(ALPHA), {}) != before
 
 
+def held(project: Project, started: threading.Event, release: threading.Event) -> Merge:
+    """Return a merge that says it began, then waits for the test to let the commit finish."""
+
+    def merge(current: Project | None) -> Project | None:
+        started.set()
+        wait_for(release, "the test let the commit finish")
+        return project
+
+    return merge
+
+
 def test_a_change_queued_while_a_commit_runs_lands_in_the_next_commit(storage: Storage) -> None:
     started, release = threading.Event(), threading.Event()
     writer = writer_of(storage)
-
-    def slow(current: Project | None) -> Project | None:
-        started.set()
-        wait_for(release, "the test let the first commit finish")
-        return ALPHA
+    slow = held(ALPHA, started, release)
 
     async def pull() -> tuple[CommitId | None, CommitId | None]:
         first = asyncio.ensure_future(writer.write(normalize_name("alpha"), slow, "alpha", {}))
@@ -228,11 +235,7 @@ def test_a_change_queued_while_a_commit_runs_lands_in_the_next_commit(storage: S
 def test_a_write_whose_caller_gave_up_does_not_stop_later_writes(storage: Storage) -> None:
     started, release = threading.Event(), threading.Event()
     writer = writer_of(storage)
-
-    def slow(current: Project | None) -> Project | None:
-        started.set()
-        wait_for(release, "the test let the commit finish")
-        return ALPHA
+    slow = held(ALPHA, started, release)
 
     async def give_up() -> list[object]:
         first = asyncio.ensure_future(writer.write(normalize_name("alpha"), slow, "alpha", {}))

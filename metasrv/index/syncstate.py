@@ -71,7 +71,7 @@ class SyncState:
     def _follow_diff(self, old_commit: str, commit_id: CommitId) -> bool:
         try:
             changes = self.storage.diff(CommitId(old_commit), commit_id, DATA_ROOT)
-        except (KeyError, ValueError, NotFound):
+        except NotFound:
             return False  # the cached commit is gone (gc, a rewritten branch): walk again
         for change in changes:
             normalized_name = name_from_path(change.path)

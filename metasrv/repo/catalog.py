@@ -133,7 +133,7 @@ class Catalog:
         changed. None when its commit is gone (gc, a rewritten branch)."""
         try:
             changes = self.changed_since(listing.commit_id, commit_id)
-        except (KeyError, ValueError, NotFound):
+        except NotFound:
             return None
         names = dict(listing.names)
         for change in changes:

@@ -44,8 +44,7 @@ def dumps(document: Mapping[str, Any]) -> bytes:
 def _table_lines(table: Mapping[str, Any], header: str | None, in_array: bool) -> Iterator[str]:
     values, tables, arrays = [], [], []
     for key, value in table.items():
-        # isinstance(dict) first: the Mapping check is slow and a project has ~20,000 values.
-        if isinstance(value, (dict, Mapping)):
+        if _is_table(value):
             if in_array and value and all(isinstance(v, _SCALARS) for v in value.values()):
                 values.append((key, value))
             else:
@@ -66,6 +65,7 @@ def _table_lines(table: Mapping[str, Any], header: str | None, in_array: bool) -
 
 
 def _is_table(value: Any) -> bool:
+    # dict first: the Mapping check is slow and a project file has ~20,000 values.
     return isinstance(value, (dict, Mapping))
 
 
