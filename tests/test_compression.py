@@ -155,3 +155,37 @@ def test_only_bodies_worth_keeping_are_kept_compressed(size: int, kept: int) -> 
         asyncio.run(compressor(scope, receive, send))
         assert gzip.decompress(sent[1]["body"]) == body
     assert len(compressor.cache) == kept
+
+
+def test_a_kept_page_is_sent_from_the_cache_without_waiting_for_the_body() -> None:
+    """A second ask of a kept page is answered at the app's start; its streamed body is dropped."""
+    rounds: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        rounds.append(len(rounds))
+        chunk = f'["{len(rounds)}"' + ', "x"' * CACHE_MIN_BYTES
+        headers = [(b"content-type", b"application/json"), (b"etag", b'"e"')]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"]"})
+
+    compressor = Compressor(app)
+
+    def ask(path: str) -> list[Message]:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        async def receive() -> Message:
+            return {"type": "http.request"}
+
+        scope = {"type": "http", "path": path, "query_string": b"", "headers": list(GZIP_RAW)}
+        asyncio.run(compressor(scope, receive, send))
+        return sent
+
+    first, again, other = ask("/v1/x"), ask("/v1/x"), ask("/v1/y")
+    assert [m["type"] for m in again] == ["http.response.start", "http.response.body"]
+    assert again == first  # the first round's body, though the app's second differs
+    assert (b"etag", b'"e-gzip"') in again[0]["headers"]
+    assert gzip.decompress(other[1]["body"]).startswith(b'["3"')  # another URL: its own

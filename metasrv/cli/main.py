@@ -17,11 +17,8 @@ from metasrv.cli import builds, show
 from metasrv.cli.contribute import add_parsers, open_repository
 from metasrv.config import MetaConfig
 from metasrv.errors import InvalidInput, MetasrvError
-from metasrv.http.guard import (
-    DEFAULT_HEADER_TIMEOUT_SECONDS,
-    DEFAULT_MAX_CONNECTIONS,
-    GuardedHttpToolsProtocol,
-)
+from metasrv.http.fastpath import ServerProtocol
+from metasrv.http.guard import DEFAULT_HEADER_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS
 from metasrv.index.client import FetchOptions
 from metasrv.index.closure import sync_with_dependencies
 from metasrv.index.sync import SyncOptions, SyncSummary, sync
@@ -266,14 +263,14 @@ def _serve(args: argparse.Namespace) -> int:
     # Read metasrv.toml here, once: a bad one is one line and exit 2 whatever --workers is, not
     # a traceback in every worker process that uvicorn's supervisor keeps restarting.
     Catalog(storage).config(storage.resolve(None))
-    GuardedHttpToolsProtocol.configure(args.header_timeout, args.max_connections)
+    ServerProtocol.configure(args.header_timeout, args.max_connections)
     settings: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
         "log_level": "info",
         "access_log": False,
         "server_header": False,
-        "http": GuardedHttpToolsProtocol,
+        "http": ServerProtocol,
     }
     repo_path = storage.workdir or storage.path
     if args.workers == 1:

@@ -37,11 +37,16 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            # The path as sent, not percent-decoded: a decoded "%0a" would start a forged line.
-            # Escaping what is left keeps one request to one line whatever the server passed.
-            raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-            if scope.get("query_string"):
-                raw += b"?" + scope["query_string"]
-            path = raw.decode("latin-1").encode("unicode_escape").decode("ascii")
-            elapsed = (time.monotonic() - started) * 1000
-            self.log(f"{scope['method']} {path} {status} {elapsed:.1f} ms")
+            self.log(access_line(scope, status, started))
+
+
+def access_line(scope: Scope, status: int, started: float) -> str:
+    """Return a request's log line; ``started`` is its ``time.monotonic()`` on arrival."""
+    # The path as sent, not percent-decoded: a decoded "%0a" would start a forged line.
+    # Escaping what is left keeps one request to one line whatever the server passed.
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if scope.get("query_string"):
+        raw += b"?" + scope["query_string"]
+    path = raw.decode("latin-1").encode("unicode_escape").decode("ascii")
+    elapsed = (time.monotonic() - started) * 1000
+    return f"{scope['method']} {path} {status} {elapsed:.1f} ms"

@@ -18,7 +18,7 @@ from metasrv.errors import MetasrvError, NotFound
 from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
 from metasrv.http.documents import encode
-from metasrv.http.guard import GuardedHttpToolsProtocol
+from metasrv.http.fastpath import FastPath, Served, ServerProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.pulling import PulledReads
 from metasrv.http.readapi import Answer, ReadApi
@@ -89,6 +89,7 @@ def create_app(
     one line per request and per pull-through.
     """
     storage = Storage(repo_path)
+    storage.watch_refs()
     deadlines = Deadlines.within(git_timeout) if git_timeout is not None else Deadlines()
     understandings = Understandings(
         storage, mirrors, deadlines=deadlines, pin_fetch_interval=pin_fetch_interval
@@ -191,8 +192,9 @@ def create_app(
         exception_handlers={MetasrvError: _metasrv_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
-    served = Compressor(HotPath(read_api, app, pulled))
-    return served if log is None else AccessLog(served, log)
+    hot = HotPath(read_api, app, pulled)
+    served = Compressor(hot)
+    return Served(served if log is None else AccessLog(served, log), FastPath(hot, log))
 
 
 def open_pull_through(
@@ -340,7 +342,7 @@ async def _fetch_mirrors(
 def create_app_from_environment() -> ASGIApp:
     """Build the application from ``METASRV_SERVE_*``: how each ``serve --workers`` starts."""
     mirrors = os.environ.get(f"{ENVIRONMENT_PREFIX}MIRRORS")
-    GuardedHttpToolsProtocol.configure(
+    ServerProtocol.configure(
         float(os.environ[f"{ENVIRONMENT_PREFIX}HEADER_TIMEOUT"]),
         int(os.environ[f"{ENVIRONMENT_PREFIX}MAX_CONNECTIONS"]),
     )

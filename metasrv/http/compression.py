@@ -30,6 +30,7 @@ ZSTD_LEVEL = 3  # zstd's default: about gzip 6's ratio on these pages, at a frac
 _SUFFIXED = re.compile(rb'-(?:gzip|zstd)"')
 # Compressing megabytes takes tens of milliseconds: off the event loop, so others are answered.
 THREAD_BYTES = 256 * 1024
+Header = tuple[bytes, bytes]
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -73,7 +74,7 @@ def _weights(accept_encoding: str | None) -> dict[str, float]:
     return weights
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _header(headers: list[Header], name: bytes) -> bytes | None:
     for key, value in headers:
         if key.lower() == name:
             return value
@@ -91,10 +92,51 @@ def _compress(body: bytes, coding: str) -> bytes:
     return gzip.compress(body, GZIP_LEVEL, mtime=0)
 
 
-def _vary(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _vary(headers: list[Header]) -> list[Header]:
     vary = _header(headers, b"vary")
     kept = [(key, value) for key, value in headers if key.lower() != b"vary"]
     return [*kept, (b"vary", b"Accept-Encoding" if vary is None else vary + b", Accept-Encoding")]
+
+
+def request_coding(scope: Scope) -> str | None:
+    """Return the content coding an HTTP request's Accept-Encoding asks for, if any."""
+    encoding = _header(scope["headers"], b"accept-encoding")
+    return chosen_coding(encoding.decode("latin-1") if encoding is not None else None)
+
+
+def validated_scope(scope: Scope, coding: str | None) -> Scope:
+    """Return ``scope`` with validators of compressed representations matching the identity's."""
+    if coding is None:
+        return scope
+    return {**scope, "headers": [_unsuffix(key, value) for key, value in scope["headers"]]}
+
+
+def encoded(
+    status: int, headers: list[Header], body: bytes, coding: str | None
+) -> tuple[list[Header], bytes] | None:
+    """Return a whole answer as Compressor sends it; None for one it would keep compressed."""
+    if not _compressible(status, headers):
+        return headers, body
+    if status != 200 or coding is None or len(body) < MIN_BYTES:
+        return _uncompressed_headers(status, headers, coding), body
+    if len(body) >= CACHE_MIN_BYTES:
+        return None
+    compressed = _compress(body, coding)
+    return _compressed_headers(_vary(headers), compressed, coding), compressed
+
+
+def _compressible(status: int, headers: list[Header]) -> bool:
+    content_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
+    return content_type.decode("latin-1") in COMPRESSIBLE or status == 304
+
+
+def _uncompressed_headers(status: int, headers: list[Header], coding: str | None) -> list[Header]:
+    headers = _vary(headers)
+    etag = _header(headers, b"etag")
+    if coding is not None and etag is not None and status == 304:
+        headers = [(k, v) for k, v in headers if k.lower() != b"etag"]
+        headers.append((b"etag", _suffixed(etag, coding)))
+    return headers
 
 
 class Compressor:
@@ -108,33 +150,39 @@ class Compressor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        encoding = _header(request_headers, b"accept-encoding")
-        coding = chosen_coding(encoding.decode("latin-1") if encoding is not None else None)
-        if coding is not None:
-            scope = {**scope, "headers": [_unsuffix(key, value) for key, value in request_headers]}
+        coding = request_coding(scope)
+        scope = validated_scope(scope, coding)
         held: Message | None = None
         chunks: list[bytes] = []
 
         async def capture(message: Message) -> None:
             nonlocal held
             if held is None and message["type"] == "http.response.start":
-                headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
-                content_type = (_header(headers, b"content-type") or b"").split(b";")[0].strip()
-                if content_type.decode("latin-1") not in COMPRESSIBLE and message["status"] != 304:
+                headers: list[Header] = list(message.get("headers", []))
+                status = message["status"]
+                if not _compressible(status, headers):
                     await send(message)  # files and redirects pass straight through
                     held = {"type": "passed"}
                     return
-                headers = _vary(headers)
-                if message["status"] != 200 or coding is None:
-                    etag = _header(headers, b"etag")
-                    if coding is not None and etag is not None and message["status"] == 304:
-                        headers = [(k, v) for k, v in headers if k.lower() != b"etag"]
-                        headers.append((b"etag", _suffixed(etag, coding)))
+                if status != 200 or coding is None:
+                    headers = _uncompressed_headers(status, headers, coding)
                     await send({**message, "headers": headers})
                     held = {"type": "passed"}
                     return
-                held = {**message, "headers": headers}
+                held = {**message, "headers": _vary(headers)}
+                compressed = self.cache.get(_key(url, held, coding))
+                if compressed is not None:
+                    # Kept from an earlier answer: the body the app goes on to send is the same.
+                    await send(
+                        {
+                            **held,
+                            "headers": _compressed_headers(held["headers"], compressed, coding),
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": compressed})
+                    held = {"type": "sent"}
+                return
+            if held is not None and held["type"] == "sent":
                 return
             if held is None or held["type"] == "passed" or message["type"] != "http.response.body":
                 await send(message)
@@ -150,35 +198,42 @@ class Compressor:
     async def _send_compressed(
         self, start: Message, body: bytes, send: Send, url: tuple[str, bytes], coding: str
     ) -> None:
-        headers: list[tuple[bytes, bytes]] = start["headers"]
         if len(body) < MIN_BYTES:
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
-        etag = _header(headers, b"etag")
-        # An ETag validates one URL's representation: two routes may share one (a project's).
-        key = None if etag is None else (*url, etag, coding)
-        compressed = self.cache.get(key) if key is not None else None
-        if compressed is None:
-            if len(body) > THREAD_BYTES:
-                compressed = await asyncio.to_thread(_compress, body, coding)
-            else:
-                compressed = _compress(body, coding)
-            if key is not None and len(body) >= CACHE_MIN_BYTES:
-                self.cache.put(key, compressed)
-        dropped = (b"content-length", b"etag", b"content-encoding")
-        headers = [(key, value) for key, value in headers if key.lower() not in dropped]
-        headers += [
-            (b"content-encoding", coding.encode()),
-            (b"content-length", str(len(compressed)).encode()),
-        ]
-        if etag is not None:
-            headers.append((b"etag", _suffixed(etag, coding)))
-        await send({**start, "headers": headers})
+        if len(body) > THREAD_BYTES:
+            compressed = await asyncio.to_thread(_compress, body, coding)
+        else:
+            compressed = _compress(body, coding)
+        key = _key(url, start, coding)
+        if key is not None and len(body) >= CACHE_MIN_BYTES:
+            self.cache.put(key, compressed)
+        await send({**start, "headers": _compressed_headers(start["headers"], compressed, coding)})
         await send({"type": "http.response.body", "body": compressed})
 
 
-def _unsuffix(key: bytes, value: bytes) -> tuple[bytes, bytes]:
+def _key(url: tuple[str, bytes], start: Message, coding: str) -> tuple[object, ...] | None:
+    """Return the cache key of a compressed answer, None for one without an ETag."""
+    etag = _header(start["headers"], b"etag")
+    # An ETag validates one URL's representation: two routes may share one (a project's).
+    return None if etag is None else (*url, etag, coding)
+
+
+def _compressed_headers(headers: list[Header], compressed: bytes, coding: str) -> list[Header]:
+    etag = _header(headers, b"etag")
+    dropped = (b"content-length", b"etag", b"content-encoding")
+    headers = [(key, value) for key, value in headers if key.lower() not in dropped]
+    headers += [
+        (b"content-encoding", coding.encode()),
+        (b"content-length", str(len(compressed)).encode()),
+    ]
+    if etag is not None:
+        headers.append((b"etag", _suffixed(etag, coding)))
+    return headers
+
+
+def _unsuffix(key: bytes, value: bytes) -> Header:
     """Match a validator of a compressed representation against the identity ETag it came from."""
     if key.lower() != b"if-none-match":
         return key, value

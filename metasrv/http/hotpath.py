@@ -9,6 +9,7 @@ so statuses and error bodies are still decided in one place.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +27,15 @@ _PREFIX = "/v1/projects/"
 _JSON_HEADER = (b"content-type", b"application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A project read (``version`` None) or a release read, at a ref or unpinned."""
+
+    at: str | None
+    name: str
+    version: str | None
+
+
 class HotPath:
     """An ASGI app that answers successful project and release reads, else defers to ``app``."""
 
@@ -35,22 +45,29 @@ class HotPath:
         self.pulled = pulled or PulledReads(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        answer = self._answer(scope) if scope["type"] == "http" else None
-        if answer is None:
+        response = self.respond(scope) if scope["type"] == "http" else None
+        if response is None:
             await self.app(scope, receive, send)
             return
+        status, headers, content = response
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def respond(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Return the status, headers and body of a successful read, None for another request."""
+        answer = self._answer(scope)
+        if answer is None:
+            return None
         headers = answer.headers()
         if _holds(scope, headers[0][1]):
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
+            return 304, headers, b""
         content = answer.content()
         headers.append(_JSON_HEADER)
         headers.append((b"content-length", str(len(content)).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        return 200, headers, content
 
-    def _answer(self, scope: Scope) -> Answer | None:
+    def read_of(self, scope: Scope) -> Read | None:
+        """Return the project or release read an HTTP request asks for, None for another one."""
         path: str = scope["path"]
         if scope["method"] != "GET" or not path.startswith(_PREFIX):
             return None
@@ -62,21 +79,43 @@ class HotPath:
                 return None
             at = query[0][1]
         parts = path[len(_PREFIX) :].split("/")
+        if len(parts) == 1 and parts[0]:
+            return Read(at, parts[0], None)
+        if len(parts) == 2 and parts[0] and parts[1]:
+            return Read(at, parts[0], parts[1])
+        return None
+
+    def answers_from(self, read: Read, commit_id: str) -> bool:
+        """Return whether ``read`` is answered from ``commit_id`` now, with nothing to add."""
         try:
-            if len(parts) == 1 and parts[0]:
-                answer = self.read_api.project(at, parts[0])
-            elif len(parts) == 2 and parts[0] and parts[1]:
-                answer = self.read_api.release(at, parts[0], parts[1])
+            return self.read_api.pin(read.at).commit_id == commit_id and not self._stale(read)
+        except MetasrvError:
+            return False
+
+    def touch(self, read: Read) -> None:
+        """Note an unpinned read for pull-through's background re-check."""
+        if self.pulled.active(read.at):
+            self.pulled.touch(read.name)
+
+    def _answer(self, scope: Scope) -> Answer | None:
+        read = self.read_of(scope)
+        if read is None:
+            return None
+        try:
+            if read.version is None:
+                answer = self.read_api.project(read.at, read.name)
             else:
-                return None
+                answer = self.read_api.release(read.at, read.name, read.version)
             # Pending metadata and stale data are answered by the routes, which say so.
-            if answer.pending or self.pulled.headers(at, parts[0]):
+            if answer.pending or self._stale(read):
                 return None
         except MetasrvError:
             return None
-        if self.pulled.active(at):
-            self.pulled.touch(parts[0])
+        self.touch(read)
         return answer
+
+    def _stale(self, read: Read) -> bool:
+        return bool(self.pulled.headers(read.at, read.name))
 
 
 def _holds(scope: Scope, etag: bytes) -> bool:

@@ -17,6 +17,7 @@ from pygit2.enums import ObjectType
 from metasrv.errors import Conflict, InvalidInput, NotFound
 from metasrv.repo import worktree
 from metasrv.repo.paths import split_paths
+from metasrv.repo.refwatch import RefWatch
 
 CommitId = NewType("CommitId", str)
 """A full 40-hex commit id, produced only by ref resolution or by a commit."""
@@ -62,6 +63,7 @@ class Storage:
             raise InvalidInput(f"{path} is not a git repository") from None
         self.path = Path(self._repo.path).resolve()
         self.data_branch: str | None = None  # pull-through's own branch, once it exists
+        self._refs: RefWatch | None = None
 
     @classmethod
     def discover(cls, folder: Path) -> Storage:
@@ -97,7 +99,9 @@ class Storage:
     def resolve(self, ref: str | None = None) -> CommitId:
         """Return the commit a sha, a branch or a tag names; None means HEAD's branch now."""
         if ref is None:
-            return self._branch_commit(self.served_branch())
+            if self._refs is not None:
+                return CommitId(self._refs.served(self.data_branch, self._served))
+            return self._served()[1]
         if len(ref) > MAX_REF_LENGTH:
             raise InvalidInput(f"ref is longer than {MAX_REF_LENGTH} characters")
         if _HEX_PREFIX.fullmatch(ref):
@@ -115,6 +119,14 @@ class Storage:
             if reference is not None:
                 return CommitId(str(reference.peel(pygit2.Commit).id))
         raise NotFound(f"unknown ref {ref!r}")
+
+    def watch_refs(self) -> None:
+        """Keep the served commit until a ref file changes: what a server's every read resolves."""
+        self._refs = RefWatch((self.path, self.path / "refs" / "heads"))
+
+    def _served(self) -> tuple[str, CommitId]:
+        branch = self.served_branch()
+        return branch, self._branch_commit(branch)
 
     def served_branch(self) -> str:
         """Return the branch unpinned reads follow: the data branch once it exists, else HEAD's."""

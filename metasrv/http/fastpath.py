@@ -1,0 +1,119 @@
+"""Hot reads answered by the connection itself: one write, no ASGI task, no ASGI messages.
+
+At PyPI scale the warm release and project reads are the bulk of the traffic. Through ASGI each
+costs a task, a dozen message dicts and two socket writes (uvicorn writes head and body apart):
+a warm release read took ~100 us of CPU where uvicorn answers a constant through ASGI in ~37
+(benchmarks/). The protocol here asks for a whole answer as the request's headers complete and
+writes head and body at once. The answer is the one the ASGI app gives (``HotPath.respond``,
+then ``compression.encoded``, then the access log line), kept per URL and coding with the commit
+it came from; anything else, or an answer worth keeping compressed, goes on to the app.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import cast
+
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from metasrv.http.accesslog import access_line
+from metasrv.http.bytecache import ByteCache
+from metasrv.http.compression import Header, encoded, request_coding, validated_scope
+from metasrv.http.guard import GuardedHttpToolsProtocol
+from metasrv.http.hotpath import ASGIApp, HotPath, Receive, Scope, Send
+
+# Warm reads of 20,000 releases (benchmarks/) fit: ~1.3 KB each with the key.
+CACHE_BYTES = 32 * 1024 * 1024
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode() for status in (200, 304)
+}
+
+
+class FastPath:
+    """Whole HTTP/1.1 responses to the hot path's reads, or None for what the app answers."""
+
+    def __init__(
+        self, hot: HotPath, log: Callable[[str], None] | None, cache_bytes: int = CACHE_BYTES
+    ) -> None:
+        self.hot = hot
+        self.log = log
+        # What follows the status line and the Date, by URL and coding; each says its commit.
+        self.kept = ByteCache(cache_bytes)
+
+    def response(self, scope: Scope, default_headers: list[Header]) -> bytes | None:
+        """Return the bytes that answer ``scope``, head and body, or None to ask the app."""
+        started = time.monotonic()
+        read = self.hot.read_of(scope)
+        if read is None:
+            return None
+        coding = request_coding(scope)
+        key = (scope["path"], scope["query_string"], coding)
+        validating = any(name == b"if-none-match" for name, _ in scope["headers"])
+        kept = None if validating else self.kept.get(key)
+        commit_id, _, tail = (kept or b"").partition(b"\n")
+        if kept is not None and self.hot.answers_from(read, commit_id.decode()):
+            self.hot.touch(read)
+            status = 200
+        else:
+            answer = self.hot.respond(validated_scope(scope, coding))
+            if answer is None:
+                return None
+            status, headers, body = answer
+            sent = encoded(status, headers, body, coding)
+            if sent is None:
+                # Worth keeping compressed: the app's Compressor keeps it, in a cache of its own.
+                return None
+            headers, body = sent
+            tail = b"".join([*(b"%s: %s\r\n" % header for header in headers), b"\r\n", body])
+            if status == 200:
+                self.kept.put(key, dict(headers)[b"x-metasrv-at"] + b"\n" + tail)
+        lines = [_STATUS_LINES[status], *(b"%s: %s\r\n" % header for header in default_headers)]
+        if self.log is not None:
+            self.log(access_line(scope, status, started))
+        return b"".join([*lines, tail])
+
+
+class Served:
+    """The server's ASGI app, carrying the fast path its connections answer hot reads with."""
+
+    def __init__(self, app: ASGIApp, fast: FastPath) -> None:
+        self.app = app
+        self.fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class ServerProtocol(GuardedHttpToolsProtocol):
+    """The guarded httptools protocol, answering hot reads itself when the app is ``Served``."""
+
+    _fast: FastPath | None = None
+    _looked_up = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]
+        fast = self._fast_path(app)
+        # Closing answers (HTTP/1.0, "Connection: close") and their edge cases stay uvicorn's.
+        if fast is not None and cycle.keep_alive and not self.transport.is_closing():
+            try:
+                response = fast.response(
+                    cast(Scope, cycle.scope), self.server_state.default_headers
+                )
+            except Exception:  # the app answers it again: a 500, logged with its traceback
+                response = None
+            if response is not None:
+                cycle.response_started = cycle.response_complete = True
+                self.transport.write(response)
+                self.on_response_complete()
+                return
+        super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+
+    def _fast_path(self, app: object) -> FastPath | None:
+        if not self._looked_up:
+            # uvicorn wraps the app (proxy headers, its message logger): look through the wrappers.
+            while app is not None and not isinstance(app, Served):
+                app = getattr(app, "app", None)
+            self._fast = app.fast if isinstance(app, Served) else None
+            self._looked_up = True
+        return self._fast

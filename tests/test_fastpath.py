@@ -1,0 +1,210 @@
+"""Hot reads answered by the connection: the app's answer, byte for byte, without the app."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+import pytest
+import uvicorn
+import zstandard
+
+from metasrv.http.app import create_app
+from metasrv.http.fastpath import Served, ServerProtocol
+from metasrv.http.hotpath import Receive, Scope, Send
+from metasrv.repo.storage import Storage
+from tests.builders import commit_projects, make_project
+from tests.conftest import AsgiClient
+
+RELEASE = "/v1/projects/flask/2.0.0"
+PROJECT = "/v1/projects/Werkzeug"
+BIG = "/v1/projects/big"  # compressed for clients that accept it: over compression.MIN_BYTES
+DEADLINE_SECONDS = 30
+
+
+class Counted:
+    """The app behind the fast path, counting the HTTP requests that reach it."""
+
+    def __init__(self, app: Served) -> None:
+        self.inner = app.app
+        self.requests: list[str] = []
+        app.app = self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.requests.append(scope["path"])
+        await self.inner(scope, receive, send)
+
+
+@contextmanager
+def serving(app: Served, **settings: Any) -> Iterator[tuple[uvicorn.Server, int]]:
+    """Run ``app`` on a real uvicorn with metasrv's protocol, in a thread, on a listening socket."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # connections wait in the backlog until uvicorn accepts: no polling
+    config = uvicorn.Config(
+        app, http=ServerProtocol, log_level="warning", server_header=False, **settings
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        yield server, listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(DEADLINE_SECONDS)
+        listener.close()
+
+
+class _Connection:
+    """One client connection whose responses are read in order from one buffer."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_SECONDS)
+        self.file: BinaryIO = self.socket.makefile("rb")
+
+    def send(self, *requests: bytes) -> None:
+        self.socket.sendall(b"".join(requests))
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """Read one response: its status, its headers (lowercase names) and its body."""
+        status = int(self.file.readline().split()[1])
+        headers = {}
+        while (line := self.file.readline().decode("latin-1").rstrip("\r\n")) != "":
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+        return status, headers, self.file.read(int(headers.get("content-length", "0")))
+
+    def close(self) -> None:
+        self.file.close()
+        self.socket.close()
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "zstd": zstandard.ZstdDecompressor().decompress,
+}
+
+
+def _request(path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: metasrv.test", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def _without_date(headers: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in headers.items() if key != "date"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        (RELEASE, ()),
+        (PROJECT, ()),
+        (PROJECT, ("Accept-Encoding: gzip",)),
+        (BIG, ("Accept-Encoding: gzip",)),
+        (BIG, ("Accept-Encoding: gzip, deflate, zstd",)),
+        (f"{RELEASE}?at=main", ()),
+    ],
+)
+def test_a_hot_read_gets_the_apps_answer_without_reaching_the_app(
+    storage: Storage, path: str, headers: tuple[str, ...]
+) -> None:
+    commit_projects(storage, make_project("Big", [f"1.{minor}" for minor in range(40)]))
+    expected = AsgiClient(create_app(storage.path)).get(path, dict(h.split(": ") for h in headers))
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = _Connection(port)
+        connection.send(_request(path, *headers), _request(path, *headers))
+        first, again = connection.response(), connection.response()  # the second one kept
+        connection.close()
+    assert counted.requests == []
+    for status, sent_headers, body in (first, again):
+        assert status == 200
+        assert _without_date(sent_headers) == _without_date(dict(expected.headers))
+        coding = sent_headers.get("content-encoding")
+        decoded = _DECODERS[coding](body) if coding else body
+        assert decoded == expected.content
+        assert coding == ("zstd" if "zstd" in str(headers) else "gzip" if path == BIG else None)
+        assert "date" in sent_headers
+    assert first[2] == again[2]
+
+
+def test_a_validated_read_gets_a_304_from_the_connection(storage: Storage) -> None:
+    commit_projects(storage, make_project("Big", [f"1.{minor}" for minor in range(40)]))
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = _Connection(port)
+        connection.send(_request(BIG, "Accept-Encoding: gzip"))
+        _, headers, _ = connection.response()
+        connection.send(_request(BIG, "Accept-Encoding: gzip", f"If-None-Match: {headers['etag']}"))
+        status, validated, body = connection.response()
+        connection.close()
+    assert headers["etag"].endswith('-gzip"')
+    assert (status, validated["etag"], body) == (304, headers["etag"], b"")
+    assert counted.requests == []
+
+
+def test_other_requests_and_closing_connections_reach_the_app(storage: Storage) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = _Connection(port)
+        connection.send(_request("/simple/flask/"), _request("/v1/projects/flask/9.9"))
+        page, unknown = connection.response(), connection.response()
+        connection.send(_request(RELEASE, "Connection: close"))
+        closing = connection.response()
+        assert connection.file.read() == b""  # and the server closed it
+        connection.close()
+    assert (page[0], unknown[0], closing[0]) == (200, 404, 200)
+    assert counted.requests == ["/simple/flask/", "/v1/projects/flask/9.9", RELEASE]
+
+
+def test_a_commit_is_answered_from_at_once(storage: Storage) -> None:
+    """Kept answers and the kept served commit give way to a commit by another writer."""
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    with serving(app) as (_, port):
+        connection = _Connection(port)
+        connection.send(_request(RELEASE))
+        _, before, _ = connection.response()
+        writer = Storage(storage.path)  # as another process would
+        commit_projects(writer, make_project("Flask", {"2.0.0": ["Werkzeug>=3.0"]}))
+        connection.send(_request(RELEASE), _request(f"{RELEASE}?at={before['x-metasrv-at']}"))
+        (_, after, body), (_, pinned, old_body) = connection.response(), connection.response()
+        connection.close()
+    assert after["x-metasrv-at"] == writer.resolve(None) != before["x-metasrv-at"]
+    assert b"Werkzeug>=3.0" in body
+    assert b"Werkzeug>=3.0" not in old_body
+    assert pinned["x-metasrv-at"] == before["x-metasrv-at"]
+
+
+def test_answers_in_one_read_leave_one_keep_alive_timer(storage: Storage) -> None:
+    """Each answer arms keep-alive: one armed before must go, or it closes a busy connection."""
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    with serving(app, loop="asyncio") as (server, port):
+        connection = _Connection(port)
+        connection.send(_request(RELEASE), _request(PROJECT), _request(RELEASE))
+        for _ in range(3):
+            assert connection.response()[0] == 200
+        (protocol,) = server.server_state.connections
+        assert isinstance(protocol, ServerProtocol)
+        loop = protocol.loop
+
+        async def armed() -> int:
+            handler = protocol.timeout_keep_alive_handler
+            timers = loop._scheduled  # type: ignore[attr-defined]
+            return sum(1 for t in timers if not t.cancelled() and t._callback == handler)
+
+        assert asyncio.run_coroutine_threadsafe(armed(), loop).result(DEADLINE_SECONDS) == 1
+        connection.close()
