@@ -32,9 +32,10 @@ _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[/-]|/$|\.lo
 # libgit2 caches only trees under 4 KiB by default; shard trees are larger and read per request.
 pygit2.settings.cache_object_limit(ObjectType.TREE, 4 * 1024 * 1024)
 pygit2.settings.cache_object_limit(ObjectType.COMMIT, 64 * 1024)
-# A budget, not a need: a server that had read 60,000 of 740,000 projects used 3 MB of it. Kept
-# small because what a server holds after reading every project must stay under 300 MB.
-pygit2.settings.cache_max_size(32 * 1024 * 1024)
+# Parsed trees cost about 1.7x what the budget counts: at 32 MB a server that had read 40,000 of
+# 740,000 projects held 54 MB more than at 4 MB, and read them no faster (benchmarks/). What it
+# holds after reading every project must stay under 300 MB.
+pygit2.settings.cache_max_size(8 * 1024 * 1024)
 # Pack files are read through mmap windows (1 GiB each, 8 GiB in all by default on 64-bit); every
 # touched page counts in RSS, so reading all of a large repository once would map all of it.
 pygit2.settings.mwindow_size = 16 * 1024 * 1024
