@@ -24,8 +24,10 @@ from metasrv.http.compression import Header, encoded, request_coding, validated_
 from metasrv.http.guard import GuardedHttpToolsProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, Receive, Scope, Send
 
-# Warm reads of 20,000 releases (benchmarks/) fit: ~1.3 KB each with the key.
-CACHE_BYTES = 32 * 1024 * 1024
+# Whole answers cost ~1.8 KB each with their key (a release's): 48 MB keeps ~27,000. Too few for
+# a working set and LRU keeps nothing of a cyclic one: 32 MB held 18,000 and a wrk run over
+# 20,000 releases missed every time (benchmarks/whole_index: 4,800 req/s, not ~20,000).
+CACHE_BYTES = 48 * 1024 * 1024
 _STATUS_LINES = {
     status: f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode() for status in (200, 304)
 }
