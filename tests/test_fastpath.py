@@ -47,8 +47,14 @@ def serving(app: Served, **settings: Any) -> Iterator[tuple[uvicorn.Server, int]
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()  # connections wait in the backlog until uvicorn accepts: no polling
+    # asgi3 said, not guessed from __call__: a mutation run wraps it where uvicorn cannot see.
     config = uvicorn.Config(
-        app, http=ServerProtocol, log_level="warning", server_header=False, **settings
+        app,
+        http=ServerProtocol,
+        interface="asgi3",
+        log_level="warning",
+        server_header=False,
+        **settings,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -145,11 +151,14 @@ def test_a_validated_read_gets_a_304_from_the_connection(storage: Storage) -> No
         connection = _Connection(port)
         connection.send(_request(BIG, "Accept-Encoding: gzip"))
         _, headers, _ = connection.response()
-        connection.send(_request(BIG, "Accept-Encoding: gzip", f"If-None-Match: {headers['etag']}"))
-        status, validated, body = connection.response()
+        validating = _request(BIG, "Accept-Encoding: gzip", f"If-None-Match: {headers['etag']}")
+        connection.send(validating, _request(BIG, "Accept-Encoding: gzip"))
+        (status, validated, body), again = connection.response(), connection.response()
         connection.close()
     assert headers["etag"].endswith('-gzip"')
     assert (status, validated["etag"], body) == (304, headers["etag"], b"")
+    assert again[0] == 200  # a 304 is never kept as the answer to a plain read
+    assert gzip.decompress(again[2]).startswith(b'{"at":')
     assert counted.requests == []
 
 
@@ -207,4 +216,75 @@ def test_answers_in_one_read_leave_one_keep_alive_timer(storage: Storage) -> Non
             return sum(1 for t in timers if not t.cancelled() and t._callback == handler)
 
         assert asyncio.run_coroutine_threadsafe(armed(), loop).result(DEADLINE_SECONDS) == 1
+        connection.close()
+
+
+def _scope(path: str, *headers: tuple[bytes, bytes]) -> Scope:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": b"",
+        "headers": list(headers),
+    }
+
+
+def test_a_kept_answer_is_sent_while_its_commit_is_served(storage: Storage) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    fast, date = app.fast, [(b"date", b"today")]
+    first = fast.response(_scope(RELEASE, (b"host", b"metasrv.test")), date)
+    assert first is not None
+    key = (RELEASE, b"", None)
+    commit_id, _, tail = (fast.kept.get(key) or b"").partition(b"\n")
+    assert commit_id.decode() == storage.resolve(None)
+    assert first == b"HTTP/1.1 200 OK\r\ndate: today\r\n" + tail
+    fast.kept.put(key, commit_id + b"\nkept\r\n\r\n")  # what only the kept entry says
+    assert fast.response(_scope(RELEASE, (b"host", b"x")), []) == b"HTTP/1.1 200 OK\r\nkept\r\n\r\n"
+    assert fast.response(_scope(PROJECT), []) != b"HTTP/1.1 200 OK\r\nkept\r\n\r\n"
+    fast.kept.put(key, b"0" * 40 + b"\nkept\r\n\r\n")  # another commit's: not sent
+    assert fast.response(_scope(RELEASE), []) == first.replace(b"date: today\r\n", b"")
+
+
+def test_the_fast_path_logs_each_answer_and_falls_back_to_the_app_when_it_fails(
+    storage: Storage,
+) -> None:
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 1:
+            raise RuntimeError("the first line cannot be written")
+
+    app = create_app(storage.path, log=log)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = _Connection(port)
+        connection.send(_request(RELEASE), _request(PROJECT))
+        first, second = connection.response(), connection.response()
+        connection.close()
+    assert (first[0], second[0]) == (200, 200)
+    assert counted.requests == [RELEASE]  # the failed fast answer went to the app
+    # The app logs the first read after the second is answered: uvicorn starts the next one
+    # as the first one's body is sent.
+    assert sorted(line.split(" ")[:3] for line in lines) == [
+        ["GET", PROJECT, "200"],
+        ["GET", RELEASE, "200"],
+        ["GET", RELEASE, "200"],
+    ]
+    assert all(line.endswith(" ms") for line in lines)
+
+
+def test_a_plain_asgi_app_is_served_by_the_protocol_as_by_uvicorns(storage: Storage) -> None:
+    async def plain(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(b"content-length", b"2")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    with serving(plain) as (_, port):  # type: ignore[arg-type]
+        connection = _Connection(port)
+        connection.send(_request(RELEASE))
+        assert connection.response()[::2] == (200, b"ok")
         connection.close()

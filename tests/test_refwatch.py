@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pygit2
 import pytest
 
+from metasrv.repo.refwatch import RefWatch
 from metasrv.repo.storage import Storage
 
 
@@ -100,3 +104,37 @@ def test_reads_from_many_threads_see_the_last_commit(watched: Storage) -> None:
     for thread in threads:
         thread.join()
     assert seen == [last] * 4
+
+
+def test_a_read_is_kept_for_its_key_until_a_watched_file_changes(tmp_path: Path) -> None:
+    (tmp_path / "refs").mkdir()
+    watch = RefWatch((tmp_path, tmp_path / "refs"))
+    reads: list[str] = []
+
+    def read(branch: str) -> Callable[[], tuple[str, str]]:
+        def reading() -> tuple[str, str]:
+            reads.append(branch)
+            return branch, f"commit {len(reads)}"
+
+        return reading
+
+    assert watch.served("main", read("main")) == "commit 1"
+    assert watch.served("main", read("main")) == "commit 1"  # kept: not read again
+    assert watch.served("pulled", read("main")) == "commit 2"  # another key reads
+    (tmp_path / "refs" / "main").write_text("moved")
+    assert watch.served("pulled", read("main")) == "commit 3"
+    (tmp_path / "HEAD").write_text("moved")
+    assert watch.served("pulled", read("main")) == "commit 4"
+    (tmp_path / "HEAD").write_text("moved again")
+    assert watch.served("pulled", read("team/x")) == "commit 5"  # a nested branch: not kept
+    assert watch.served("pulled", read("team/x")) == "commit 6"
+    assert len(reads) == 6
+
+
+def test_a_watch_gives_its_descriptor_back(tmp_path: Path) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    watch = RefWatch((tmp_path,))
+    assert len(set(os.listdir("/proc/self/fd")) - before) == 1
+    del watch
+    gc.collect()
+    assert set(os.listdir("/proc/self/fd")) <= before

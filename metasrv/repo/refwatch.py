@@ -42,13 +42,11 @@ _READ_BYTES = 64 * 1024
 
 
 def _libc() -> ctypes.CDLL | None:
+    """Return the C library the interpreter runs on, if it has inotify."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter runs on
+    libc = ctypes.CDLL(None)  # errno is not read: a failed call returns -1, and that is enough
     return libc if hasattr(libc, "inotify_init1") else None
-
-
-_LIBC = _libc()
 
 
 class RefWatch:
@@ -56,7 +54,11 @@ class RefWatch:
 
     def __init__(self, folders: tuple[Path, ...]) -> None:
         self._folders = folders
-        self._fd = -1 if _LIBC is None else _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        self._libc = _libc()
+        # -1 where there is no inotify, or no instance left: every read resolves.
+        self._fd = (
+            -1 if self._libc is None else self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        )
         self._watching = False
         self._kept: tuple[object, str] | None = None
         self._lock = threading.Lock()
@@ -83,10 +85,10 @@ class RefWatch:
             return commit
 
     def _watch(self) -> None:
-        if self._fd < 0 or _LIBC is None or self._watching:
+        if self._libc is None or self._fd < 0 or self._watching:
             return
-        added = [_LIBC.inotify_add_watch(self._fd, os.fsencode(f), _MASK) for f in self._folders]
-        self._watching = all(wd >= 0 for wd in added)
+        watch = self._libc.inotify_add_watch
+        self._watching = all(watch(self._fd, os.fsencode(f), _MASK) >= 0 for f in self._folders)
 
     def _changed(self) -> bool:
         changed = False
