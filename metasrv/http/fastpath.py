@@ -59,7 +59,7 @@ class FastPath:
             self.hot.touch(read)
             status = 200
         else:
-            answer = self.hot.respond(validated_scope(scope, coding))
+            answer = self.hot.respond(validated_scope(scope, coding), read)
             if answer is None:
                 return None
             status, headers, body = answer

@@ -45,7 +45,8 @@ class HotPath:
         self.pulled = pulled or PulledReads(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = self.respond(scope) if scope["type"] == "http" else None
+        read = self.read_of(scope) if scope["type"] == "http" else None
+        response = None if read is None else self.respond(scope, read)
         if response is None:
             await self.app(scope, receive, send)
             return
@@ -53,9 +54,11 @@ class HotPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
-    def respond(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """Return the status, headers and body of a successful read, None for another request."""
-        answer = self._answer(scope)
+    def respond(
+        self, scope: Scope, read: Read
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Return the status, headers and body of ``read`` (the request's), None if it fails."""
+        answer = self._answer(read)
         if answer is None:
             return None
         headers = answer.headers()
@@ -97,10 +100,7 @@ class HotPath:
         if self.pulled.active(read.at):
             self.pulled.touch(read.name)
 
-    def _answer(self, scope: Scope) -> Answer | None:
-        read = self.read_of(scope)
-        if read is None:
-            return None
+    def _answer(self, read: Read) -> Answer | None:
         try:
             if read.version is None:
                 answer = self.read_api.project(read.at, read.name)
