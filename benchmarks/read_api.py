@@ -57,6 +57,7 @@ def main() -> None:
         warm_paths = paths[: args.warm_paths]
         with tempfile.TemporaryDirectory() as static_root:
             fetch_bodies(url, warm_paths, Path(static_root))
+            warm_up(url, warm_paths, args.seconds)
             metasrv_figures = run_wrk(url, warm_paths, args.seconds)
             nginx_figures = run_nginx(Path(static_root), warm_paths, args.seconds)
         report(metasrv_figures, nginx_figures)
@@ -127,7 +128,9 @@ def cold_latencies(url: str, paths: list[str]) -> list[float]:
 
 def fetch_bodies(url: str, paths: list[str], static_root: Path) -> None:
     """Warm metasrv on every path and write its bodies where nginx will serve them."""
-    with httpx.Client(base_url=url) as client:
+    # Identity, as wrk asks: the server keeps whole answers per coding, so httpx's default
+    # "gzip, deflate, zstd" would warm answers wrk never asks for.
+    with httpx.Client(base_url=url, headers={"accept-encoding": "identity"}) as client:
         for path in paths:
             target = static_root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,37 @@ def run_wrk(url: str, paths: list[str], seconds: int) -> dict[str, float]:
 def _wrk_latency(output: str, label: str) -> float:
     value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def warm_up(url: str, paths: list[str], seconds: int, passes: int = 3) -> None:
+    """Run wrk until one run has gone through the paths ``passes`` times (at most 10 runs)."""
+    # A fixed-length warm-up is not enough: cold reads run at a twentieth of the warm rate, and
+    # with several workers each worker keeps its own answers, so it must see every path itself.
+    for _ in range(10):
+        if run_wrk(url, paths, seconds)["requests/s"] * seconds >= passes * len(paths):
+            return
+
+
+def alternate_wrk(
+    ours: str, theirs: str, paths: list[str], seconds: int, rounds: int
+) -> list[tuple[float, float]]:
+    """Run wrk against ``ours`` then ``theirs``, ``rounds`` times; return each pair's req/s."""
+    # Pairs taken back to back, then their median ratio: on a shared VM either server's figure
+    # alone drifts by a third between minutes, which one pair per server cannot tell from a change.
+    pairs = []
+    for _ in range(rounds):
+        pairs.append(
+            (
+                run_wrk(ours, paths, seconds)["requests/s"],
+                run_wrk(theirs, paths, seconds)["requests/s"],
+            )
+        )
+    return pairs
+
+
+def median_ratio(pairs: list[tuple[float, float]]) -> float:
+    """Return the median of ours / theirs over back-to-back pairs."""
+    return statistics.median(ours / theirs for ours, theirs in pairs)
 
 
 def run_nginx(static_root: Path, paths: list[str], seconds: int) -> dict[str, float]:

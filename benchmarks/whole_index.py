@@ -1,6 +1,7 @@
 """Benchmark a whole-index mirror at PyPI scale: sync by serial, the /simple/ root, the read API.
 
 Run: python -m benchmarks.whole_index [--projects 740000] [--changed 0.01] [--seconds 15]
+     [--rounds 5] [--parts sync,root,read-api,warm]
 Needs nginx, wrk and curl (Debian packages). Builds once, and reuses, a synthetic meta repository
 whose projects carry a source-serial and a matching static source (a PEP 691 root with serials,
 served gzip-capable by nginx). Prints each figure with its target from issue 12.
@@ -23,13 +24,15 @@ from pathlib import Path
 import httpx
 
 from benchmarks.read_api import (
+    alternate_wrk,
     cold_latencies,
     fetch_bodies,
+    median_ratio,
     percentile,
     release_paths,
     rss_mb,
-    run_wrk,
     touch_all_projects,
+    warm_up,
 )
 from benchmarks.servers import free_port, nginx
 from benchmarks.synthetic import build_repository, project_names
@@ -53,8 +56,9 @@ def main() -> None:
     parser.add_argument("--warm-paths", type=int, default=20_000)
     parser.add_argument("--cold-requests", type=int, default=2_000)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5, help="metasrv/nginx wrk pairs per workers")
     parser.add_argument(
-        "--parts", default="sync,root,read-api", help="which measures, comma-separated"
+        "--parts", default="sync,root,read-api,warm", help="which measures, comma-separated"
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -69,6 +73,8 @@ def main() -> None:
         measure_root(repo_path, storage)
     if "read-api" in parts:
         measure_read_api(repo_path, storage, args)
+    if "warm" in parts:
+        measure_warm(repo_path, storage, args)
 
 
 def measure_sync(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
@@ -247,23 +253,33 @@ def _timed(url: str, headers: dict[str, str]) -> tuple[float, int]:
     return float(seconds) * 1000, int(size)
 
 
-def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
-    """Release reads cold p99 and RSS after every project; warm req/s with 1 and 2 workers."""
-    # Only the cold and warm requests' paths are needed: reading all 740,000 takes minutes.
+def sampled_paths(storage: Storage, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Return the release paths read cold and those read warm, the same in every run."""
+    # Only these paths are needed: reading all 740,000 projects' releases takes minutes.
     sample = random.Random(1).sample(
         project_names(args.projects, 0), args.cold_requests + args.warm_paths
     )
     paths = release_paths(Catalog(storage), sample)
+    return paths[: args.cold_requests], paths[args.cold_requests :]
+
+
+def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
+    """Release reads cold p99, and RSS after every project."""
+    cold_paths, _ = sampled_paths(storage, args)
     process, url = start_server(repo_path)
     try:
-        cold = cold_latencies(url, paths[: args.cold_requests])
+        cold = cold_latencies(url, cold_paths)
         print(f"release cold p99 {percentile(cold, 99):.2f} ms (target < 5 ms)")
         touch_all_projects(url, args.projects)
         print(f"RSS after touching all {args.projects}: {rss_mb(process.pid):.0f} MB (< 300)")
     finally:
         process.terminate()
         process.wait()
-    warm_paths = paths[args.cold_requests :]
+
+
+def measure_warm(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
+    """Warm req/s with 1 and 2 workers against nginx with as many, in alternating wrk rounds."""
+    _, warm_paths = sampled_paths(storage, args)
     with tempfile.TemporaryDirectory() as static_root:
         for workers in (1, 2):
             process, url = start_server(repo_path, "--workers", str(workers))
@@ -272,17 +288,18 @@ def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace
                     fetch_bodies(url, warm_paths, Path(static_root))
                 # Warm: every worker has read the paths it is sent (each worker has its own caches,
                 # and which worker takes a connection is the kernel's choice).
-                run_wrk(url, warm_paths, args.seconds)
-                ours = run_wrk(url, warm_paths, args.seconds)
+                warm_up(url, warm_paths, args.seconds)
+                with nginx(
+                    Path(static_root), default_type="application/json", workers=workers
+                ) as n:
+                    pairs = alternate_wrk(url, n, warm_paths, args.seconds, args.rounds)
             finally:
                 process.terminate()
                 process.wait()
-            with nginx(Path(static_root), default_type="application/json", workers=workers) as n:
-                theirs = run_wrk(n, warm_paths, args.seconds)
-            ratio = ours["requests/s"] / theirs["requests/s"]
+            rounds = ", ".join(f"{ours:.0f}/{theirs:.0f}" for ours, theirs in pairs)
             print(
-                f"--workers {workers}: {ours['requests/s']:.0f} req/s = {ratio:.0%} of nginx with "
-                f"{workers} worker(s), {theirs['requests/s']:.0f} req/s (target >= 30 %)"
+                f"--workers {workers}: median {median_ratio(pairs):.0%} of nginx with {workers} "
+                f"worker(s) (target >= 30 %); req/s metasrv/nginx by round: {rounds}"
             )
 
 
