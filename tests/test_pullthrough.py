@@ -20,7 +20,7 @@ import pytest
 
 from metasrv.cli.main import main
 from metasrv.config import MetaConfig, PullThroughConfig
-from metasrv.errors import InvalidData
+from metasrv.errors import InvalidData, SourceError
 from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name, project_path
 from metasrv.repo import tomlcodec
@@ -28,7 +28,7 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.projectfile import read_project
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
-from tests.builders import make_project, project_files
+from tests.builders import create_meta_repository, make_project, project_files
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import BoundedThread, poll_until
 from tests.distributions import build_wheel
@@ -469,10 +469,21 @@ def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
     pull = PullThrough(source.meta, source.index.simple_url)
     try:
         assert pull._fetcher is None
-        pull.warm_up()
-        # Callbacks run in order: once this has run on the pull loop, the warm-up has too.
-        loop = pull._start()
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(DEADLINE_SECONDS)
+        asyncio.run(pull.warm_up())
         assert pull._fetcher is not None
+    finally:
+        pull.close()
+
+
+def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Path) -> None:
+    """A source folder that is gone must not stop the server starting: each pull says why."""
+    meta = create_meta_repository(tmp_path / "meta")
+    pull = PullThrough(meta.path, str(tmp_path / "gone"))
+    try:
+        asyncio.run(pull.warm_up())
+        assert pull._fetcher is not None
+        assert pull._source is None
+        with pytest.raises(SourceError, match="neither an http"):
+            asyncio.run(pull.ensure("anything"))
     finally:
         pull.close()

@@ -228,9 +228,9 @@ def open_pull_through(
 
 @asynccontextmanager
 async def _pulling(pull: PullThrough | None) -> AsyncIterator[None]:
-    """Open pull-through's source as the server starts; stop its thread as the server stops."""
+    """Open pull-through's source before the server takes requests; stop its thread as it stops."""
     if pull is not None:
-        pull.warm_up()
+        await pull.warm_up()
     try:
         yield
     finally:

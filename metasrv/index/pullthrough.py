@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -125,10 +126,10 @@ class PullThrough:
         self._checked[normalized_name] = time.monotonic()  # one re-check per interval
         self._start().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
-    def warm_up(self) -> None:
-        """Open the source's client now, on the pull thread: its TLS context takes tens of
-        milliseconds that the first pull-through would otherwise wait for."""
-        self._start().call_soon_threadsafe(self._open_source)
+    async def warm_up(self) -> None:
+        """Open the source's client on the pull thread and wait for it: its TLS context takes
+        tens of milliseconds that the first pull-throughs would otherwise wait for."""
+        await self._call(self._opened())
 
     def close(self) -> None:
         """Stop the pull thread, cancelling background work."""
@@ -177,6 +178,11 @@ class PullThrough:
         await asyncio.gather(*running, return_exceptions=True)
         if self._fetcher is not None:
             await self._fetcher.client.aclose()
+
+    async def _opened(self) -> None:
+        # A source that cannot be opened fails each pull with its own error, not the server's start.
+        with contextlib.suppress(MetasrvError):
+            self._open_source()
 
     def _open_source(self) -> IndexSource | FolderSource:
         if self._source is None:
