@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,10 +15,11 @@ import pytest
 from packaging.version import Version
 
 from metasrv.errors import InvalidInput, NotFound, SourceUnavailable
+from metasrv.index import pullthrough
 from metasrv.index.client import FetchOptions
 from metasrv.index.pullthrough import PullThrough, _batches
-from metasrv.model import Project, Release
-from metasrv.names import normalize_name
+from metasrv.model import MetadataStatus, Project, Release
+from metasrv.names import core_metadata_path, normalize_name
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.builders import make_file
@@ -189,3 +192,156 @@ def test_background_reads_go_in_batches_of_about_so_many_files(
 ) -> None:
     found = _batches(_releases(*sizes), files)
     assert [[str(release.version) for release in batch] for batch in found] == batches
+
+
+def settled(pull: PullThrough) -> None:
+    """Return once what was queued on the pull loop before this call has run."""
+    run(pull._call(asyncio.sleep(0)))  # callbacks run in the order they were queued
+
+
+def test_a_touch_within_the_refresh_interval_asks_the_source_nothing(source: Source) -> None:
+    # As long as this machine has been up: the pull checked the project a moment ago, and a
+    # sum where the age belongs would be twice the uptime, past the interval.
+    with pulling(source, refresh=max(time.monotonic(), 60.0)) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        settled(pull)
+        before = set(pull._background)  # the pending metadata's read, waiting for quiet
+        pull.touch(ALPHA)
+        settled(pull)
+        assert pull._background <= before  # no re-check was started
+    assert source.page_requests("pt-alpha") == 1
+
+
+def test_a_touched_project_still_gets_its_pending_metadata_read(source: Source) -> None:
+    """Clients reading a project hold background reads back; they must not stop them."""
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        pull.touch(ALPHA)
+        poll_until(
+            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
+            "the background read ran once clients were idle",
+        )
+    assert source.page_requests("pt-alpha") == 1
+
+
+def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) -> None:
+    """Each project's re-check is its own: one held at the source must not swallow another's."""
+    with pulling(source, refresh=0) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-beta"))
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["hold"]
+        pull.touch(ALPHA)
+        poll_until(lambda: source.page_requests("pt-alpha") == 2, "alpha's re-check is held")
+        pull.touch(normalize_name("pt-beta"))
+        poll_until(lambda: source.page_requests("pt-beta") == 2, "beta was re-checked meanwhile")
+        source.index.release.set()
+
+
+def test_reads_of_different_releases_at_once_each_read_their_own(source: Source) -> None:
+    """Concurrent reads share work only when they ask for the same release of one project."""
+    held = "/files/pt_alpha-1.0-py3-none-any.whl.metadata"
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        source.index.behaviour.faults[held] = ["hold"]
+
+        async def both(other: Coroutine[Any, Any, None]) -> None:
+            first = asyncio.ensure_future(pull.complete("pt-alpha", Version("1.0")))
+            await other  # answered while 1.0's document is held
+            source.index.release.set()
+            await first
+
+        run(both(pull.complete("pt-alpha", Version("2.0"))))
+        assert pending(head_project(source, "pt-alpha")) == {"1.0": False, "2.0": False}
+
+
+def test_a_page_fetched_again_for_pending_reads_is_kept_for_the_next(source: Source) -> None:
+    source.index.behaviour.faults["/files/pt_alpha-1.0-py3-none-any.whl.metadata"] = ["hold"]
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+    source.index.release.set()  # the background read was cancelled by close
+    with pulling(source) as (pull, _):
+        run(pull.complete("pt-alpha", Version("1.0")))
+        run(pull.complete("pt-alpha", Version("2.0")))
+    assert pending(head_project(source, "pt-alpha")) == {"1.0": False, "2.0": False}
+    assert source.page_requests("pt-alpha") == 2  # the first pull's, then one for both reads
+
+
+def test_metadata_read_from_inside_a_wheel_is_committed_with_its_document(
+    source: Source,
+) -> None:
+    """A source without PEP 658 files: the document read from the wheel is stored in git."""
+    source.index.behaviour.pep658 = False
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-beta"))
+        run(pull.complete("pt-beta"))
+    dist_file = head_project(source, "pt-beta").releases[0].files[0]
+    digest = dist_file.core_metadata_sha256
+    assert digest is not None
+    storage = Storage(source.meta)
+    document = storage.read(storage.resolve(None), core_metadata_path(digest))
+    assert document is not None
+    assert hashlib.sha256(document).hexdigest() == digest
+    assert b"Requires-Dist: pt-alpha<2" in document
+
+
+def test_the_registered_spelling_is_taken_from_the_metadata_read(source: Source) -> None:
+    """A JSON page names a project normalized; its METADATA says how it was registered."""
+    build_wheel(source.archives, "PT_Gamma", "1.0")
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-gamma"))
+        assert head_project(source, "pt-gamma").name == "pt-gamma"
+        run(pull.complete("pt-gamma"))
+    assert head_project(source, "pt-gamma").name == "PT_Gamma"
+
+
+def test_background_reads_of_two_projects_each_read_their_own(source: Source) -> None:
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-beta"))
+        poll_until(
+            lambda: (
+                not any(pending(head_project(source, "pt-alpha")).values())
+                and not any(pending(head_project(source, "pt-beta")).values())
+            ),
+            "both projects' metadata read in the background",
+        )
+        poll_until(lambda: not pull._background, "finished background work let go of")
+
+
+def test_a_background_read_that_fails_is_logged(
+    source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pullthrough, "PAGE_CACHE_SIZE", 0)  # the read must ask for the page again
+    with pulling(source) as (pull, lines):
+        run(pull.ensure("pt-beta"))
+        source.index.behaviour.faults["/simple/pt-beta/"] = ["500"] * 2
+        poll_until(lambda: len(lines) == 2, "the failed background read logged")
+    assert lines[1].startswith("pull-through pt-beta: metadata not read: ")
+    assert lines[1].endswith("HTTP 500 after 2 attempts")
+    assert pending(head_project(source, "pt-beta")) == {"1.0": True}
+
+
+def test_the_page_kept_is_the_newest(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages are kept to read pending metadata without asking again: the oldest goes first."""
+    monkeypatch.setattr(pullthrough, "PAGE_CACHE_SIZE", 1)
+    source.index.behaviour.faults["/files/pt_alpha-1.0-py3-none-any.whl.metadata"] = ["hold"]
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-beta"))
+        run(pull.complete("pt-beta"))
+        assert source.page_requests("pt-beta") == 1  # beta's page, kept
+        source.index.release.set()
+        run(pull.complete("pt-alpha", Version("2.0")))
+    assert source.page_requests("pt-alpha") == 2  # alpha's, asked again: beta's took its place
+
+
+def test_a_release_whose_metadata_cannot_be_read_is_recorded_as_such(source: Source) -> None:
+    """No file states a name then: the read still commits what it found."""
+    source.index.behaviour.pep658 = False
+    source.index.behaviour.tampered["pt_beta-1.0-py3-none-any.whl"] = b"not a zip" * 100
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-beta"))
+        run(pull.complete("pt-beta"))
+    dist_file = head_project(source, "pt-beta").releases[0].files[0]
+    assert dist_file.metadata_status is MetadataStatus.UNUSABLE
+    assert head_project(source, "pt-beta").name == "pt-beta"
