@@ -7,8 +7,8 @@ benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 (a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
 through (a new repository and server per run); (c) the same server warm. Prints (b)/(a), (c)/(a)
 and the requests each makes to the source (nginx's access log). Then, on a new empty repository
-per run, `GET /v1/projects` p50 / p99 while ``--pulls`` first requests for distinct projects run
-at once.
+per run served by a `metasrv serve` process, `GET /v1/projects` p50 / p99 while ``--pulls`` first
+requests for distinct projects run at once.
 Last, the first page of a project with ``--big`` files (numpy has about 2,000), pulled through
 an empty repository, against the source serving that page itself (PEP 691 JSON, nginx).
 Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms; the big page "in about the time the
@@ -21,6 +21,8 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +37,8 @@ from benchmarks.servers import free_port, nginx, wait_until_up
 from benchmarks.simple_api import build_source, compile_once
 from metasrv.cli.main import main as metasrv
 from metasrv.http.app import create_app
+
+METASRV = (sys.executable, "-m", "metasrv")
 
 
 @contextmanager
@@ -54,6 +58,28 @@ def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join()
+
+
+@contextmanager
+def empty_metasrv_process(work: Path, source_url: str) -> Iterator[str]:
+    """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL."""
+    # A process of its own: clients in this one must not share the server's GIL.
+    meta = Path(tempfile.mkdtemp(dir=work))
+    shutil.rmtree(meta)
+    assert metasrv(["init", str(meta), "--source", source_url]) == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [*METASRV, "serve", "--repo", str(meta), "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/")
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def build_big_project(root: Path, files: int) -> str:
@@ -161,7 +187,7 @@ def main() -> None:
         # One burst gives 20-30 samples, whose p99 is its slowest request: a burst per run.
         samples = []
         for _ in range(args.runs):
-            with empty_metasrv(work, source_url) as url:
+            with empty_metasrv_process(work, source_url) as url:
                 samples += latency_under_pulls(url, names, args.pulls)
     quantiles = statistics.quantiles(samples, n=100)
     big_source, big_first, big_warm = big_first_page(work, args.big, args.runs)
