@@ -20,15 +20,14 @@ import pytest
 
 from metasrv.cli.main import main
 from metasrv.config import MetaConfig, PullThroughConfig
-from metasrv.errors import InvalidData, SourceError
+from metasrv.errors import InvalidData
 from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
-from metasrv.repo.projectfile import read_project
 from metasrv.repo.storage import Storage
 from metasrv.tables import FORMAT_VERSION
-from tests.builders import create_meta_repository, make_project, project_files
+from tests.builders import make_project, project_files
 from tests.conftest import RunningServer, running_server
 from tests.deadlines import BoundedThread, poll_until
 from tests.distributions import build_wheel
@@ -436,54 +435,3 @@ def test_the_data_branch_takes_in_what_is_committed_to_heads_branch_later(
     assert main(["show", "--repo", str(source.meta), "pt-alpha"]) == 0
     assert storage.first_parent(storage.resolve("pulled")) == merge
     assert storage.merge_base(storage.resolve("pulled"), main_commit) == main_commit
-
-
-def test_what_pull_through_hands_the_server_equals_what_it_committed(
-    source: Source, tmp_path: Path
-) -> None:
-    # A reader over another, empty repository: what it returns it can only have been handed.
-    reader = Catalog(Storage.init(tmp_path / "elsewhere"))
-    pull = PullThrough(source.meta, source.index.simple_url, reader=reader)
-
-    async def pull_and_read() -> None:
-        await pull.ensure("pt-beta")  # a first pull: every file pending
-        await pull.complete("pt-beta")  # its metadata read and filled in
-        await pull.ensure("pt-alpha")
-
-    try:
-        asyncio.run(pull_and_read())
-    finally:
-        pull.close()
-    storage = Storage(source.meta)
-    catalog = Catalog(storage)
-    head = storage.resolve(None)
-    for name in ("pt-beta", "pt-alpha"):
-        normalized_name, blob_id = catalog.project_blob(head, name)
-        handed = reader.parse_project(blob_id, normalized_name)
-        assert handed == read_project(storage.read_blob(blob_id), name)
-    assert not catalog.get_project(head, "pt-beta").releases[0].files[0].metadata_pending
-
-
-def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
-    """The client's TLS context takes tens of milliseconds: not on the first request's time."""
-    pull = PullThrough(source.meta, source.index.simple_url)
-    try:
-        assert pull._fetcher is None
-        asyncio.run(pull.warm_up())
-        assert pull._fetcher is not None
-    finally:
-        pull.close()
-
-
-def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Path) -> None:
-    """A source folder that is gone must not stop the server starting: each pull says why."""
-    meta = create_meta_repository(tmp_path / "meta")
-    pull = PullThrough(meta.path, str(tmp_path / "gone"))
-    try:
-        asyncio.run(pull.warm_up())
-        assert pull._fetcher is not None
-        assert pull._source is None
-        with pytest.raises(SourceError, match="neither an http"):
-            asyncio.run(pull.ensure("anything"))
-    finally:
-        pull.close()

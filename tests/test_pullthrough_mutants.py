@@ -5,24 +5,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pygit2
 import pytest
 from packaging.version import Version
 
-from metasrv.errors import InvalidInput, NotFound, SourceUnavailable
+from metasrv.errors import InvalidInput, NotFound, SourceError, SourceUnavailable
 from metasrv.index import pullthrough
 from metasrv.index.client import FetchOptions
 from metasrv.index.pullthrough import PullThrough, _batches
 from metasrv.model import MetadataStatus, Project, Release
 from metasrv.names import core_metadata_path, normalize_name
 from metasrv.repo.catalog import Catalog
+from metasrv.repo.projectfile import read_project
 from metasrv.repo.storage import Storage
-from tests.builders import make_file
+from tests.builders import create_meta_repository, make_file
 from tests.deadlines import poll_until
 from tests.distributions import build_wheel
 from tests.test_pullthrough import DEADLINE_SECONDS, Source, source
@@ -70,7 +71,9 @@ def test_a_first_ensure_commits_the_project_logs_it_and_asks_once(source: Source
     assert re.fullmatch(
         rf"pull-through pt-alpha: 2 files, \d+ ms, commit {commit_id[:12]}", lines[0]
     ), lines
-    assert source.commits()[0].message.endswith("\n\n- pt-alpha (new, 2 files)")
+    assert source.commits()[0].message == (
+        f"pull-through: 1 project from {source.index.simple_url}\n\n- pt-alpha (new, 2 files)"
+    )
 
 
 def test_a_project_the_source_lacks_is_not_found_and_not_asked_for_again(
@@ -92,36 +95,6 @@ def test_a_source_that_fails_makes_an_unknown_project_unavailable(source: Source
         run(pull.ensure("pt-alpha"))
     assert str(raised.value).startswith(f"pt-alpha: the source {source.index.simple_url} failed: ")
     assert "HTTP 500 after 2 attempts" in str(raised.value)
-
-
-def test_a_refresh_that_fails_keeps_the_project_and_marks_it_stale_until_one_works(
-    source: Source,
-) -> None:
-    with pulling(source, refresh=0) as (pull, lines):
-        run(pull.ensure("pt-alpha"))
-        before = Storage(source.meta).resolve(None)
-        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
-        pull.touch(ALPHA)
-        poll_until(lambda: ALPHA in pull.stale, "the failed refresh marked pt-alpha stale")
-        problem = pull.stale[ALPHA].removeprefix("the source failed: ")
-        assert problem.endswith("HTTP 500 after 2 attempts")
-        poll_until(lambda: any("refresh failed" in line for line in lines), "the failure logged")
-        assert f"pull-through pt-alpha: refresh failed: {problem}" in lines
-        pull.touch(ALPHA)
-        poll_until(lambda: not pull.stale, "a refresh that worked cleared the mark")
-    assert head_project(source, "pt-alpha").releases
-    assert Storage(source.meta).resolve(None) == before  # nothing new: nothing committed
-
-
-def test_a_release_published_later_is_committed_by_a_refresh(source: Source) -> None:
-    with pulling(source, refresh=0) as (pull, lines):
-        run(pull.ensure("pt-alpha"))
-        build_wheel(source.archives, "pt-alpha", "3.0")
-        pull.touch(ALPHA)
-        poll_until(lambda: "3.0" in pending(head_project(source, "pt-alpha")), "3.0 was committed")
-    messages = [commit.message for commit in source.commits()]
-    assert any(message.endswith("\n\n- pt-alpha (refreshed, 3 files)") for message in messages)
-    assert any(line.startswith("pull-through pt-alpha: 3 files, ") for line in lines)
 
 
 def test_complete_reads_only_the_release_asked_for(source: Source) -> None:
@@ -199,44 +172,6 @@ def settled(pull: PullThrough) -> None:
     run(pull._call(asyncio.sleep(0)))  # callbacks run in the order they were queued
 
 
-def test_a_touch_within_the_refresh_interval_asks_the_source_nothing(source: Source) -> None:
-    # As long as this machine has been up: the pull checked the project a moment ago, and a
-    # sum where the age belongs would be twice the uptime, past the interval.
-    with pulling(source, refresh=max(time.monotonic(), 60.0)) as (pull, _):
-        run(pull.ensure("pt-alpha"))
-        settled(pull)
-        before = set(pull._background)  # the pending metadata's read, waiting for quiet
-        pull.touch(ALPHA)
-        settled(pull)
-        assert pull._background <= before  # no re-check was started
-    assert source.page_requests("pt-alpha") == 1
-
-
-def test_a_touched_project_still_gets_its_pending_metadata_read(source: Source) -> None:
-    """Clients reading a project hold background reads back; they must not stop them."""
-    with pulling(source) as (pull, _):
-        run(pull.ensure("pt-alpha"))
-        pull.touch(ALPHA)
-        poll_until(
-            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
-            "the background read ran once clients were idle",
-        )
-    assert source.page_requests("pt-alpha") == 1
-
-
-def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) -> None:
-    """Each project's re-check is its own: one held at the source must not swallow another's."""
-    with pulling(source, refresh=0) as (pull, _):
-        run(pull.ensure("pt-alpha"))
-        run(pull.ensure("pt-beta"))
-        source.index.behaviour.faults["/simple/pt-alpha/"] = ["hold"]
-        pull.touch(ALPHA)
-        poll_until(lambda: source.page_requests("pt-alpha") == 2, "alpha's re-check is held")
-        pull.touch(normalize_name("pt-beta"))
-        poll_until(lambda: source.page_requests("pt-beta") == 2, "beta was re-checked meanwhile")
-        source.index.release.set()
-
-
 def test_reads_of_different_releases_at_once_each_read_their_own(source: Source) -> None:
     """Concurrent reads share work only when they ask for the same release of one project."""
     held = "/files/pt_alpha-1.0-py3-none-any.whl.metadata"
@@ -291,7 +226,12 @@ def test_the_registered_spelling_is_taken_from_the_metadata_read(source: Source)
         run(pull.ensure("pt-gamma"))
         assert head_project(source, "pt-gamma").name == "pt-gamma"
         run(pull.complete("pt-gamma"))
-    assert head_project(source, "pt-gamma").name == "PT_Gamma"
+        assert head_project(source, "pt-gamma").name == "PT_Gamma"
+        build_wheel(source.archives, "PT_Gamma", "2.0")
+        pull.refresh = 0
+        pull.touch(normalize_name("pt-gamma"))
+        poll_until(lambda: len(head_project(source, "pt-gamma").releases) == 2, "2.0 pulled")
+    assert head_project(source, "pt-gamma").name == "PT_Gamma"  # a refresh keeps the spelling
 
 
 def test_background_reads_of_two_projects_each_read_their_own(source: Source) -> None:
@@ -345,3 +285,109 @@ def test_a_release_whose_metadata_cannot_be_read_is_recorded_as_such(source: Sou
     dist_file = head_project(source, "pt-beta").releases[0].files[0]
     assert dist_file.metadata_status is MetadataStatus.UNUSABLE
     assert head_project(source, "pt-beta").name == "pt-beta"
+
+
+def test_concurrent_first_requests_for_one_project_make_one_fetch(source: Source) -> None:
+    source.index.behaviour.faults["/simple/pt-alpha/"] = ["hold"]
+
+    async def three() -> None:
+        names = ("pt-alpha", "PT_Alpha", "pt-beta")  # beta's pull is its own, not alpha's
+        pulls = [asyncio.ensure_future(pull.ensure(name)) for name in names]
+        while source.page_requests("pt-alpha") == 0:
+            await asyncio.sleep(0.01)  # polling, bounded by run's deadline
+        pulls.append(asyncio.ensure_future(pull.ensure("pt.alpha")))
+        source.index.release.set()
+        await asyncio.gather(*pulls)
+
+    with pulling(source) as (pull, _):
+        run(three())
+    assert source.page_requests("pt-alpha") == 1
+    assert head_project(source, "pt-beta").releases
+
+
+def test_background_reads_hold_back_while_any_client_waits(source: Source) -> None:
+    """A client's pull that ends must not let background reads start while another still waits."""
+    source.index.behaviour.faults["/simple/pt-beta/"] = ["hold"]
+
+    async def overlapping() -> None:
+        beta = asyncio.ensure_future(pull.ensure("pt-beta"))
+        while source.page_requests("pt-beta") == 0:
+            await asyncio.sleep(0.01)  # polling, bounded by run's deadline
+        await pull.ensure("pt-alpha")
+        assert pull._asked == 1  # beta's client still waits
+        source.index.release.set()
+        await beta
+        assert pull._asked == 0
+
+    with pulling(source) as (pull, _):
+        run(overlapping())
+
+
+def test_a_pull_through_that_never_fetched_closes_cleanly(source: Source) -> None:
+    with pulling(source) as (pull, _):
+        pull.touch(ALPHA)  # not in git: nothing to re-check, and the source is never opened
+        settled(pull)
+        assert pull._fetcher is None
+        pull.close()  # and closing again, as the context does, is harmless
+    assert not source.index.requests
+
+
+def test_pulls_go_to_the_data_branch_named(source: Source) -> None:
+    main_before = Storage(source.meta).resolve("main")
+    with pulling(source, branch="pulled") as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-alpha"))  # found on the data branch: not pulled again
+    assert head_project(source, "pt-alpha", "pulled").releases
+    assert source.page_requests("pt-alpha") == 1
+    assert Storage(source.meta).resolve("main") == main_before
+
+
+def test_what_pull_through_hands_the_server_equals_what_it_committed(
+    source: Source, tmp_path: Path
+) -> None:
+    # A reader over another, empty repository: what it returns it can only have been handed.
+    reader = Catalog(Storage.init(tmp_path / "elsewhere"))
+    pull = PullThrough(source.meta, source.index.simple_url, reader=reader)
+
+    async def pull_and_read() -> None:
+        await pull.ensure("pt-beta")  # a first pull: every file pending
+        await pull.complete("pt-beta")  # its metadata read and filled in
+        await pull.ensure("pt-alpha")
+
+    try:
+        asyncio.run(pull_and_read())
+    finally:
+        pull.close()
+    storage = Storage(source.meta)
+    catalog = Catalog(storage)
+    head = storage.resolve(None)
+    for name in ("pt-beta", "pt-alpha"):
+        normalized_name, blob_id = catalog.project_blob(head, name)
+        handed = reader.parse_project(blob_id, normalized_name)
+        assert handed == read_project(storage.read_blob(blob_id), name)
+    assert not catalog.get_project(head, "pt-beta").releases[0].files[0].metadata_pending
+
+
+def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
+    """The client's TLS context takes tens of milliseconds: not on the first request's time."""
+    pull = PullThrough(source.meta, source.index.simple_url)
+    try:
+        assert pull._fetcher is None
+        asyncio.run(pull.warm_up())
+        assert pull._fetcher is not None
+    finally:
+        pull.close()
+
+
+def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Path) -> None:
+    """A source folder that is gone must not stop the server starting: each pull says why."""
+    meta = create_meta_repository(tmp_path / "meta")
+    pull = PullThrough(meta.path, str(tmp_path / "gone"))
+    try:
+        asyncio.run(pull.warm_up())
+        assert pull._fetcher is not None
+        assert pull._source is None
+        with pytest.raises(SourceError, match="neither an http"):
+            asyncio.run(pull.ensure("anything"))
+    finally:
+        pull.close()

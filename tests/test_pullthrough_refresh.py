@@ -1,0 +1,111 @@
+"""Pull-through's re-checks driven in-process: intervals, failures, what a refresh keeps."""
+
+from __future__ import annotations
+
+import time
+
+from metasrv.names import normalize_name
+from metasrv.repo.storage import Storage
+from tests.deadlines import poll_until
+from tests.distributions import build_wheel
+from tests.test_pullthrough import Source, source
+from tests.test_pullthrough_mutants import ALPHA, head_project, pending, pulling, run, settled
+
+__all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
+
+
+def test_a_refresh_that_fails_keeps_the_project_and_marks_it_stale_until_one_works(
+    source: Source,
+) -> None:
+    with pulling(source, refresh=0) as (pull, lines):
+        run(pull.ensure("pt-alpha"))
+        before = Storage(source.meta).resolve(None)
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
+        pull.touch(ALPHA)
+        poll_until(lambda: ALPHA in pull.stale, "the failed refresh marked pt-alpha stale")
+        problem = pull.stale[ALPHA].removeprefix("the source failed: ")
+        assert problem.endswith("HTTP 500 after 2 attempts")
+        poll_until(lambda: any("refresh failed" in line for line in lines), "the failure logged")
+        assert f"pull-through pt-alpha: refresh failed: {problem}" in lines
+        pull.touch(ALPHA)
+        poll_until(lambda: not pull.stale, "a refresh that worked cleared the mark")
+    assert head_project(source, "pt-alpha").releases
+    assert Storage(source.meta).resolve(None) == before  # nothing new: nothing committed
+
+
+def test_a_release_published_later_is_committed_by_a_refresh(source: Source) -> None:
+    with pulling(source, refresh=0) as (pull, lines):
+        run(pull.ensure("pt-alpha"))
+        run(pull.complete("pt-alpha"))
+        build_wheel(source.archives, "pt-alpha", "3.0")
+        pull.touch(ALPHA)
+        poll_until(lambda: "3.0" in pending(head_project(source, "pt-alpha")), "3.0 was committed")
+        # What was read of the older releases is kept; only the new file waits to be read.
+        assert pending(head_project(source, "pt-alpha")) == {
+            "1.0": False,
+            "2.0": False,
+            "3.0": True,
+        }
+    messages = [commit.message for commit in source.commits()]
+    assert any(message.endswith("\n\n- pt-alpha (refreshed, 3 files)") for message in messages)
+    assert any(line.startswith("pull-through pt-alpha: 3 files, ") for line in lines)
+
+
+def test_a_touch_within_the_refresh_interval_asks_the_source_nothing(source: Source) -> None:
+    # As long as this machine has been up: the pull checked the project a moment ago, and a
+    # sum where the age belongs would be twice the uptime, past the interval.
+    with pulling(source, refresh=max(time.monotonic(), 60.0)) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        settled(pull)
+        before = set(pull._background)  # the pending metadata's read, waiting for quiet
+        pull.touch(ALPHA)
+        settled(pull)
+        assert pull._background <= before  # no re-check was started
+    assert source.page_requests("pt-alpha") == 1
+
+
+def test_a_touched_project_still_gets_its_pending_metadata_read(source: Source) -> None:
+    """Clients reading a project hold background reads back; they must not stop them."""
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        pull.touch(ALPHA)
+        poll_until(
+            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
+            "the background read ran once clients were idle",
+        )
+    assert source.page_requests("pt-alpha") == 1
+
+
+def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) -> None:
+    """Each project's re-check is its own: one held at the source must not swallow another's."""
+    with pulling(source, refresh=0) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-beta"))
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["hold"]
+        pull.touch(ALPHA)
+        poll_until(lambda: source.page_requests("pt-alpha") == 2, "alpha's re-check is held")
+        pull.touch(normalize_name("pt-beta"))
+        poll_until(lambda: source.page_requests("pt-beta") == 2, "beta was re-checked meanwhile")
+        source.index.release.set()
+
+
+def test_a_re_check_that_worked_or_failed_counts_for_the_interval(source: Source) -> None:
+    """Either way the source was asked: touches within the interval after it ask nothing."""
+    with pulling(source, refresh=0) as (pull, lines):
+        run(pull.ensure("pt-alpha"))
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
+        pull.touch(ALPHA)  # refresh 0: re-checked, and failing
+        poll_until(lambda: ALPHA in pull.stale, "the failed re-check marked alpha stale")
+        pull.refresh = 3600
+        pull.touch(ALPHA)
+        settled(pull)
+        assert ("pull", ALPHA) not in pull._inflight  # no re-check started
+        pull.refresh = 0
+        pull.touch(ALPHA)  # re-checked, unchanged
+        poll_until(lambda: not pull.stale, "the re-check that worked cleared the mark")
+        pull.refresh = 3600
+        pull.touch(ALPHA)
+        settled(pull)
+        assert ("pull", ALPHA) not in pull._inflight  # no re-check started
+        assert len(lines) == 2  # the pull and the failure: an unchanged page writes nothing
+    assert source.page_requests("pt-alpha") == 4  # the first pull, two attempts, one re-check
