@@ -41,12 +41,18 @@ from metasrv.http.app import create_app
 METASRV = (sys.executable, "-m", "metasrv")
 
 
-@contextmanager
-def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
-    """Serve a new meta repository that has synced nothing; yield its base URL."""
+def new_meta_repository(work: Path, source_url: str) -> Path:
+    """Create a meta repository in front of ``source_url`` that has synced nothing."""
     meta = Path(tempfile.mkdtemp(dir=work))
     shutil.rmtree(meta)
     assert metasrv(["init", str(meta), "--source", source_url]) == 0
+    return meta
+
+
+@contextmanager
+def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
+    """Serve a new meta repository that has synced nothing; yield its base URL."""
+    meta = new_meta_repository(work, source_url)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(meta), port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -64,9 +70,7 @@ def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
 def empty_metasrv_process(work: Path, source_url: str) -> Iterator[str]:
     """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL."""
     # A process of its own: clients in this one must not share the server's GIL.
-    meta = Path(tempfile.mkdtemp(dir=work))
-    shutil.rmtree(meta)
-    assert metasrv(["init", str(meta), "--source", source_url]) == 0
+    meta = new_meta_repository(work, source_url)
     port = free_port()
     server = subprocess.Popen(
         [*METASRV, "serve", "--repo", str(meta), "--port", str(port), "--quiet"],
