@@ -21,8 +21,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,12 +31,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from benchmarks.servers import free_port, nginx, wait_until_up
+from benchmarks.servers import free_port, nginx, start_metasrv, wait_until_up
 from benchmarks.simple_api import build_source, compile_once
 from metasrv.cli.main import main as metasrv
 from metasrv.http.app import create_app
-
-METASRV = (sys.executable, "-m", "metasrv")
 
 
 def new_meta_repository(work: Path, source_url: str) -> Path:
@@ -70,16 +66,8 @@ def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
 def empty_metasrv_process(work: Path, source_url: str) -> Iterator[str]:
     """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL."""
     # A process of its own: clients in this one must not share the server's GIL.
-    meta = new_meta_repository(work, source_url)
-    port = free_port()
-    server = subprocess.Popen(
-        [*METASRV, "serve", "--repo", str(meta), "--port", str(port), "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url, _ = start_metasrv(new_meta_repository(work, source_url), "--quiet")
     try:
-        wait_until_up(f"{url}/")
         yield url
     finally:
         server.terminate()

@@ -14,14 +14,13 @@ import random
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.servers import free_port, nginx
+from benchmarks.servers import nginx, start_metasrv
 from benchmarks.synthetic import build_repository, project_names
 from metasrv.repo.catalog import Catalog
 
@@ -46,7 +45,8 @@ def main() -> None:
     rng = random.Random(1)
     rng.shuffle(paths)
 
-    server, url, first_answer = start_metasrv(repo_path, paths[0])
+    # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping.
+    server, url, first_answer = start_metasrv(repo_path, "--quiet", "--offline", probe=paths[0])
     try:
         print(f"first answer after start: {first_answer * 1000:.0f} ms")
         cold = cold_latencies(url, paths[1 : 1 + args.cold_requests])
@@ -79,39 +79,6 @@ def release_paths(catalog: Catalog, names: list[str]) -> list[str]:
         versions = sorted(set(header.findall(catalog.storage.read_blob(blob_id))))
         paths.append(f"/v1/projects/{name}/{rng.choice(versions).decode()}")
     return paths
-
-
-def start_metasrv(repo_path: Path, probe: str) -> tuple[subprocess.Popen[bytes], str, float]:
-    """Start one uvicorn worker; return it, its URL and seconds until its first 200."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    process = subprocess.Popen(
-        # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping.
-        [
-            sys.executable,
-            "-m",
-            "metasrv",
-            "serve",
-            "--repo",
-            str(repo_path),
-            "--port",
-            str(port),
-            "--quiet",
-            "--offline",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = started + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + probe).status_code == 200:
-                return process, url, time.monotonic() - started
-        except httpx.TransportError:
-            time.sleep(0.005)  # polling the port, not synchronising a test
-    process.kill()
-    raise SystemExit("metasrv did not answer within 30 s")
 
 
 def cold_latencies(url: str, paths: list[str]) -> list[float]:
@@ -187,15 +154,10 @@ def alternate_wrk(
     """Run wrk against ``ours`` then ``theirs``, ``rounds`` times; return each pair's req/s."""
     # Pairs taken back to back, then their median ratio: on a shared VM either server's figure
     # alone drifts by a third between minutes, which one pair per server cannot tell from a change.
-    pairs = []
-    for _ in range(rounds):
-        pairs.append(
-            (
-                run_wrk(ours, paths, seconds)["requests/s"],
-                run_wrk(theirs, paths, seconds)["requests/s"],
-            )
-        )
-    return pairs
+    return [
+        (run_wrk(ours, paths, seconds)["requests/s"], run_wrk(theirs, paths, seconds)["requests/s"])
+        for _ in range(rounds)
+    ]
 
 
 def median_ratio(pairs: list[tuple[float, float]]) -> float:

@@ -1,10 +1,11 @@
-"""Servers the benchmarks start on 127.0.0.1: nginx over a folder, readiness by polling."""
+"""Servers the benchmarks start on 127.0.0.1, nginx over a folder and `metasrv serve`, polled."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ events {{ worker_connections 1024; }}
 http {{ {access_log}; types {{ text/html html; {json_type} }} default_type {default_type};
   {pages} server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """
+METASRV = (sys.executable, "-m", "metasrv")
 # A PEP 691 source as PyPI serves it: index.json pages, gzip when asked, ETags (nginx's own).
 JSON_PAGES = "index index.json index.html; gzip on; gzip_types application/vnd.pypi.simple.v1+json;"
 
@@ -76,3 +78,26 @@ def nginx(
         process.terminate()
         process.wait()
         shutil.rmtree(work)
+
+
+def start_metasrv(
+    repo_path: Path, *options: str, probe: str = "/", seconds: float = 30
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    """Start ``metasrv serve`` on ``repo_path``; return it, its URL, seconds to ``probe``'s 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*METASRV, "serve", "--repo", str(repo_path), "--port", str(port), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = started + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + probe, timeout=seconds).status_code == 200:
+                return process, url, time.monotonic() - started
+        except httpx.TransportError:
+            time.sleep(0.005)  # polling a port we just started, with a deadline
+    process.kill()
+    raise SystemExit(f"metasrv did not answer within {seconds:g} s")

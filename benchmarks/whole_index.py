@@ -16,12 +16,9 @@ import random
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 from benchmarks.read_api import (
     alternate_wrk,
@@ -34,7 +31,7 @@ from benchmarks.read_api import (
     touch_all_projects,
     warm_up,
 )
-from benchmarks.servers import free_port, nginx
+from benchmarks.servers import METASRV, nginx, start_metasrv
 from benchmarks.synthetic import build_repository, project_names
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.names import normalize_name, project_path
@@ -46,7 +43,6 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 FIRST_SERIAL = 1
 WARM_REPEATS = 20
-METASRV = (sys.executable, "-m", "metasrv")
 
 
 def main() -> None:
@@ -71,10 +67,12 @@ def main() -> None:
         measure_sync(repo_path, storage, args)
     if "root" in parts:
         measure_root(repo_path, storage)
-    if "read-api" in parts:
-        measure_read_api(repo_path, storage, args)
-    if "warm" in parts:
-        measure_warm(repo_path, storage, args)
+    if parts & {"read-api", "warm"}:
+        cold_paths, warm_paths = sampled_paths(storage, args)
+        if "read-api" in parts:
+            measure_read_api(repo_path, cold_paths, args)
+        if "warm" in parts:
+            measure_warm(repo_path, warm_paths, args)
 
 
 def measure_sync(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
@@ -179,33 +177,10 @@ def loose_objects(repo_path: Path) -> int:
 
 def start_server(repo_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``metasrv serve`` with ``extra`` options; return it once it answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping.
-        [
-            *METASRV,
-            "serve",
-            "--repo",
-            str(repo_path),
-            "--port",
-            str(port),
-            "--quiet",
-            "--offline",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600  # a cold start lists 740,000 projects once
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/", timeout=600).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.01)  # polling the port, not synchronising a test
-    process.kill()
-    raise SystemExit("metasrv did not answer")
+    # --quiet --offline: measure answers, not the access log or pull-through's bookkeeping. A
+    # cold start lists 740,000 projects once.
+    process, url, _ = start_metasrv(repo_path, "--quiet", "--offline", *extra, seconds=600)
+    return process, url
 
 
 def measure_root(repo_path: Path, storage: Storage) -> None:
@@ -263,9 +238,8 @@ def sampled_paths(storage: Storage, args: argparse.Namespace) -> tuple[list[str]
     return paths[: args.cold_requests], paths[args.cold_requests :]
 
 
-def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
+def measure_read_api(repo_path: Path, cold_paths: list[str], args: argparse.Namespace) -> None:
     """Release reads cold p99, and RSS after every project."""
-    cold_paths, _ = sampled_paths(storage, args)
     process, url = start_server(repo_path)
     try:
         cold = cold_latencies(url, cold_paths)
@@ -277,9 +251,8 @@ def measure_read_api(repo_path: Path, storage: Storage, args: argparse.Namespace
         process.wait()
 
 
-def measure_warm(repo_path: Path, storage: Storage, args: argparse.Namespace) -> None:
+def measure_warm(repo_path: Path, warm_paths: list[str], args: argparse.Namespace) -> None:
     """Warm req/s with 1 and 2 workers against nginx with as many, in alternating wrk rounds."""
-    _, warm_paths = sampled_paths(storage, args)
     with tempfile.TemporaryDirectory() as static_root:
         for workers in (1, 2):
             process, url = start_server(repo_path, "--workers", str(workers))

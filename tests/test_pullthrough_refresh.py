@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name
 from metasrv.repo.storage import Storage
 from tests.deadlines import poll_until
@@ -17,20 +18,34 @@ __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tes
 def test_a_refresh_that_fails_keeps_the_project_and_marks_it_stale_until_one_works(
     source: Source,
 ) -> None:
+    """Either way the source was asked: touches within the interval after a re-check ask nothing."""
     with pulling(source, refresh=0) as (pull, lines):
         run(pull.ensure("pt-alpha"))
         before = Storage(source.meta).resolve(None)
         source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
-        pull.touch(ALPHA)
+        pull.touch(ALPHA)  # refresh 0: re-checked, and failing
         poll_until(lambda: ALPHA in pull.stale, "the failed refresh marked pt-alpha stale")
         problem = pull.stale[ALPHA].removeprefix("the source failed: ")
         assert problem.endswith("HTTP 500 after 2 attempts")
         poll_until(lambda: any("refresh failed" in line for line in lines), "the failure logged")
         assert f"pull-through pt-alpha: refresh failed: {problem}" in lines
-        pull.touch(ALPHA)
+        _touch_within_the_interval(pull)
+        pull.touch(ALPHA)  # re-checked, unchanged
         poll_until(lambda: not pull.stale, "a refresh that worked cleared the mark")
+        _touch_within_the_interval(pull)
+        assert len(lines) == 2  # the pull and the failure: an unchanged page writes nothing
     assert head_project(source, "pt-alpha").releases
     assert Storage(source.meta).resolve(None) == before  # nothing new: nothing committed
+    assert source.page_requests("pt-alpha") == 4  # the first pull, two attempts, one re-check
+
+
+def _touch_within_the_interval(pull: PullThrough) -> None:
+    """Touch alpha with an hour's interval, check no re-check started, set the interval back."""
+    pull.refresh = 3600
+    pull.touch(ALPHA)
+    settled(pull)
+    assert ("pull", ALPHA) not in pull._inflight
+    pull.refresh = 0
 
 
 def test_a_release_published_later_is_committed_by_a_refresh(source: Source) -> None:
@@ -87,25 +102,3 @@ def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) ->
         pull.touch(normalize_name("pt-beta"))
         poll_until(lambda: source.page_requests("pt-beta") == 2, "beta was re-checked meanwhile")
         source.index.release.set()
-
-
-def test_a_re_check_that_worked_or_failed_counts_for_the_interval(source: Source) -> None:
-    """Either way the source was asked: touches within the interval after it ask nothing."""
-    with pulling(source, refresh=0) as (pull, lines):
-        run(pull.ensure("pt-alpha"))
-        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 2
-        pull.touch(ALPHA)  # refresh 0: re-checked, and failing
-        poll_until(lambda: ALPHA in pull.stale, "the failed re-check marked alpha stale")
-        pull.refresh = 3600
-        pull.touch(ALPHA)
-        settled(pull)
-        assert ("pull", ALPHA) not in pull._inflight  # no re-check started
-        pull.refresh = 0
-        pull.touch(ALPHA)  # re-checked, unchanged
-        poll_until(lambda: not pull.stale, "the re-check that worked cleared the mark")
-        pull.refresh = 3600
-        pull.touch(ALPHA)
-        settled(pull)
-        assert ("pull", ALPHA) not in pull._inflight  # no re-check started
-        assert len(lines) == 2  # the pull and the failure: an unchanged page writes nothing
-    assert source.page_requests("pt-alpha") == 4  # the first pull, two attempts, one re-check
