@@ -2,7 +2,7 @@
 latency while first requests are pulled through.
 
 Run: python -m benchmarks.pull_through [--projects 60] [--top 30] [--runs 3] [--pulls 50]
-Needs nginx and uv. The source is the static PEP 503 tree with PEP 658 files of
+Needs nginx, uv and curl. The source is the static PEP 503 tree with PEP 658 files of
 benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 (a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
 through (a new repository and server per run); (c) the same server warm. Prints (b)/(a), (c)/(a)
@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -128,25 +129,29 @@ def lines(path: Path) -> int:
     return len(path.read_text().splitlines())
 
 
+def pull_burst(url: str, names: list[str]) -> subprocess.Popen[str]:
+    """Start one first request per name at once, from a curl process; it prints each status."""
+    # Not threads of this process: 50 httpx clients making their TLS contexts took this
+    # process's GIL (and a core) from the timed requests, which then measured the client.
+    command = ["curl", "-sS", "--no-progress-meter", "--parallel", "--parallel-immediate"]
+    command += ["--parallel-max", "100"]
+    for name in names:
+        command += [f"{url}/simple/{name}/", "-o", "/dev/null", "-w", "%{http_code}\\n"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
 def latency_under_pulls(url: str, names: list[str], pulls: int) -> list[float]:
     """Return the ms of each GET /v1/projects made while ``pulls`` first requests run."""
-
-    def pull(name: str) -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            http.get(f"/simple/{name}/")
-
-    threads = [threading.Thread(target=pull, args=(name,)) for name in names[:pulls]]
     samples: list[float] = []
     with httpx.Client(base_url=url, timeout=120) as http:
         http.get("/v1/projects")  # warm the connection
-        for thread in threads:
-            thread.start()
-        while any(thread.is_alive() for thread in threads) or len(samples) < 20:
+        burst = pull_burst(url, names[:pulls])
+        while burst.poll() is None or len(samples) < 20:
             started = time.perf_counter()
             http.get("/v1/projects")
             samples.append((time.perf_counter() - started) * 1000)
-        for thread in threads:
-            thread.join()
+        statuses, _ = burst.communicate()
+    assert statuses.split() == ["200"] * pulls, statuses
     return samples
 
 
