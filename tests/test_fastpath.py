@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 import pytest
@@ -17,14 +18,17 @@ import zstandard
 from metasrv.http.app import create_app
 from metasrv.http.fastpath import Served, ServerProtocol
 from metasrv.http.hotpath import Receive, Scope, Send
+from metasrv.index.pages import MIME_SIMPLE_JSON
+from metasrv.model import Project, Release
 from metasrv.repo.storage import Storage
-from tests.builders import commit_projects, make_project
+from tests.builders import commit_projects, make_file, make_project
 from tests.conftest import AsgiClient
 
 RELEASE = "/v1/projects/flask/2.0.0"
 PROJECT = "/v1/projects/Werkzeug"
 BIG = "/v1/projects/big"  # compressed for clients that accept it: over compression.MIN_BYTES
 DEADLINE_SECONDS = 30
+Response = tuple[int, dict[str, str], bytes]  # status, headers (lowercase names), body
 
 
 class Counted:
@@ -67,7 +71,7 @@ def serving(app: Served, **settings: Any) -> Iterator[tuple[uvicorn.Server, int]
         listener.close()
 
 
-class _Connection:
+class Connection:
     """One client connection whose responses are read in order from one buffer."""
 
     def __init__(self, port: int) -> None:
@@ -77,7 +81,7 @@ class _Connection:
     def send(self, *requests: bytes) -> None:
         self.socket.sendall(b"".join(requests))
 
-    def response(self) -> tuple[int, dict[str, str], bytes]:
+    def response(self) -> Response:
         """Read one response: its status, its headers (lowercase names) and its body."""
         status = int(self.file.readline().split()[1])
         headers = {}
@@ -97,13 +101,29 @@ _DECODERS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-def _request(path: str, *headers: str) -> bytes:
+def get(path: str, *headers: str) -> bytes:
+    """Return the bytes of an HTTP/1.1 GET of ``path`` with ``headers``."""
     lines = [f"GET {path} HTTP/1.1", "Host: metasrv.test", *headers, "", ""]
     return "\r\n".join(lines).encode()
 
 
 def _without_date(headers: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in headers.items() if key != "date"}
+
+
+def _read_twice(
+    storage: Storage, path: str, headers: tuple[str, ...]
+) -> tuple[Counted, Response, Response]:
+    """Serve the repository and send one request twice on a connection; return both answers."""
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get(path, *headers), get(path, *headers))
+        first, again = connection.response(), connection.response()
+        connection.close()
+    return counted, first, again
 
 
 @pytest.mark.parametrize(
@@ -122,14 +142,7 @@ def test_a_hot_read_gets_the_apps_answer_without_reaching_the_app(
 ) -> None:
     commit_projects(storage, make_project("Big", [f"1.{minor}" for minor in range(40)]))
     expected = AsgiClient(create_app(storage.path)).get(path, dict(h.split(": ") for h in headers))
-    app = create_app(storage.path)
-    assert isinstance(app, Served)
-    counted = Counted(app)
-    with serving(app) as (_, port):
-        connection = _Connection(port)
-        connection.send(_request(path, *headers), _request(path, *headers))
-        first, again = connection.response(), connection.response()  # the second one kept
-        connection.close()
+    counted, first, again = _read_twice(storage, path, headers)
     assert counted.requests == []
     for status, sent_headers, body in (first, again):
         assert status == 200
@@ -148,11 +161,11 @@ def test_a_validated_read_gets_a_304_from_the_connection(storage: Storage) -> No
     assert isinstance(app, Served)
     counted = Counted(app)
     with serving(app) as (_, port):
-        connection = _Connection(port)
-        connection.send(_request(BIG, "Accept-Encoding: gzip"))
+        connection = Connection(port)
+        connection.send(get(BIG, "Accept-Encoding: gzip"))
         _, headers, _ = connection.response()
-        validating = _request(BIG, "Accept-Encoding: gzip", f"If-None-Match: {headers['etag']}")
-        connection.send(validating, _request(BIG, "Accept-Encoding: gzip"))
+        validating = get(BIG, "Accept-Encoding: gzip", f"If-None-Match: {headers['etag']}")
+        connection.send(validating, get(BIG, "Accept-Encoding: gzip"))
         (status, validated, body), again = connection.response(), connection.response()
         connection.close()
     assert headers["etag"].endswith('-gzip"')
@@ -167,10 +180,10 @@ def test_other_requests_and_closing_connections_reach_the_app(storage: Storage) 
     assert isinstance(app, Served)
     counted = Counted(app)
     with serving(app) as (_, port):
-        connection = _Connection(port)
-        connection.send(_request("/simple/flask/"), _request("/v1/projects/flask/9.9"))
+        connection = Connection(port)
+        connection.send(get("/simple/flask/"), get("/v1/projects/flask/9.9"))
         page, unknown = connection.response(), connection.response()
-        connection.send(_request(RELEASE, "Connection: close"))
+        connection.send(get(RELEASE, "Connection: close"))
         closing = connection.response()
         assert connection.file.read() == b""  # and the server closed it
         connection.close()
@@ -183,12 +196,12 @@ def test_a_commit_is_answered_from_at_once(storage: Storage) -> None:
     app = create_app(storage.path)
     assert isinstance(app, Served)
     with serving(app) as (_, port):
-        connection = _Connection(port)
-        connection.send(_request(RELEASE))
+        connection = Connection(port)
+        connection.send(get(RELEASE))
         _, before, _ = connection.response()
         writer = Storage(storage.path)  # as another process would
         commit_projects(writer, make_project("Flask", {"2.0.0": ["Werkzeug>=3.0"]}))
-        connection.send(_request(RELEASE), _request(f"{RELEASE}?at={before['x-metasrv-at']}"))
+        connection.send(get(RELEASE), get(f"{RELEASE}?at={before['x-metasrv-at']}"))
         (_, after, body), (_, pinned, old_body) = connection.response(), connection.response()
         connection.close()
     assert after["x-metasrv-at"] == writer.resolve(None) != before["x-metasrv-at"]
@@ -202,8 +215,8 @@ def test_answers_in_one_read_leave_one_keep_alive_timer(storage: Storage) -> Non
     app = create_app(storage.path)
     assert isinstance(app, Served)
     with serving(app, loop="asyncio") as (server, port):
-        connection = _Connection(port)
-        connection.send(_request(RELEASE), _request(PROJECT), _request(RELEASE))
+        connection = Connection(port)
+        connection.send(get(RELEASE), get(PROJECT), get(RELEASE))
         for _ in range(3):
             assert connection.response()[0] == 200
         (protocol,) = server.server_state.connections
@@ -260,8 +273,8 @@ def test_the_fast_path_logs_each_answer_and_falls_back_to_the_app_when_it_fails(
     assert isinstance(app, Served)
     counted = Counted(app)
     with serving(app) as (_, port):
-        connection = _Connection(port)
-        connection.send(_request(RELEASE), _request(PROJECT))
+        connection = Connection(port)
+        connection.send(get(RELEASE), get(PROJECT))
         first, second = connection.response(), connection.response()
         connection.close()
     assert (first[0], second[0]) == (200, 200)
@@ -284,7 +297,77 @@ def test_a_plain_asgi_app_is_served_by_the_protocol_as_by_uvicorns(storage: Stor
             await send({"type": "http.response.body", "body": b"ok"})
 
     with serving(plain) as (_, port):  # type: ignore[arg-type]
-        connection = _Connection(port)
-        connection.send(_request(RELEASE))
+        connection = Connection(port)
+        connection.send(get(RELEASE))
         assert connection.response()[::2] == (200, b"ok")
         connection.close()
+
+
+def _with_metadata_files(name: str, versions: list[str]) -> Project:
+    """Return a project whose wheels the source serves PEP 658 files for."""
+    releases = []
+    for version in versions:
+        wheel = make_file(f"{name.lower()}-{version}-py3-none-any.whl")
+        with_file = replace(wheel, core_metadata_sha256="ab" * 32)
+        releases.append(Release.from_files(version, (with_file,)))
+    return Project.create(name, releases)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/simple/served/", ()),
+        ("/simple/served/", (f"Accept: {MIME_SIMPLE_JSON}",)),
+        ("/simple/served/", (f"Accept: {MIME_SIMPLE_JSON}", "Accept-Encoding: gzip, zstd")),
+        ("/files/served/served-1.0-py3-none-any.whl.metadata", ()),
+        ("/at/main/simple/served/", ()),
+    ],
+)
+def test_an_installers_second_read_is_the_apps_first_answer_sent_without_the_app(
+    storage: Storage, path: str, headers: tuple[str, ...]
+) -> None:
+    many = [f"1.{minor}" for minor in range(40)]  # a page over compression.MIN_BYTES
+    commit_projects(storage, _with_metadata_files("Served", many))
+    counted, first, again = _read_twice(storage, path, headers)
+    assert counted.requests == [path]
+    assert _without_date(first[1]) == _without_date(again[1])
+    assert first[::2] == again[::2]
+    assert again[1]["x-metasrv-at"] == storage.resolve(None)
+    assert "date" in again[1]
+    if path.endswith(".metadata"):
+        assert first[0] == 302
+        assert again[1]["location"] == "https://files.test/served-1.0-py3-none-any.whl.metadata"
+    else:
+        assert first[0] == 200
+        assert again[1].get("content-encoding") == ("zstd" if "zstd" in str(headers) else None)
+
+
+def test_a_kept_simple_answer_gives_way_to_a_commit_a_validator_and_other_views(
+    storage: Storage,
+) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    page, json_page = "/simple/flask/", (f"Accept: {MIME_SIMPLE_JSON}",)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get(page), get(page, *json_page), get(page))
+        html, json_answer, kept = (connection.response() for _ in range(3))
+        validating = get(page, f"If-None-Match: {html[1]['etag']}")
+        connection.send(validating)
+        validated = connection.response()
+        commit_projects(Storage(storage.path), make_project("Flask", ["2.0.0", "3.0.0"]))
+        others = ["/cooldown/7d/simple/flask/", f"{page}?format=text/html"]
+        connection.send(get(page), *(get(other) for other in others))
+        after, cooled, formatted = (connection.response() for _ in range(3))
+        connection.close()
+    assert html[1]["content-type"].startswith("text/html")
+    assert json_answer[1]["content-type"] == MIME_SIMPLE_JSON
+    assert counted.requests == [page, page, page, page, *(other.split("?")[0] for other in others)]
+    assert kept[::2] == html[::2]  # the third read, kept
+    assert _without_date(kept[1]) == _without_date(html[1])
+    assert validated[0] == 304
+    assert b"3.0.0" in after[2]
+    assert b"3.0.0" not in html[2]
+    assert after[1]["x-metasrv-at"] == Storage(storage.path).resolve(None)
+    assert (cooled[0], formatted[0]) == (200, 200)

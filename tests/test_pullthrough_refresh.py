@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 
+from metasrv.config import PullThroughConfig
+from metasrv.http.app import create_app
+from metasrv.http.fastpath import Served
+from metasrv.http.pulling import STALE_HEADER
 from metasrv.index.pullthrough import PullThrough
 from metasrv.names import normalize_name
 from metasrv.repo.storage import Storage
 from tests.deadlines import poll_until
 from tests.distributions import build_wheel
-from tests.test_pullthrough import Source, source
+from tests.test_fastpath import Connection, Counted, get, serving
+from tests.test_pullthrough import Source, configure, source
 from tests.test_pullthrough_mutants import ALPHA, head_project, pending, pulling, run, settled
 
 __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
@@ -102,3 +107,54 @@ def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) ->
         pull.touch(normalize_name("pt-beta"))
         poll_until(lambda: source.page_requests("pt-beta") == 2, "beta was re-checked meanwhile")
         source.index.release.set()
+
+
+def test_a_page_the_fast_path_sends_still_has_its_project_rechecked(source: Source) -> None:
+    configure(source.meta, source.index.simple_url, PullThroughConfig(refresh=0))
+    app = create_app(source.meta)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get("/simple/pt-alpha/"))
+        assert connection.response()[0] == 200  # pulled through; its touch re-checks it
+        poll_until(
+            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
+            "the background read of pt-alpha's metadata",
+        )
+        connection.send(get("/simple/pt-alpha/"))  # a new commit: the app answers
+        assert connection.response()[0] == 200
+        poll_until(lambda: source.page_requests("pt-alpha") == 3, "the second read's re-check")
+        connection.send(get("/simple/pt-alpha/"))  # nothing committed since: the kept answer
+        assert connection.response()[0] == 200
+        poll_until(lambda: source.page_requests("pt-alpha") == 4, "the kept answer's re-check")
+        connection.close()
+    assert counted.requests == ["/simple/pt-alpha/"] * 2
+
+
+def test_an_answer_saying_the_source_failed_is_not_sent_once_it_works_again(
+    source: Source,
+) -> None:
+    configure(source.meta, source.index.simple_url, PullThroughConfig(refresh=0))
+    app = create_app(source.meta)
+    assert isinstance(app, Served)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+
+        def headers() -> dict[str, str]:
+            """Read pt-alpha's page (each read re-checks it) and return its headers."""
+            connection.send(get("/simple/pt-alpha/"))
+            status, headers, _ = connection.response()
+            assert status == 200
+            return headers
+
+        headers()
+        poll_until(
+            lambda: not any(pending(head_project(source, "pt-alpha")).values()),
+            "the background read of pt-alpha's metadata",
+        )
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["500"] * 10_000
+        poll_until(lambda: STALE_HEADER in headers(), "a page saying the source fails")
+        source.index.behaviour.faults.clear()
+        poll_until(lambda: STALE_HEADER not in headers(), "a page no longer saying so")
+        connection.close()

@@ -18,7 +18,7 @@ from metasrv.errors import MetasrvError, NotFound
 from metasrv.http.accesslog import AccessLog, print_line
 from metasrv.http.compression import Compressor
 from metasrv.http.documents import encode
-from metasrv.http.fastpath import FastPath, Served, ServerProtocol
+from metasrv.http.fastpath import FastPath, Keeping, Served, ServerProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, etag_matches
 from metasrv.http.pulling import PulledReads
 from metasrv.http.readapi import Answer, ReadApi
@@ -193,8 +193,9 @@ def create_app(
         lifespan=lifespan,
     )
     hot = HotPath(read_api, app, pulled)
-    served = Compressor(hot)
-    return Served(served if log is None else AccessLog(served, log), FastPath(hot, log))
+    fast = FastPath(hot, log)
+    served = Keeping(Compressor(hot), fast)
+    return Served(served if log is None else AccessLog(served, log), fast)
 
 
 def open_pull_through(

@@ -7,10 +7,15 @@ a warm release read took ~100 us of CPU where uvicorn answers a constant through
 writes head and body at once. The answer is the one the ASGI app gives (``HotPath.respond``,
 then ``compression.encoded``, then the access log line), kept per URL and coding with the commit
 it came from; anything else, or an answer worth keeping compressed, goes on to the app.
+
+Installers read the simple API instead: a project's page, then a ``.metadata`` file per
+candidate (mostly a redirect to the source's). Those of the plain view are answered by the app
+once, kept whole as it sent them (``Keeping``), and sent again while their commit is served.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -22,15 +27,22 @@ from metasrv.http.accesslog import access_line
 from metasrv.http.bytecache import ByteCache
 from metasrv.http.compression import Header, encoded, request_coding, validated_scope
 from metasrv.http.guard import GuardedHttpToolsProtocol
-from metasrv.http.hotpath import ASGIApp, HotPath, Receive, Scope, Send
+from metasrv.http.hotpath import ASGIApp, HotPath, Message, Read, Receive, Scope, Send
 
 # Whole answers cost ~1.8 KB each with their key (a release's): 48 MB keeps ~27,000. Too few for
 # a working set and LRU keeps nothing of a cyclic one: 32 MB held 18,000 and a wrk run over
 # 20,000 releases missed every time (benchmarks/whole_index: 4,800 req/s, not ~20,000).
 CACHE_BYTES = 48 * 1024 * 1024
 _STATUS_LINES = {
-    status: f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode() for status in (200, 304)
+    status: f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+    for status in (200, 302, 304)
 }
+# Project pages and .metadata files of the view without understandings, at the served head or
+# pinned (pages link files pinned): the answer depends on the commit, the request's Accept and
+# Accept-Encoding, and nothing else. Other views go to the app.
+_KEPT_SIMPLE = re.compile(r"(?:/at/([^/]+))?/(?:simple/([^/]+)/|files/([^/]+)/[^/]+\.metadata)")
+_KEPT_STATUSES = frozenset({200, 302})
+_SENT_BY_US = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class FastPath:
@@ -49,11 +61,10 @@ class FastPath:
         started = time.monotonic()
         read = self.hot.read_of(scope)
         if read is None:
-            return None
+            return self._kept_simple(scope, default_headers, started)
         coding = request_coding(scope)
         key = (scope["path"], scope["query_string"], coding)
-        validating = any(name == b"if-none-match" for name, _ in scope["headers"])
-        kept = None if validating else self.kept.get(key)
+        kept = None if _validating(scope) else self.kept.get(key)
         commit_id, _, tail = (kept or b"").partition(b"\n")
         if kept is not None and self.hot.answers_from(read, commit_id.decode()):
             self.hot.touch(read)
@@ -71,10 +82,87 @@ class FastPath:
             tail = b"".join([*(b"%s: %s\r\n" % header for header in headers), b"\r\n", body])
             if status == 200:
                 self.kept.put(key, dict(headers)[b"x-metasrv-at"] + b"\n" + tail)
+        return self._sent(scope, status, default_headers, tail, started)
+
+    def keep(self, scope: Scope, status: int, headers: list[Header], body: bytes) -> None:
+        """Keep the app's whole answer to a plain simple read, if it says its commit."""
+        sent = dict(headers)
+        commit_id = sent.get(b"x-metasrv-at")
+        if status not in _KEPT_STATUSES or commit_id is None or b"x-metasrv-stale" in sent:
+            return
+        kept = [header for header in headers if header[0].lower() not in _SENT_BY_US]
+        kept.append((b"content-length", str(len(body)).encode()))
+        tail = b"".join([*(b"%s: %s\r\n" % header for header in kept), b"\r\n", body])
+        self.kept.put(_simple_key(scope), b"%s\n%d\n%s" % (commit_id, status, tail))
+
+    def _kept_simple(
+        self, scope: Scope, default_headers: list[Header], started: float
+    ) -> bytes | None:
+        read = kept_read(scope)
+        kept = None if read is None or _validating(scope) else self.kept.get(_simple_key(scope))
+        if read is None or kept is None:
+            return None
+        commit_id, status, tail = kept.split(b"\n", 2)
+        if not self.hot.answers_from(read, commit_id.decode()):
+            return None
+        self.hot.touch(read)
+        return self._sent(scope, int(status), default_headers, tail, started)
+
+    def _sent(
+        self, scope: Scope, status: int, default_headers: list[Header], tail: bytes, started: float
+    ) -> bytes:
         lines = [_STATUS_LINES[status], *(b"%s: %s\r\n" % header for header in default_headers)]
         if self.log is not None:
             self.log(access_line(scope, status, started))
         return b"".join([*lines, tail])
+
+
+def kept_read(scope: Scope) -> Read | None:
+    """Return the project read of a simple request whose whole answer may be kept, else None."""
+    if scope["method"] != "GET" or scope["query_string"]:
+        return None
+    match = _KEPT_SIMPLE.fullmatch(scope["path"])
+    if match is None:
+        return None
+    at, page, files = match.groups()
+    return Read(at, page or files, None)
+
+
+def _simple_key(scope: Scope) -> tuple[object, ...]:
+    accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
+    return (scope.get("root_path", ""), scope["path"], accept, request_coding(scope))
+
+
+def _validating(scope: Scope) -> bool:
+    return any(name == b"if-none-match" for name, _ in scope["headers"])
+
+
+class Keeping:
+    """An ASGI wrapper that hands the app's answers to plain simple reads to the fast path."""
+
+    def __init__(self, app: ASGIApp, fast: FastPath) -> None:
+        self.app = app
+        self.fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or kept_read(scope) is None or _validating(scope):
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def keep(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    headers = list(start.get("headers", []))
+                    self.fast.keep(scope, start["status"], headers, b"".join(chunks))
+            await send(message)
+
+        await self.app(scope, receive, keep)
 
 
 class Served:

@@ -166,12 +166,13 @@ class SimpleRoutes:
                 content = await self.api.metadata_file(
                     mount, name, filename[: -len(METADATA_SUFFIX)]
                 )
+            at_header = {"X-Metasrv-At": mount.commit_id}  # what the fast path keeps it by
             if isinstance(content, str):
-                return RedirectResponse(content, status_code=302)
+                return RedirectResponse(content, status_code=302, headers=at_header)
             return Response(
                 content,
                 media_type="text/plain; charset=utf-8",
-                headers={"Cache-Control": IMMUTABLE},
+                headers={"Cache-Control": IMMUTABLE, **at_header},
             )
         target = await self.api.file(mount, name, filename)
         if isinstance(target, Path):
