@@ -5,7 +5,8 @@ Run: python -m benchmarks.pull_through [--projects 60] [--top 30] [--runs 3] [--
 Needs nginx, uv and curl. The source is the static PEP 503 tree with PEP 658 files of
 benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 (a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
-through (a new repository and server per run); (c) the same server warm. Prints (b)/(a), (c)/(a)
+through (a new repository and server per run); (c) the same server warm; (d) the same again,
+with the answers the fast path kept from (c) if no commit came in between. Prints (b)/(a), (c)/(a)
 and the requests each makes to the source (nginx's access log). Then, on a new empty repository
 per run served by a `metasrv serve` process, `GET /v1/projects` p50 / p99 while ``--pulls`` first
 requests for distinct projects run at once.
@@ -168,7 +169,7 @@ def main() -> None:
     requirements = work / "requirements.in"
     requirements.write_text("\n".join(names[: args.top]) + "\n")
     access_log = work / "access.log"
-    figures: dict[str, list[tuple[float, int]]] = {"a": [], "b": [], "c": []}
+    figures: dict[str, list[tuple[float, int]]] = {"a": [], "b": [], "c": [], "d": []}
     with nginx(work / "source", access_log=access_log) as source:
         source_url = f"{source}/simple/"
         for _ in range(args.runs):
@@ -178,9 +179,10 @@ def main() -> None:
                 access_log.write_text("")
                 seconds = compile_once(requirements, f"{url}/simple/")
                 figures["b"].append((seconds, lines(access_log)))
-                access_log.write_text("")
-                seconds = compile_once(requirements, f"{url}/simple/")
-                figures["c"].append((seconds, lines(access_log)))
+                for label in ("c", "d"):
+                    access_log.write_text("")
+                    seconds = compile_once(requirements, f"{url}/simple/")
+                    figures[label].append((seconds, lines(access_log)))
         # One burst gives 20-30 samples, whose p99 is its slowest request: a burst per run.
         samples = []
         for _ in range(args.runs):
@@ -193,7 +195,12 @@ def main() -> None:
         label: (statistics.median(s for s, _ in runs), statistics.median(r for _, r in runs))
         for label, runs in figures.items()
     }
-    titles = {"a": "source directly", "b": "metasrv, empty (pulled through)", "c": "metasrv, warm"}
+    titles = {
+        "a": "source directly",
+        "b": "metasrv, empty (pulled through)",
+        "c": "metasrv, warm",
+        "d": "metasrv, warm again (answers kept by the fast path)",
+    }
     for label, (seconds, requests) in medians.items():
         print(
             f"({label}) {titles[label]}: uv pip compile of {args.top} packages in {seconds:.3f} s "
@@ -201,6 +208,7 @@ def main() -> None:
         )
     print(f"(b)/(a) = {medians['b'][0] / medians['a'][0]:.2f}x (target <= 2)")
     print(f"(c)/(a) = {medians['c'][0] / medians['a'][0]:.2f}x (target <= 1.1)")
+    print(f"(d)/(a) = {medians['d'][0] / medians['a'][0]:.2f}x")
     print(
         f"GET /v1/projects while {args.pulls} pull-throughs run: p50 {quantiles[49]:.1f} ms, "
         f"p99 {quantiles[98]:.1f} ms over {len(samples)} requests in {args.runs} bursts "
