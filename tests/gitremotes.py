@@ -1,4 +1,5 @@
-"""Git remotes on 127.0.0.1 that misbehave: one that never answers, one that answers slowly."""
+"""Git remotes on 127.0.0.1 that misbehave: one that never answers, one that answers slowly,
+one that answers every request alike (401, a redirect)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -81,6 +83,8 @@ class _SlowHandler(SimpleHTTPRequestHandler):
     def do_GET(self) -> None:
         self.remote.requests.append(self.path)
         time.sleep(self.delay)  # the fault under test: a remote that answers slowly
+        # A proxy's request names the whole URL: it is answered as if this were that host.
+        self.path = urlsplit(self.path)._replace(scheme="", netloc="").geturl()
         super().do_GET()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -89,7 +93,10 @@ class _SlowHandler(SimpleHTTPRequestHandler):
 
 @contextmanager
 def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
-    """Serve ``git_dir`` read-only over dumb HTTP on 127.0.0.1, ``delay`` seconds a response."""
+    """Serve ``git_dir`` read-only over dumb HTTP on 127.0.0.1, ``delay`` seconds a response.
+
+    It answers as an HTTP proxy too: a request for any host's URL gets ``git_dir``'s file.
+    """
     remote = SlowRemote("", git_dir)
     handler = type("Handler", (_SlowHandler,), {"remote": remote, "delay": delay})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(git_dir)))
@@ -104,3 +111,47 @@ def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
         server.server_close()
         thread.join(timeout=10)
         assert not thread.is_alive(), "the slow remote did not stop"
+
+
+@dataclass
+class FixedRemote:
+    """A URL on a server that gives every request the same answer, and the requests it got."""
+
+    url: str
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # path, Authorization
+
+
+class _FixedHandler(BaseHTTPRequestHandler):
+    remote: FixedRemote
+    status: int
+    headers_sent: dict[str, str]
+
+    def do_GET(self) -> None:
+        self.remote.requests.append((self.path, self.headers.get("Authorization")))
+        self.send_response(self.status)
+        for name, value in {**self.headers_sent, "Content-Length": "0"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def fixed_remote(status: int, headers: dict[str, str]) -> Iterator[FixedRemote]:
+    """Answer every GET with ``status`` and ``headers``; yield an http URL of a repository on it."""
+    remote = FixedRemote("")
+    handler = type(
+        "Handler", (_FixedHandler,), {"remote": remote, "status": status, "headers_sent": headers}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    remote.url = f"http://127.0.0.1:{server.server_address[1]}/rules.git"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield remote
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the fixed remote did not stop"

@@ -146,8 +146,8 @@ class Mirrors:
         except SourceError as exc:
             status.error = exc.message
             return
-        except OSError as exc:
-            status.error = f"{path}: {exc.strerror or exc}"
+        except OSError as exc:  # the file it names: the mirror's, or git's when git is missing
+            status.error = f"{exc.filename or path}: {exc.strerror or exc}"
             return
         status.last_fetch, status.error = time.time(), None
 
