@@ -141,6 +141,11 @@ def test_pins_to_unseen_commits_fetch_at_most_once_per_interval(
         ("/srv/rules/../secret", ("/srv/rules",), False),
         ("/srv/rules-other", ("/srv/rules",), False),
         ("/srv/rules/audit", ("file:///srv/rules/",), True),
+        ("-ufoo", ("file:///",), False),
+        ("https://github.com/pallets/x y", ("https://",), False),
+        ("https://github.com/pallets/x\x01", ("https://",), False),
+        ("https://github.com/pallets/..", ("https://github.com/pallets/",), False),
+        ("https://github.com/Pallets/r?from=http://x", ("https://github.com/Pallets/",), True),
     ],
 )
 def test_the_allow_list_admits_only_what_it_names(
