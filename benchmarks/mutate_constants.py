@@ -38,6 +38,8 @@ _SYNCSTATE = ("tests/test_syncstate.py",)
 _ROOT = ("tests/test_rootindex.py", "tests/test_rootindex_mutants.py")
 _PULL = ("tests/test_pullthrough_mutants.py",)
 _CLOSURE = ("tests/test_closure.py",)
+_MIRRORS = ("tests/test_mirrors_git.py",)
+_REFSPECS = '_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")'
 _SIGNATURES_PY = "metasrv/understandings/signatures.py"
 _FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
 _ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
@@ -254,6 +256,18 @@ MUTANTS = (
         "metasrv/index/pullthrough.py", "MISSING_SECONDS = 30.0", "MISSING_SECONDS = 0.0", _PULL
     ),
     Mutant("metasrv/index/pullthrough.py", "PAGE_CACHE_SIZE = 512", "PAGE_CACHE_SIZE = 0", _PULL),
+    Mutant(
+        "metasrv/understandings/mirrors.py",
+        _REFSPECS,
+        '_REFSPECS = ("refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")',
+        _MIRRORS,
+    ),
+    Mutant(
+        "metasrv/understandings/mirrors.py",
+        _REFSPECS,
+        '_REFSPECS = ("+refs/heads/*:refs/heads/*",)',
+        _MIRRORS,
+    ),
 )
 
 

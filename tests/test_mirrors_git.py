@@ -404,3 +404,28 @@ def test_a_reader_keeps_its_mirror_while_it_is_swapped_then_sees_the_new_one(
     assert reopened is not handle
     assert reopened.resolve("main") == newer
     assert mirrors.origin("audit") == str(second)
+
+
+def test_a_fetch_follows_rewritten_branches_and_new_tags_and_drops_deleted_branches(
+    tmp_path: Path,
+) -> None:
+    rules, mirror = rules_repository(tmp_path), tmp_path / "audit.git"
+
+    def git(*arguments: str) -> str:
+        completed = subprocess.run(
+            ["git", "-C", str(rules), *arguments], check=True, capture_output=True, timeout=30
+        )
+        return completed.stdout.decode().strip()
+
+    git("branch", "old")
+    clone(str(rules), mirror, FAST)
+    released = git("commit-tree", "main^{tree}", "-m", "released from no branch")
+    git("tag", "v1", released)
+    git("branch", "-D", "old")
+    rewritten = git("commit-tree", "main^{tree}", "-m", "history rewritten")  # no parent
+    git("update-ref", "refs/heads/main", rewritten)
+    fetch(str(rules), mirror, FAST)
+    storage = Storage(mirror)
+    assert storage.resolve("main") == rewritten
+    assert storage.resolve("v1") == released
+    assert storage.branch_commit("old") is None
