@@ -310,7 +310,7 @@ def test_at_most_four_mirrors_are_refreshed_at_once(tmp_path: Path) -> None:
     mirrors = Mirrors(tmp_path / "mirrors", FAST)
     with hung_remote() as remote:
         jobs = [mirrors.refresh(f"audit{number}", remote.url) for number in range(5)]
-        poll_until(lambda: len(remote.held) == 4, "four clones to connect")
+        poll_until(lambda: len(remote.held) >= 4, "four clones to connect")
         assert sum(job.running() for job in jobs) == 4
     for job in jobs:
         finished(job)
