@@ -102,7 +102,8 @@ def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(git_dir)))
     remote.url = f"http://127.0.0.1:{server.server_address[1]}/"
     remote.publish()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled often: shutdown() waits one poll, which would otherwise be half a second per test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield remote
@@ -146,7 +147,8 @@ def fixed_remote(status: int, headers: dict[str, str]) -> Iterator[FixedRemote]:
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     remote.url = f"http://127.0.0.1:{server.server_address[1]}/rules.git"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled often: shutdown() waits one poll, which would otherwise be half a second per test.
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield remote
