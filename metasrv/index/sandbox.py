@@ -90,6 +90,13 @@ def run_sandboxed(
         arguments += ["--inh-caps=-all", "--no-new-privs", "--"]
     arguments += list(command)
     processes = limits.processes if as_root else _own_process_count() + limits.processes
+    rlimits = _rlimits(limits, processes)
+
+    def set_limits() -> None:
+        # In the child between fork and exec: system calls only, their values made beforehand.
+        for which, pair in rlimits:
+            resource.setrlimit(which, pair)
+
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             arguments,
@@ -99,7 +106,7 @@ def run_sandboxed(
             env=dict(environment),
             start_new_session=True,
             pass_fds=(info_write,),
-            preexec_fn=lambda: _apply_limits(limits, processes),  # noqa: PLW1509
+            preexec_fn=set_limits,  # noqa: PLW1509
         )
         os.close(info_write)
         namespace = _pid_namespace(info_read)
@@ -175,7 +182,8 @@ def _bubblewrap_arguments(
             arguments += ["--ro-bind", system_path, system_path]
     for system_file in SYSTEM_FILES:
         arguments += ["--ro-bind-try", system_file, system_file]
-    arguments += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # Sticky and world-writable, as on the host: the command may run as nobody (TMPDIR=/tmp).
+    arguments += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
     mounts = [str(path.resolve()) for path in readable] + [str(p.resolve()) for p in writable]
     for path in readable:
         arguments += ["--ro-bind", str(path.resolve()), str(path.resolve())]
@@ -224,14 +232,16 @@ def _own_process_count() -> int:
     return count
 
 
-def _apply_limits(limits: Limits, processes: int) -> None:
-    """Set the limits in the child before bwrap starts; the sandbox inherits them."""
+def _rlimits(limits: Limits, processes: int) -> list[tuple[int, tuple[int, int]]]:
+    """Return the resource limits bwrap starts under; the sandbox inherits them."""
     cpu = limits.cpu_seconds
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return [
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes)),
+        (resource.RLIMIT_NPROC, (processes, processes)),
+        (resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes)),
+        (resource.RLIMIT_CORE, (0, 0)),
+    ]
 
 
 def _stopped_by_limit(returncode: int, limits: Limits, log_path: Path) -> str | None:

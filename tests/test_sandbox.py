@@ -1,0 +1,163 @@
+"""The bubblewrap sandbox itself: what a command in it sees, may write, and is stopped for."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from metasrv.index.sandbox import NOBODY, SYSTEM_PATHS, Limits, Outcome, run_sandboxed
+
+LIMITS = Limits(
+    wall_seconds=30, cpu_seconds=5, memory_bytes=512 * 1024**2, processes=24, output_bytes=1024**2
+)
+ENVIRONMENT = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "GREETING": "hello from outside"}
+
+
+@dataclass
+class Folders:
+    """A folder the command may write, one it may read, and a file it must not see."""
+
+    writable: Path
+    readable: Path
+    secret: Path
+    log: Path
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Folders:
+    writable = tmp_path / "work"
+    (writable / "deep" / "er").mkdir(parents=True)
+    (writable / "deep" / "er" / "kept.txt").write_text("kept\n")
+    readable = tmp_path / "given"
+    readable.mkdir()
+    (readable / "input.txt").write_text("given to read\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the sandbox\n")
+    return Folders(writable, readable, secret, tmp_path / "command.log")
+
+
+def sandboxed(folders: Folders, script: str, limits: Limits = LIMITS) -> Outcome:
+    return run_sandboxed(
+        ["/bin/sh", "-c", script],
+        cwd=folders.writable,
+        writable=[folders.writable],
+        readable=[folders.readable],
+        environment=ENVIRONMENT,
+        limits=limits,
+        log_path=folders.log,
+    )
+
+
+def test_a_command_sees_the_system_its_folders_and_nothing_else_of_the_host(
+    folders: Folders,
+) -> None:
+    outcome = sandboxed(folders, "ls -a /; echo; pwd; cat /proc/self/environ | tr '\\0' '\\n'")
+    assert outcome.ok, outcome.log_tail
+    root, _, rest = outcome.log_tail.partition("\n\n")
+    system = {path.lstrip("/") for path in SYSTEM_PATHS if os.path.lexists(path)}
+    assert set(root.split()) == {".", "..", "dev", "etc", "proc", "tmp"} | system
+    cwd, *environment = rest.splitlines()
+    assert cwd == str(folders.writable.resolve())
+    assert set(environment) >= {f"{key}={value}" for key, value in ENVIRONMENT.items()}
+    assert not {line.split("=", 1)[0] for line in environment} & {"HOME", "USER", "VIRTUAL_ENV"}
+
+
+def test_a_command_runs_as_nobody_when_metasrv_runs_as_root(folders: Folders) -> None:
+    outcome = sandboxed(folders, "id -u; id -g; id -G; grep CapEff /proc/self/status")
+    assert outcome.ok, outcome.log_tail
+    uid, gid, groups, capabilities = outcome.log_tail.splitlines()
+    expected = str(NOBODY) if os.geteuid() == 0 else str(os.geteuid())
+    assert uid == expected
+    if os.geteuid() == 0:
+        assert (gid, groups) == (str(NOBODY), str(NOBODY))
+    assert capabilities.split() == ["CapEff:", "0000000000000000"]
+
+
+def test_a_command_writes_its_folder_and_reads_only_what_it_was_given(folders: Folders) -> None:
+    script = (
+        "echo made > made.txt; echo more >> deep/er/kept.txt; mkdir deep/new\n"
+        f"echo no > {folders.readable}/made.txt; cat {folders.readable}/input.txt\n"
+        f"cat {folders.secret}; echo no > /usr/made-by-sandbox\n"
+        "echo scratch > /tmp/made-by-sandbox-4545; cat /tmp/made-by-sandbox-4545\n"
+    )
+    outcome = sandboxed(folders, script)
+    assert (folders.writable / "made.txt").read_text() == "made\n"
+    assert (folders.writable / "deep" / "er" / "kept.txt").read_text() == "kept\nmore\n"
+    assert (folders.writable / "deep" / "new").is_dir()
+    assert not (folders.readable / "made.txt").exists()
+    assert "given to read" in outcome.log_tail
+    assert "scratch" in outcome.log_tail
+    assert "not for the sandbox" not in outcome.log_tail
+    assert not Path("/usr/made-by-sandbox").exists()
+    assert not Path("/tmp/made-by-sandbox-4545").exists()
+
+
+@pytest.mark.parametrize(("status", "ok"), [(0, True), (3, False)])
+def test_a_command_s_exit_status_is_its_outcome(folders: Folders, status: int, ok: bool) -> None:
+    outcome = sandboxed(folders, f"echo done; exit {status}")
+    assert (outcome.returncode, outcome.stopped, outcome.ok) == (status, None, ok)
+    assert outcome.log_tail == "done\n"
+
+
+def test_a_command_runs_under_exactly_the_limits_it_was_given(folders: Folders) -> None:
+    outcome = sandboxed(folders, "cat /proc/self/limits")
+    assert outcome.ok, outcome.log_tail
+    limits = {
+        line[:26].strip(): line[26:].split()[:2] for line in outcome.log_tail.splitlines()[1:]
+    }
+    assert limits["Max cpu time"] == ["5", "6"]
+    assert limits["Max address space"] == [str(512 * 1024**2)] * 2
+    assert limits["Max file size"] == [str(1024**2)] * 2
+    assert limits["Max core file size"] == ["0", "0"]
+    if os.geteuid() == 0:
+        assert limits["Max processes"] == ["24", "24"]
+    else:
+        assert int(limits["Max processes"][0]) > 24
+
+
+def test_only_the_end_of_a_long_log_is_kept(folders: Folders) -> None:
+    outcome = sandboxed(folders, "head -c 40000 /dev/zero | tr '\\0' a; echo; echo END")
+    assert outcome.ok
+    assert len(outcome.log_tail) == 16 * 1024
+    assert outcome.log_tail.endswith("aaa\nEND\n")
+    assert folders.log.stat().st_size == 40000 + 5
+
+
+def test_a_command_that_writes_a_file_past_the_limit_is_stopped_for_it(folders: Folders) -> None:
+    outcome = sandboxed(folders, "exec head -c 3000000 /dev/zero > big.bin")
+    assert not outcome.ok
+    assert outcome.stopped == "wrote a file larger than 1 MB"
+    assert (folders.writable / "big.bin").stat().st_size == 1024**2
+
+
+def _processes(marker: str) -> list[int]:
+    """Return the processes whose command line mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command_line = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in command_line:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_command_past_its_wall_time_is_stopped_with_everything_it_started(
+    folders: Folders,
+) -> None:
+    limits = Limits(wall_seconds=0.5)
+    outcome = sandboxed(folders, "sleep 4646.5 & sleep 4646.25 & exec sleep 4646.75", limits)
+    assert outcome.stopped == "timed out after 0.5 s"
+    assert not outcome.ok
+    assert _processes("4646.") == []
+
+
+def test_what_a_finished_command_left_running_ends_with_its_sandbox(folders: Folders) -> None:
+    outcome = sandboxed(folders, "sleep 4747.5 & sleep 4747.25 & echo started")
+    assert outcome.ok
+    assert outcome.log_tail == "started\n"
+    assert _processes("4747.") == []
