@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -260,6 +262,108 @@ def test_an_in_tree_backend_that_lies_fails_and_makes_metasrv_read_no_host_file(
     )
 
 
+ENVIRONMENT_REPORT = """\
+import os, sys, tempfile
+names = ("TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "METASRV_TEST_SECRET")
+report = {name: os.environ.get(name) for name in names}
+report["PATH"] = os.environ["PATH"].split(":")
+report["python"] = os.path.dirname(sys.executable)
+report["HOME"] = os.environ["HOME"].split("/")[-2:]
+report["home writable"] = os.access(os.environ["HOME"], os.W_OK)
+report["tempdir"] = tempfile.gettempdir()
+METADATA = METADATA.rstrip() + "\\nSummary: " + repr(report) + "\\n\\n"
+"""
+
+
+def test_a_build_runs_with_a_fixed_environment_and_none_of_metasrv_s(
+    setup: BuildSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METASRV_TEST_SECRET", SECRET)
+    started = time.monotonic()
+    result = setup.build("environ", ENVIRONMENT_REPORT)
+    elapsed = time.monotonic() - started
+    assert result.document is not None, result.reason
+    assert 0 < result.seconds <= elapsed
+    summary = result.document.decode().split("Summary: ", 1)[1].split("\n", 1)[0]
+    report = ast.literal_eval(summary)
+    assert report.pop("PATH") == [report.pop("python"), "/usr/bin", "/bin"]
+    assert report == {
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "METASRV_TEST_SECRET": None,
+        "HOME": ["sandboxed", "home"],
+        "home writable": True,
+        "tempdir": "/tmp",
+    }
+
+
+def test_a_failed_build_reports_how_long_it_took(setup: BuildSetup) -> None:
+    started = time.monotonic()
+    result = setup.build("slowfail", "import time\ntime.sleep(0.2)\nraise SystemExit('no')\n")
+    elapsed = time.monotonic() - started
+    assert result.reason == "build failed: no"
+    assert 0.2 <= result.seconds <= elapsed
+
+
+FORGING_BACKEND = """\
+import atexit, os, sys
+
+
+def _forge():
+    output = os.path.join(sys.argv[-1], "output.json")
+    os.remove(output)
+    {forge}
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    # Runs after pyproject-hooks wrote its answer: the backend replaces it.
+    atexit.register(_forge)
+    return []
+"""
+FORGED = {
+    "not JSON": ("backend evil answered nonsense: JSONDecodeError", "'{'"),
+    "not an object": ("backend evil answered nonsense: AttributeError", "'[]'"),
+    "no return value": ("backend evil answered nonsense: KeyError", "'{}'"),
+    "a hook missing": (
+        "backend evil has no get_requires_for_build_wheel hook",
+        "'{\"hook_missing\": true}'",
+    ),
+    "no backend": ("backend evil not found", "'{\"no_backend\": true}'"),
+    "an unsupported operation": (
+        "backend evil answered nonsense: UnsupportedOperation",
+        "'{\"unsupported\": true}'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [*FORGED, "a link to a host file"])
+def test_a_backend_that_forges_its_hook_s_answer_fails_with_a_reason(
+    setup: BuildSetup, tmp_path: Path, case: str
+) -> None:
+    secret = tmp_path / "answer.json"
+    secret.write_text('{"return_val": ["' + SECRET + '"]}')
+    if case in FORGED:
+        reason, content = FORGED[case]
+        forge = f"open(output, 'w').write({content})"
+    else:
+        reason, forge = (
+            "the build left no regular file output.json",
+            f"os.symlink({str(secret)!r}, output)",
+        )
+    sdist = build_sdist(
+        setup.sdists,
+        "evil",
+        "1.0",
+        metadata_version="1.2",
+        pyproject='[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
+        files={"evil.py": FORGING_BACKEND.format(forge=forge)},
+    )
+    result = setup.builder.build(sdist)
+    assert (result.metadata, result.reason) == (None, reason)
+
+
 @pytest.mark.parametrize(
     ("log", "reason"),
     [
@@ -287,6 +391,25 @@ def test_an_in_tree_backend_that_lies_fails_and_makes_metasrv_read_no_host_file(
             "build failed: FileNotFoundError: 'README.rst'",
         ),
         ("", "build failed: no output"),
+        ("  \n\n   \n", "build failed: no output"),
+        ("Traceback\n  RuntimeError: boom  \n\n", "build failed: RuntimeError: boom"),
+        ("x" * 300, "build failed: " + "x" * 186),
+        # Python 2 syntax only counts in a SyntaxError; a refusal only near the end.
+        ("invalid decimal literal", "build failed: invalid decimal literal"),
+        ("SyntaxError: invalid syntax", "build failed: SyntaxError: invalid syntax"),
+        ("Python 3 not supported\n1\n2\n3\n4", "python 2 only"),
+        ("Python 3 not supported\n1\n2\n3\n4\n5", "build failed: 5"),
+        ("ModuleNotFoundError: No module named 'urllib2.request'", "python 2 only"),
+        (
+            "ModuleNotFoundError: No module named 'urllib2'\n"
+            "ModuleNotFoundError: No module named 'numpy.core'",
+            "needs module 'numpy.core', which its build requirements do not install",
+        ),
+        # A compiler counts when it fails near the end, whatever the case of "error".
+        ("gcc -c foo.c\nERROR: command failed", "needs a compiler"),
+        ("gcc -c foo.c\ndone", "build failed: done"),
+        ("gcc: Error\n" + "line\n" * 29, "needs a compiler"),
+        ("gcc: Error\n" + "line\n" * 30, "build failed: line"),
     ],
 )
 def test_a_failed_build_s_log_gives_a_short_reason(log: str, reason: str) -> None:

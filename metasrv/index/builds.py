@@ -176,8 +176,16 @@ def _call(hook: Callable[[], _T], backend: str) -> _T:
         raise BuildFailed(f"backend {backend} not found") from None
     except pyproject_hooks.HookMissing as exc:
         raise BuildFailed(f"backend {backend} has no {exc.hook_name} hook") from None
-    except (ValueError, TypeError, KeyError, OSError) as exc:
-        # The hook process answers in a JSON file the build could have written itself.
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        OSError,
+        pyproject_hooks.UnsupportedOperation,
+    ) as exc:
+        # The hook process answers in a JSON file the build could have written itself: it
+        # may be any JSON, claim anything, and must not stop the run.
         raise BuildFailed(f"backend {backend} answered nonsense: {type(exc).__name__}") from None
 
 
