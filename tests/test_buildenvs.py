@@ -1,0 +1,111 @@
+"""Build environments: made once per set of requirements, from the given index only."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from metasrv.index.buildenvs import READY, BuildEnvironments, RequirementsUnavailable
+from tests.distributions import build_wheel
+from tests.indexserver import LocalIndex, serve_index
+
+DEADLINE_SECONDS = 60
+
+
+@dataclass
+class Indexes:
+    """The index builds may use, and another one they must not."""
+
+    index: LocalIndex
+    elsewhere: LocalIndex
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexes]:
+    root = tmp_path_factory.mktemp("buildenvs")
+    for name in ("index", "elsewhere"):
+        (root / name).mkdir()
+    build_wheel(root / "index", "envhelper", "1.0", files={"envhelper/__init__.py": "X = 1\n"})
+    build_wheel(root / "index", "envother", "2.0", files={"envother/__init__.py": "Y = 2\n"})
+    build_wheel(root / "elsewhere", "onlyelsewhere", "1.0")
+    with serve_index(root / "index") as index, serve_index(root / "elsewhere") as elsewhere:
+        yield Indexes(index, elsewhere)
+
+
+def imports(environment: Path, module: str) -> bool:
+    """Return whether the environment's python imports ``module``."""
+    completed = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", f"import {module}"],
+        capture_output=True,
+        timeout=DEADLINE_SECONDS,
+        check=False,
+    )
+    return completed.returncode == 0
+
+
+def test_equal_sets_of_requirements_share_one_environment_however_written(
+    indexes: Indexes, tmp_path: Path
+) -> None:
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    first = environments.ensure(["envhelper>=1.0", "envother"])
+    assert imports(first, "envhelper")
+    assert imports(first, "envother")
+    assert (first / READY).read_text() == "envhelper>=1.0\nenvother\n"
+    requests = len(indexes.index.requests)
+    again = environments.ensure(["envother", "envhelper >= 1.0", "envother"])
+    assert again == first
+    assert len(indexes.index.requests) == requests
+    assert environments.ensure(["envhelper"]) != first
+    other_index = BuildEnvironments(tmp_path / "envs", indexes.elsewhere.simple_url)
+    assert other_index.ensure([]) != environments.ensure([])
+
+
+def test_requirements_not_on_the_index_fail_and_leave_no_environment(
+    indexes: Indexes, tmp_path: Path
+) -> None:
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable, match="could not install build requirements: "):
+        environments.ensure(["envhelper", "onlyelsewhere"])
+    assert [path for path in environments.folder.iterdir() if (path / "bin").exists()] == []
+    assert [path for path in environments.folder.iterdir() if path.is_dir()] == [
+        environments.folder / "uv-cache"
+    ]
+
+
+def test_the_user_s_pip_and_uv_settings_add_no_index(
+    indexes: Indexes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("UV_EXTRA_INDEX_URL", "UV_INDEX", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.setenv(variable, indexes.elsewhere.simple_url)
+    monkeypatch.setenv("UV_FIND_LINKS", str(indexes.elsewhere.folder))
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable):
+        environments.ensure(["onlyelsewhere"])
+    assert indexes.elsewhere.requests == []
+
+
+def test_an_environment_left_half_made_is_made_again(indexes: Indexes, tmp_path: Path) -> None:
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    environment = environments.ensure(["envhelper"])
+    # What a run killed while installing leaves behind: no READY, stray files.
+    (environment / READY).unlink()
+    (environment / "stray.txt").write_text("half made\n")
+    assert environments.ensure(["envhelper"]) == environment
+    assert (environment / READY).exists()
+    assert not (environment / "stray.txt").exists()
+    assert imports(environment, "envhelper")
+
+
+@pytest.mark.parametrize("requirement", ["not a requirement!", "envhelper>>1"])
+def test_an_invalid_requirement_is_refused_by_name(
+    indexes: Indexes, tmp_path: Path, requirement: str
+) -> None:
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable, match="invalid build requirement") as raised:
+        environments.ensure(["envhelper", requirement])
+    assert repr(requirement) in raised.value.message
+    assert not environments.folder.exists()
