@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 
 from metasrv.index.buildenvs import READY, BuildEnvironments, RequirementsUnavailable
-from tests.distributions import build_wheel
+from tests.buildbackend import BACKEND_SOURCE
+from tests.distributions import build_sdist, build_wheel, metadata_text
 from tests.indexserver import LocalIndex, serve_index
 
 DEADLINE_SECONDS = 60
+IN_TREE_BACKEND = (
+    '[build-system]\nrequires = []\nbuild-backend = "tinybackend"\nbackend-path = ["."]\n'
+)
 
 
 @dataclass
@@ -32,6 +36,18 @@ def indexes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Indexes]:
     build_wheel(root / "index", "envhelper", "1.0", files={"envhelper/__init__.py": "X = 1\n"})
     build_wheel(root / "index", "envother", "2.0", files={"envother/__init__.py": "Y = 2\n"})
     build_wheel(root / "elsewhere", "onlyelsewhere", "1.0")
+    # An sdist that builds with no network (its backend is in the tree): installing it would
+    # run its code unsandboxed, so build environments take wheels only.
+    build_sdist(
+        root / "index",
+        "sdistonly",
+        "1.0",
+        pyproject=IN_TREE_BACKEND,
+        files={
+            "tinybackend.py": BACKEND_SOURCE,
+            "build.py": f"METADATA = {metadata_text('sdistonly', '1.0')!r}\n",
+        },
+    )
     with serve_index(root / "index") as index, serve_index(root / "elsewhere") as elsewhere:
         yield Indexes(index, elsewhere)
 
@@ -109,3 +125,12 @@ def test_an_invalid_requirement_is_refused_by_name(
         environments.ensure(["envhelper", requirement])
     assert repr(requirement) in raised.value.message
     assert not environments.folder.exists()
+
+
+def test_build_requirements_are_installed_from_wheels_only(
+    indexes: Indexes, tmp_path: Path
+) -> None:
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable):
+        environments.ensure(["sdistonly"])
+    assert not any(path.endswith(".tar.gz") for path, _range in indexes.index.requests)
