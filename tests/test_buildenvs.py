@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from metasrv.index.buildenvs import READY, BuildEnvironments, RequirementsUnavailable
+from metasrv.index.buildenvs import READY, BuildEnvironments, RequirementsUnavailable, find_uv
 from tests.buildbackend import BACKEND_SOURCE
 from tests.distributions import build_sdist, build_wheel, metadata_text
 from tests.indexserver import LocalIndex, serve_index
@@ -133,4 +134,41 @@ def test_build_requirements_are_installed_from_wheels_only(
     environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
     with pytest.raises(RequirementsUnavailable):
         environments.ensure(["sdistonly"])
+    assert not any(path.endswith(".tar.gz") for path, _range in indexes.index.requests)
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_builds_use_the_uv_beside_metasrv_s_interpreter_else_the_one_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interpreter = _executable(tmp_path / "venv" / "bin" / "python")
+    beside = _executable(tmp_path / "venv" / "bin" / "uv")
+    on_path = _executable(tmp_path / "path" / "uv")
+    monkeypatch.setattr(sys, "executable", str(interpreter))
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert find_uv() == str(beside)
+    beside.unlink()
+    assert find_uv() == str(on_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "venv" / "bin"))
+    assert find_uv() is None
+
+
+def test_without_uv_build_environments_are_made_with_pip_from_wheels_only(
+    indexes: Indexes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A metasrv installed where no uv is beside its interpreter or on PATH.
+    monkeypatch.setattr(sys, "executable", str(Path(sys.base_prefix) / "bin" / "python3"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert find_uv() is None
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable, match="could not install build requirements"):
+        environments.ensure(["sdistonly"])
+    environment = environments.ensure(["envhelper"])
+    assert imports(environment, "envhelper")
     assert not any(path.endswith(".tar.gz") for path, _range in indexes.index.requests)

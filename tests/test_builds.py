@@ -408,6 +408,7 @@ def test_a_backend_that_forges_its_hook_s_answer_fails_with_a_reason(
         # A compiler counts when it fails near the end, whatever the case of "error".
         ("gcc -c foo.c\nERROR: command failed", "needs a compiler"),
         ("gcc -c foo.c\ndone", "build failed: done"),
+        ("running build_ext\ngcc -pthread -c x.c\nerror: command failed", "needs a compiler"),
         ("gcc: Error\n" + "line\n" * 29, "needs a compiler"),
         ("gcc: Error\n" + "line\n" * 30, "build failed: line"),
     ],
