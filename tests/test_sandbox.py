@@ -51,12 +51,25 @@ def sandboxed(folders: Folders, script: str, limits: Limits = LIMITS) -> Outcome
     )
 
 
+NAMESPACES = ("ipc", "net", "pid", "uts")
+
+
 def test_a_command_sees_the_system_its_folders_and_nothing_else_of_the_host(
     folders: Folders,
 ) -> None:
-    outcome = sandboxed(folders, "ls -a /; echo; pwd; cat /proc/self/environ | tr '\\0' '\\n'")
+    namespaces = " ".join(f"/proc/self/ns/{name}" for name in NAMESPACES)
+    script = (
+        f"readlink {namespaces} /proc/self/fd/0; echo; ls -a /; echo; pwd; "
+        "cat /proc/self/environ | tr '\\0' '\\n'"
+    )
+    outcome = sandboxed(folders, script)
     assert outcome.ok, outcome.log_tail
-    root, _, rest = outcome.log_tail.partition("\n\n")
+    links, _, rest = outcome.log_tail.partition("\n\n")
+    *inside, stdin = links.splitlines()
+    for name, link in zip(NAMESPACES, inside, strict=True):
+        assert link != os.readlink(f"/proc/self/ns/{name}"), name
+    assert stdin == "/dev/null"
+    root, _, rest = rest.partition("\n\n")
     system = {path.lstrip("/") for path in SYSTEM_PATHS if os.path.lexists(path)}
     assert set(root.split()) == {".", "..", "dev", "etc", "proc", "tmp"} | system
     cwd, *environment = rest.splitlines()
@@ -161,3 +174,68 @@ def test_what_a_finished_command_left_running_ends_with_its_sandbox(folders: Fol
     assert outcome.ok
     assert outcome.log_tail == "started\n"
     assert _processes("4747.") == []
+
+
+@pytest.mark.parametrize(
+    ("line", "stopped"),
+    [
+        ("MemoryError", "needed more than 512 MB of memory"),
+        ("cc1: out of memory: Cannot allocate memory", "needed more than 512 MB of memory"),
+        (
+            "BlockingIOError: [Errno 11] Resource temporarily unavailable",
+            "started more than 24 processes",
+        ),
+        ("make: vfork: Resource temporarily unavailable", "started more than 24 processes"),
+        ("error: something else", None),
+    ],
+)
+def test_a_failed_command_s_last_words_say_which_limit_stopped_it(
+    folders: Folders, line: str, stopped: str | None
+) -> None:
+    outcome = sandboxed(folders, f"echo '{line}'; exit 1")
+    assert (outcome.returncode, outcome.stopped) == (1, stopped)
+
+
+def test_a_command_that_ignores_the_file_size_signal_is_still_stopped_for_its_output(
+    folders: Folders,
+) -> None:
+    outcome = sandboxed(folders, "trap '' XFSZ; head -c 3000000 /dev/zero; exit 1")
+    assert outcome.stopped == "printed more than 1 MB"
+    assert folders.log.stat().st_size == 1024**2
+
+
+def test_a_log_that_is_not_utf_8_is_read_with_replacements(folders: Folders) -> None:
+    outcome = sandboxed(folders, "printf 'caf\\351 ok\\n'")
+    assert outcome.log_tail == "caf\ufffd ok\n"
+
+
+def test_the_sandbox_changes_no_mode_of_the_host_folders_it_binds(folders: Folders) -> None:
+    inner = folders.writable / "private"
+    (inner / "shared").mkdir(parents=True)
+    (inner / "shared" / "note.txt").write_text("nested\n")
+    folders.writable.chmod(0o700)
+    inner.chmod(0o700)
+    outcome = run_sandboxed(
+        ["/bin/sh", "-c", f"cat {inner / 'shared' / 'note.txt'}"],
+        cwd=folders.writable,
+        writable=[folders.writable],
+        readable=[inner / "shared"],
+        environment=ENVIRONMENT,
+        limits=LIMITS,
+        log_path=folders.log,
+    )
+    assert outcome.log_tail == "nested\n"
+    assert folders.writable.stat().st_mode & 0o777 == 0o700
+    assert inner.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root metasrv hands folders to nobody")
+def test_a_link_a_command_left_in_its_folder_does_not_hand_its_target_to_nobody(
+    folders: Folders,
+) -> None:
+    first = sandboxed(folders, f"ln -s {folders.secret} link.txt")
+    assert first.ok, first.log_tail
+    second = sandboxed(folders, "cat link.txt")
+    assert "not for the sandbox" not in second.log_tail
+    assert (folders.secret.stat().st_uid, folders.secret.stat().st_gid) == (0, 0)
+    assert (folders.writable / "link.txt").lstat().st_uid == NOBODY
