@@ -177,9 +177,15 @@ def test_an_sdist_that_is_unsafe_or_not_one_folder_fails_and_writes_nothing_outs
     assert raised.value.message.startswith(reason), raised.value.message
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "work" / "evil.txt").exists()
+    assert not (tmp_path / "work" / "deep" / "evil.txt").exists()
     assert not (destination / "a-1.0" / "l").exists()
 
 
 def _write(path: Path, content: bytes) -> Path:
     path.write_bytes(content)
     return path
+
+
+def test_an_sdist_of_exactly_512_mb_is_unpacked(tmp_path: Path) -> None:
+    sdist = _lying_zip(tmp_path / "liar-1.0.zip", 512 * 1024**2)
+    assert unpack_sdist(sdist, tmp_path / "out") == tmp_path / "out" / "liar-1.0"

@@ -22,7 +22,7 @@ from metasrv.index.buildrun import (
 )
 from metasrv.index.builds import BuildResult
 from metasrv.index.sandbox import Limits
-from metasrv.model import DistFile, MetadataStatus, Project, Release
+from metasrv.model import CoreMetadata, DistFile, MetadataStatus, Project, Release
 from metasrv.names import core_metadata_path, normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
@@ -108,10 +108,16 @@ def test_a_run_records_each_build_commits_per_project_and_reports_each_sdist(
     good = build_dynamic_sdist(index.sdists, "rec-good", "1.0", requires_dist=("idna",))
     bad = build_dynamic_sdist(index.sdists, "rec-bad", "1.0", code='print "hello"')
     wheel = make_file("rec_good-1.0-py3-none-any.whl")
+    older = make_file("rec_good-0.9-py3-none-any.whl")
+    good_project = Project.create(
+        "rec-good",
+        [
+            Release.from_files("0.9", (older,)),
+            Release.from_files("1.0", (dynamic_file(good), wheel)),
+        ],
+    )
     storage = create_meta_repository(
-        tmp_path / "meta",
-        project_of("rec-good", dynamic_file(good), wheel),
-        project_of("rec-bad", dynamic_file(bad)),
+        tmp_path / "meta", good_project, project_of("rec-bad", dynamic_file(bad))
     )
     summary, seen = run(storage, index.options())
     assert [filename for filename, _result in seen] == [bad.name, good.name]
@@ -131,6 +137,7 @@ def test_a_run_records_each_build_commits_per_project_and_reports_each_sdist(
     assert (built.core_metadata_sha256, built.core_metadata_stored) == (digest, True)
     assert storage.read(storage.resolve(None), core_metadata_path(digest)) == document
     assert recorded(storage, "rec-good")[wheel.filename] == wheel
+    assert recorded(storage, "rec-good")[older.filename] == older
     failed = recorded(storage, "rec-bad")[bad.name]
     assert failed.metadata_status is MetadataStatus.BUILD_FAILED
     assert (failed.metadata, failed.metadata_reason) == (None, "python 2 only")
@@ -147,9 +154,13 @@ def test_only_the_named_projects_are_built_and_failed_builds_only_when_retried(
     named = build_dynamic_sdist(index.sdists, "named-one", "1.0")
     other = build_dynamic_sdist(index.sdists, "named-other", "1.0")
     failed = dynamic_file(named, metadata_status=MetadataStatus.BUILD_FAILED, metadata_reason="x")
+    # A static sdist and an sdist built before are not built again, even with retry_failed.
+    static = dynamic_file(named, filename="named_one-1.0.zip", metadata_status=None)
+    static = replace(static, metadata=CoreMetadata(metadata_version="2.2"))
+    built = make_file("named_one-1.0-1.tar.gz")
     storage = create_meta_repository(
         tmp_path / "meta",
-        project_of("named-one", failed),
+        project_of("named-one", failed, static, built),
         project_of("named-other", dynamic_file(other)),
     )
     summary, seen = run(storage, index.options(), ("Named_One",))
@@ -157,6 +168,7 @@ def test_only_the_named_projects_are_built_and_failed_builds_only_when_retried(
     summary, seen = run(storage, index.options(retry_failed=True), ("Named_One",))
     assert [filename for filename, _result in seen] == [named.name]
     assert recorded(storage, "named-one")[named.name].metadata_status is MetadataStatus.BUILT
+    assert recorded(storage, "named-one")[static.filename] == static
     assert recorded(storage, "named-other")[other.name].metadata_status is MetadataStatus.DYNAMIC
 
 
@@ -278,9 +290,10 @@ def test_an_sdist_that_cannot_be_downloaded_stays_dynamic_and_is_counted(
 def test_an_sdist_served_over_http_is_downloaded_and_checked(index: Index, tmp_path: Path) -> None:
     sdist = build_dynamic_sdist(index.server.folder, "served", "1.0", requires_dist=("six",))
     url = f"{index.server.url}/files/{sdist.name}"
-    storage = create_meta_repository(
-        tmp_path / "meta", project_of("served", dynamic_file(sdist, url=url))
-    )
+    # Moved once (a CDN's redirect), and listed without a sha256 (only what the index gave).
+    index.server.behaviour.faults[f"/files/{sdist.name}"] = ["redirect-loop"]
+    record = dynamic_file(sdist, url=url, hashes={"md5": "0" * 32})
+    storage = create_meta_repository(tmp_path / "meta", project_of("served", record))
     summary, _seen = run(storage, index.options())
     assert summary.built == 1, summary.reasons
     metadata = recorded(storage, "served")[sdist.name].metadata

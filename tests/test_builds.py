@@ -268,7 +268,8 @@ names = ("TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "METAS
 report = {name: os.environ.get(name) for name in names}
 report["PATH"] = os.environ["PATH"].split(":")
 report["python"] = os.path.dirname(sys.executable)
-report["HOME"] = os.environ["HOME"].split("/")[-2:]
+report["HOME"] = os.environ["HOME"]
+report["cwd"] = os.getcwd()
 report["home writable"] = os.access(os.environ["HOME"], os.W_OK)
 report["tempdir"] = tempfile.gettempdir()
 METADATA = METADATA.rstrip() + "\\nSummary: " + repr(report) + "\\n\\n"
@@ -286,6 +287,11 @@ def test_a_build_runs_with_a_fixed_environment_and_none_of_metasrv_s(
     assert 0 < result.seconds <= elapsed
     summary = result.document.decode().split("Summary: ", 1)[1].split("\n", 1)[0]
     report = ast.literal_eval(summary)
+    # Each build has a folder of its own in the scratch folder: its home, its unpacked source.
+    workdir = Path(report.pop("HOME")).parent.parent
+    assert workdir.parent == setup.scratch.resolve()
+    assert workdir.name.startswith("metasrv-build-")
+    assert report.pop("cwd") == str(workdir / "sandboxed" / "source" / "environ-1.0")
     assert report.pop("PATH") == [report.pop("python"), "/usr/bin", "/bin"]
     assert report == {
         "TMPDIR": "/tmp",
@@ -293,7 +299,6 @@ def test_a_build_runs_with_a_fixed_environment_and_none_of_metasrv_s(
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
         "METASRV_TEST_SECRET": None,
-        "HOME": ["sandboxed", "home"],
         "home writable": True,
         "tempdir": "/tmp",
     }
