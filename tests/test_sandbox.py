@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +83,11 @@ def test_a_command_runs_as_nobody_when_metasrv_runs_as_root(folders: Folders) ->
     outcome = sandboxed(folders, "id -u; id -g; id -G; grep CapEff /proc/self/status")
     assert outcome.ok, outcome.log_tail
     uid, gid, groups, capabilities = outcome.log_tail.splitlines()
-    expected = str(NOBODY) if os.geteuid() == 0 else str(os.geteuid())
+    nobody = pwd.getpwnam("nobody")
+    expected = str(nobody.pw_uid) if os.geteuid() == 0 else str(os.geteuid())
     assert uid == expected
     if os.geteuid() == 0:
-        assert (gid, groups) == (str(NOBODY), str(NOBODY))
+        assert (gid, groups) == (str(nobody.pw_gid), str(nobody.pw_gid))
     assert capabilities.split() == ["CapEff:", "0000000000000000"]
 
 
