@@ -400,6 +400,7 @@ def test_a_backend_that_forges_its_hook_s_answer_fails_with_a_reason(
         ("Traceback\n  RuntimeError: boom  \n\n", "build failed: RuntimeError: boom"),
         ("x" * 300, "build failed: " + "x" * 186),
         # Python 2 syntax only counts in a SyntaxError; a refusal only near the end.
+        ("SyntaxError: multiple exception types must be parenthesized", "python 2 only"),
         ("invalid decimal literal", "build failed: invalid decimal literal"),
         ("SyntaxError: invalid syntax", "build failed: SyntaxError: invalid syntax"),
         ("Python 3 not supported\n1\n2\n3\n4", "python 2 only"),

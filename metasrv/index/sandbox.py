@@ -192,8 +192,10 @@ def _bubblewrap_arguments(
     for path in writable:
         arguments += ["--bind", str(path.resolve()), str(path.resolve())]
     # bwrap creates the folders above a mount point with the modes of the originals (/root is
-    # 0700); a sandbox that runs as nobody must be able to walk down to what it was given.
-    for ancestor in sorted(_ancestors(mounts)):
+    # 0700) or 0700 (/etc); a sandbox that runs as nobody must be able to walk down to what it
+    # was given, /etc/passwd among it.
+    system_files = [path for path in SYSTEM_FILES if os.path.exists(path)]
+    for ancestor in sorted(_ancestors([*mounts, *system_files])):
         arguments += ["--chmod", "0755", ancestor]
     arguments += ["--chdir", str(cwd.resolve())]
     return arguments
