@@ -40,6 +40,11 @@ _PULL = ("tests/test_pullthrough_mutants.py",)
 _CLOSURE = ("tests/test_closure.py",)
 _MIRRORS = ("tests/test_mirrors_git.py",)
 _REFSPECS = '_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")'
+_BUILDS = ("tests/test_builds.py",)
+_BUILD_INPUTS = ("tests/test_buildinputs.py",)
+_SANDBOX = ("tests/test_sandbox.py",)
+_BUILDS_PY = "metasrv/index/builds.py"
+_SANDBOX_PY = "metasrv/index/sandbox.py"
 _SIGNATURES_PY = "metasrv/understandings/signatures.py"
 _FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
 _ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
@@ -268,6 +273,39 @@ MUTANTS = (
         '_REFSPECS = ("+refs/heads/*:refs/heads/*",)',
         _MIRRORS,
     ),
+    Mutant(
+        _BUILDS_PY,
+        "MAX_UNPACKED_BYTES = 512 * 1024 * 1024",
+        "MAX_UNPACKED_BYTES = 513 * 1024 * 1024",
+        _BUILD_INPUTS,
+    ),
+    Mutant(
+        _BUILDS_PY,
+        "MAX_UNPACKED_BYTES = 512 * 1024 * 1024",
+        "MAX_UNPACKED_BYTES = 511 * 1024 * 1024",
+        _BUILD_INPUTS,
+    ),
+    Mutant(_BUILDS_PY, "MAX_REASON_CHARACTERS = 200", "MAX_REASON_CHARACTERS = 201", _BUILDS),
+    Mutant(_BUILDS_PY, "MAX_REASON_CHARACTERS = 200", "MAX_REASON_CHARACTERS = 199", _BUILDS),
+    Mutant(
+        _BUILDS_PY,
+        'DEFAULT_REQUIRES = ("setuptools>=40.8.0",)',
+        'DEFAULT_REQUIRES = ("setuptools",)',
+        _BUILD_INPUTS,
+    ),
+    Mutant(
+        _BUILDS_PY,
+        'DEFAULT_BACKEND = "setuptools.build_meta:__legacy__"',
+        'DEFAULT_BACKEND = "setuptools.build_meta"',
+        _BUILD_INPUTS,
+    ),
+    Mutant(_BUILDS_PY, 'SANDBOXED = "sandboxed"', 'SANDBOXED = "sandbox"', _BUILDS),
+    Mutant(_BUILDS_PY, '"__builtin__", "urllib2",', '"__builtin__",', _BUILDS),
+    Mutant(_BUILDS_PY, "|multiple exception types must be parenthesized", "", _BUILDS),
+    Mutant(_BUILDS_PY, "Python 3 (is )?not (yet )?supported", "Python 3 is not supported", _BUILDS),
+    Mutant(_SANDBOX_PY, "NOBODY = 65534", "NOBODY = 65533", _SANDBOX),
+    Mutant(_SANDBOX_PY, '"/lib32", "/lib64",', '"/lib32",', _SANDBOX),
+    Mutant(_SANDBOX_PY, ', "/etc/localtime", "/etc/passwd")', ', "/etc/localtime")', _SANDBOX),
 )
 
 
