@@ -22,7 +22,14 @@ from metasrv.index.buildrun import (
 )
 from metasrv.index.builds import BuildResult
 from metasrv.index.sandbox import Limits
-from metasrv.model import CoreMetadata, DistFile, MetadataStatus, Project, Release
+from metasrv.model import (
+    CoreMetadata,
+    DistFile,
+    MetadataStatus,
+    Project,
+    Release,
+    SourceState,
+)
 from metasrv.names import core_metadata_path, normalize_name, project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
@@ -107,23 +114,32 @@ def test_a_run_records_each_build_commits_per_project_and_reports_each_sdist(
 ) -> None:
     good = build_dynamic_sdist(index.sdists, "rec-good", "1.0", requires_dist=("idna",))
     bad = build_dynamic_sdist(index.sdists, "rec-bad", "1.0", code='print "hello"')
+    worse = build_dynamic_sdist(index.sdists, "rec-bad", "2.0", code='print "hello"')
     wheel = make_file("rec_good-1.0-py3-none-any.whl")
     older = make_file("rec_good-0.9-py3-none-any.whl")
+    # What the source said of the page last time: the next sync's conditional request.
+    source_state = SourceState(etag='"page-7"', serial=7)
     good_project = Project.create(
         "rec-good",
         [
             Release.from_files("0.9", (older,)),
             Release.from_files("1.0", (dynamic_file(good), wheel)),
         ],
+        source_state,
     )
-    storage = create_meta_repository(
-        tmp_path / "meta", good_project, project_of("rec-bad", dynamic_file(bad))
+    # The index listed a PEP 658 hash for this sdist: a failed build does not keep it.
+    listed = dynamic_file(bad, core_metadata_sha256="a" * 64, core_metadata_stored=True)
+    bad_project = Project.create(
+        "rec-bad",
+        [Release.from_files("1.0", (listed,)), Release.from_files("2.0", (dynamic_file(worse),))],
     )
+    storage = create_meta_repository(tmp_path / "meta", good_project, bad_project)
     summary, seen = run(storage, index.options())
-    assert [filename for filename, _result in seen] == [bad.name, good.name]
-    assert (summary.built, summary.failed, summary.not_downloaded) == (1, 1, 0)
-    assert dict(summary.reasons) == {"python 2 only": 1}
-    assert len(summary.seconds) == 2
+    assert [filename for filename, _result in seen] == [bad.name, worse.name, good.name]
+    assert (summary.built, summary.failed, summary.not_downloaded) == (1, 2, 0)
+    assert dict(summary.reasons) == {"python 2 only": 2}
+    assert len(summary.seconds) == 3
+    assert all(seconds > 0 for seconds in summary.seconds)
     assert len(summary.commits) == 2
     assert storage.resolve(None) == summary.commits[-1]
     built = recorded(storage, "rec-good")[good.name]
@@ -131,7 +147,10 @@ def test_a_run_records_each_build_commits_per_project_and_reports_each_sdist(
     assert built.metadata is not None
     assert built.metadata.requires_dist == ("idna",)
     assert (built.metadata_reason, built.metadata_built_on) == (None, built_on())
-    document = seen[1][1].document
+    assert Catalog(storage).get_project(storage.resolve(None), "rec-good").source_state == (
+        source_state
+    )
+    document = seen[2][1].document
     assert document is not None
     digest = hashlib.sha256(document).hexdigest()
     assert (built.core_metadata_sha256, built.core_metadata_stored) == (digest, True)
@@ -167,7 +186,8 @@ def test_only_the_named_projects_are_built_and_failed_builds_only_when_retried(
     assert (summary.built, summary.failed, seen) == (0, 0, [])
     summary, seen = run(storage, index.options(retry_failed=True), ("Named_One",))
     assert [filename for filename, _result in seen] == [named.name]
-    assert recorded(storage, "named-one")[named.name].metadata_status is MetadataStatus.BUILT
+    rebuilt = recorded(storage, "named-one")[named.name]
+    assert (rebuilt.metadata_status, rebuilt.metadata_reason) == (MetadataStatus.BUILT, None)
     assert recorded(storage, "named-one")[static.filename] == static
     assert recorded(storage, "named-other")[other.name].metadata_status is MetadataStatus.DYNAMIC
 
@@ -316,6 +336,7 @@ def test_a_build_whose_metadata_names_another_project_fails(
     storage = create_meta_repository(tmp_path / "meta", project_of("honest", dynamic_file(sdist)))
     summary, _seen = run(storage, index.options())
     assert dict(summary.reasons) == {reason: 1}
+    assert summary.seconds[0] > 0
     assert recorded(storage, "honest")[sdist.name].metadata_reason == reason
 
 
@@ -357,3 +378,29 @@ def test_a_background_run_builds_in_a_process_of_its_own_and_logs_beside_the_rep
     assert f"{sdist.name}: built" in log
     assert "built 1, failed 0, not downloaded 0, 1 commits" in log
     assert recorded(storage, "backgrounded")[sdist.name].metadata_status is MetadataStatus.BUILT
+
+
+def test_a_run_builds_what_a_sync_added_meanwhile_to_a_project_it_has_yet_to_reach(
+    index: Index, tmp_path: Path
+) -> None:
+    first = build_dynamic_sdist(index.sdists, "reach-a", "1.0")
+    second = build_dynamic_sdist(index.sdists, "reach-b", "1.0")
+    added = build_dynamic_sdist(index.sdists, "reach-b", "2.0")
+    storage = create_meta_repository(
+        tmp_path / "meta",
+        project_of("reach-a", dynamic_file(first)),
+        project_of("reach-b", dynamic_file(second)),
+    )
+
+    def sync_meanwhile(filename: str) -> None:
+        if filename == first.name:
+            releases = [
+                Release.from_files("1.0", (dynamic_file(second),)),
+                Release.from_files("2.0", (dynamic_file(added),)),
+            ]
+            commit_projects(storage, Project.create("reach-b", releases))
+
+    summary, seen = run(storage, index.options(), during=sync_meanwhile)
+    assert [filename for filename, _result in seen] == [first.name, second.name, added.name]
+    assert summary.built == 3
+    assert recorded(storage, "reach-b")[added.name].metadata_status is MetadataStatus.BUILT
