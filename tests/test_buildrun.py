@@ -37,6 +37,7 @@ from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
 from tests.builders import commit_projects, create_meta_repository, make_file
+from tests.distributions import build_sdist
 from tests.indexserver import LocalIndex, serve_index
 
 DEADLINE_SECONDS = 60
@@ -404,3 +405,36 @@ def test_a_run_builds_what_a_sync_added_meanwhile_to_a_project_it_has_yet_to_rea
     assert [filename for filename, _result in seen] == [first.name, second.name, added.name]
     assert summary.built == 3
     assert recorded(storage, "reach-b")[added.name].metadata_status is MetadataStatus.BUILT
+
+
+IN_TREE = '[build-system]\nrequires = []\nbuild-backend = "{backend}"\nbackend-path = ["."]\n'
+NAMELESS_BACKEND = """\
+import os
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    os.makedirs(os.path.join(metadata_directory, "x-1.0.dist-info"))
+    with open(os.path.join(metadata_directory, "x-1.0.dist-info", "METADATA"), "w") as out:
+        out.write("Metadata-Version: 2.1\\nVersion: 1.0\\nRequires-Dist: idna\\n")
+    return "x-1.0.dist-info"
+"""
+
+
+def test_a_build_whose_metadata_names_no_project_fails(index: Index, tmp_path: Path) -> None:
+    sdist = build_sdist(
+        index.sdists,
+        "nameless",
+        "1.0",
+        metadata_version="1.2",
+        pyproject=IN_TREE.format(backend="nameless"),
+        files={"nameless.py": NAMELESS_BACKEND},
+    )
+    storage = create_meta_repository(tmp_path / "meta", project_of("nameless", dynamic_file(sdist)))
+    summary, _seen = run(storage, index.options())
+    assert dict(summary.reasons) == {"built metadata has no Name": 1}
+    failed = recorded(storage, "nameless")[sdist.name]
+    assert (failed.metadata_status, failed.metadata) == (MetadataStatus.BUILD_FAILED, None)

@@ -270,9 +270,12 @@ def _build_project(
 
 
 def _check_name(result: BuildResult, normalized_name: NormalizedName) -> BuildResult:
-    """Refuse metadata that names another project: a build must not speak for someone else."""
-    if result.metadata is None or result.name is None:
+    """Refuse metadata that names another project, or none: a build must not speak for another."""
+    if result.metadata is None:
         return result
+    if result.name is None:
+        # Name is a required field: installers refuse metadata without one.
+        return BuildResult(None, None, "built metadata has no Name", result.seconds)
     try:
         same = normalize_name(result.name) == normalized_name
     except InvalidInput:
