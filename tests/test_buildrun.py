@@ -343,7 +343,9 @@ def test_a_build_whose_metadata_names_another_project_fails(
 
 def test_a_run_without_options_is_refused(tmp_path: Path) -> None:
     storage = create_meta_repository(tmp_path / "meta")
-    with pytest.raises(InvalidInput, match="needs an index URL"):
+    with pytest.raises(
+        InvalidInput, match=r"^build-metadata needs an index URL for build requirements$"
+    ):
         build_metadata(storage, (), None)
 
 
