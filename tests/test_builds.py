@@ -421,3 +421,38 @@ def test_a_backend_that_forges_its_hook_s_answer_fails_with_a_reason(
 )
 def test_a_failed_build_s_log_gives_a_short_reason(log: str, reason: str) -> None:
     assert reason_from_log(log) == reason
+
+
+IN_TREE_BACKEND = """\
+import atexit, os, sys
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return ["buildhelper"]
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    import buildhelper  # there only if the environment got what this backend asked for
+
+    def forge():
+        with open(os.path.join(sys.argv[-1], "output.json"), "w") as out:
+            out.write("{")
+
+    atexit.register(forge)
+    return "x-1.0.dist-info"
+"""
+
+
+def test_an_in_tree_backend_that_asks_for_more_is_found_again_and_its_answer_checked(
+    setup: BuildSetup,
+) -> None:
+    sdist = build_sdist(
+        setup.sdists,
+        "intree",
+        "1.0",
+        metadata_version="1.2",
+        pyproject='[build-system]\nrequires = []\nbuild-backend = "intree"\nbackend-path = ["."]\n',
+        files={"intree.py": IN_TREE_BACKEND},
+    )
+    result = setup.builder.build(sdist)
+    assert result.reason == "backend intree answered nonsense: JSONDecodeError"
