@@ -438,5 +438,6 @@ def test_a_build_whose_metadata_names_no_project_fails(index: Index, tmp_path: P
     storage = create_meta_repository(tmp_path / "meta", project_of("nameless", dynamic_file(sdist)))
     summary, _seen = run(storage, index.options())
     assert dict(summary.reasons) == {"built metadata has no Name": 1}
+    assert summary.seconds[0] > 0
     failed = recorded(storage, "nameless")[sdist.name]
     assert (failed.metadata_status, failed.metadata) == (MetadataStatus.BUILD_FAILED, None)
