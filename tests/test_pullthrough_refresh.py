@@ -113,7 +113,18 @@ def test_a_page_the_fast_path_sends_still_has_its_project_rechecked(source: Sour
     configure(source.meta, source.index.simple_url, PullThroughConfig(refresh=0))
     app = create_app(source.meta)
     assert isinstance(app, Served)
+    pull = app.fast.hot.pulled.pull
+    assert pull is not None
     counted = Counted(app)
+
+    def rechecked(times: int) -> None:
+        """Wait until the source was asked for the page ``times`` times and nothing is left."""
+        # A touch while a re-check is in flight joins it: the next must find none running.
+        poll_until(
+            lambda: source.page_requests("pt-alpha") == times and not pull._inflight,
+            f"request {times} of pt-alpha's page, and nothing left in flight",
+        )
+
     with serving(app) as (_, port):
         connection = Connection(port)
         connection.send(get("/simple/pt-alpha/"))
@@ -122,12 +133,13 @@ def test_a_page_the_fast_path_sends_still_has_its_project_rechecked(source: Sour
             lambda: not any(pending(head_project(source, "pt-alpha")).values()),
             "the background read of pt-alpha's metadata",
         )
+        rechecked(2)
         connection.send(get("/simple/pt-alpha/"))  # a new commit: the app answers
         assert connection.response()[0] == 200
-        poll_until(lambda: source.page_requests("pt-alpha") == 3, "the second read's re-check")
+        rechecked(3)
         connection.send(get("/simple/pt-alpha/"))  # nothing committed since: the kept answer
         assert connection.response()[0] == 200
-        poll_until(lambda: source.page_requests("pt-alpha") == 4, "the kept answer's re-check")
+        rechecked(4)
         connection.close()
     assert counted.requests == ["/simple/pt-alpha/"] * 2
 
