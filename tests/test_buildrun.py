@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
 from tests.builders import commit_projects, create_meta_repository, make_file
+from tests.deadlines import poll_until
 from tests.distributions import build_sdist
 from tests.indexserver import LocalIndex, serve_index
 
@@ -373,10 +373,7 @@ def test_a_background_run_builds_in_a_process_of_its_own_and_logs_beside_the_rep
     storage.commit(storage.head_branch(), {"metasrv.toml": tomlcodec.dumps(config)}, "builds")
     pid = start_in_background(storage)
     assert pid is not None
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while _running(pid):
-        assert time.monotonic() < deadline, "the background run did not finish"
-        time.sleep(0.05)
+    poll_until(lambda: not _running(pid), "the end of the background run", DEADLINE_SECONDS)
     log = (storage.path / LOG_NAME).read_text()
     assert f"{sdist.name}: built" in log
     assert "built 1, failed 0, not downloaded 0, 1 commits" in log
