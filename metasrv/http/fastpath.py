@@ -28,6 +28,7 @@ from metasrv.http.bytecache import ByteCache
 from metasrv.http.compression import Header, encoded, request_coding, validated_scope
 from metasrv.http.guard import GuardedHttpToolsProtocol
 from metasrv.http.hotpath import ASGIApp, HotPath, Message, Read, Receive, Scope, Send
+from metasrv.http.pulling import STALE_HEADER
 
 # Whole answers cost ~1.8 KB each with their key (a release's): 48 MB keeps ~27,000. Too few for
 # a working set and LRU keeps nothing of a cyclic one: 32 MB held 18,000 and a wrk run over
@@ -43,6 +44,7 @@ _STATUS_LINES = {
 _KEPT_SIMPLE = re.compile(r"(?:/at/([^/]+))?/(?:simple/([^/]+)/|files/([^/]+)/[^/]+\.metadata)")
 _KEPT_STATUSES = frozenset({200, 302})
 _SENT_BY_US = frozenset({b"content-length", b"transfer-encoding"})
+_STALE = STALE_HEADER.encode()
 
 
 class FastPath:
@@ -88,7 +90,7 @@ class FastPath:
         """Keep the app's whole answer to a plain simple read, if it says its commit."""
         sent = dict(headers)
         commit_id = sent.get(b"x-metasrv-at")
-        if status not in _KEPT_STATUSES or commit_id is None or b"x-metasrv-stale" in sent:
+        if status not in _KEPT_STATUSES or commit_id is None or _STALE in sent:
             return
         kept = [header for header in headers if header[0].lower() not in _SENT_BY_US]
         kept.append((b"content-length", str(len(body)).encode()))
