@@ -7,7 +7,7 @@ from dataclasses import replace
 from packaging.version import Version
 
 from metasrv.index.pages import ProjectPage, SourceFile
-from metasrv.index.projectmerge import adopt, fill, pending_files
+from metasrv.index.projectmerge import adopt, fill, pending_files, pending_of
 from metasrv.model import CoreMetadata, DistFile, MetadataStatus, Project, Release, SourceState
 from tests.builders import make_file
 
@@ -33,7 +33,7 @@ def read_file(filename: str, digest: str = "aa") -> DistFile:
     return replace(
         make_file(filename, requires_dist=["click>=8"]),
         hashes={"sha256": digest * 32},
-        size=None,
+        size=555,
         metadata_status=MetadataStatus.BUILT,
         metadata_reason="built in the sandbox",
         metadata_built_on="2026-01-01T00:00:00Z",
@@ -67,7 +67,7 @@ def test_a_refreshed_page_keeps_what_was_read_of_its_unchanged_files() -> None:
             "2026-01-01T00:00:00Z",
         )
         assert (kept.core_metadata_sha256, kept.core_metadata_stored) == (DOCUMENT_SHA, True)
-    assert (wheel.size, sdist.size) == (99, None)  # the page's size, else what was known
+    assert (wheel.size, sdist.size) == (99, 555)  # the page's size, else what was known
 
 
 def test_a_file_whose_bytes_changed_or_are_unhashed_is_read_again() -> None:
@@ -85,9 +85,10 @@ def test_a_file_whose_bytes_changed_or_are_unhashed_is_read_again() -> None:
 
 
 def test_metadata_still_pending_is_not_taken_for_read() -> None:
-    page = ProjectPage("demo", (listed(WHEEL),))
+    page = ProjectPage("demo", (listed(WHEEL, core_metadata={"sha256": DOCUMENT_SHA}),))
     (wheel,) = pending_files(page, {WHEEL: pending(WHEEL)})
     assert wheel.metadata_pending
+    assert wheel.core_metadata_sha256 == DOCUMENT_SHA  # the page's, not the pending file's none
 
 
 def test_files_without_a_version_are_left_out_and_the_rest_listed() -> None:
@@ -150,3 +151,17 @@ def test_filling_takes_the_registered_spelling_only_from_a_name_that_matches() -
     filled = fill(read, "Demo")(registered)
     assert filled is not None
     assert filled.name == "DEMO"  # spelled as registered already: kept
+
+
+def test_the_releases_left_to_read_are_those_with_pending_files_newest_first() -> None:
+    releases = [
+        Release.from_files("1.0", (pending("demo-1.0.tar.gz"),)),
+        Release.from_files("1.5", (read_file("demo-1.5.tar.gz"),)),
+        Release.from_files(
+            "2.0", (read_file("demo-2.0.tar.gz"), pending("demo-2.0-py3-none-any.whl"))
+        ),
+    ]
+    demo = Project.create("Demo", releases)
+    assert [r.version_text for r in pending_of(demo)] == ["2.0", "1.0"]
+    assert [r.version_text for r in pending_of(demo, Version("1.0"))] == ["1.0"]
+    assert pending_of(demo, Version("1.5")) == []
