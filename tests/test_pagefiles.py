@@ -1,0 +1,96 @@
+"""What a sync keeps of a page's files it read before: metadata, reasons, sizes, document hashes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metasrv.index.client import FolderSource
+from metasrv.index.pagefiles import declared_sha256, read_page_files
+from metasrv.index.pages import ProjectPage, SourceFile
+from metasrv.model import DistFile, MetadataStatus
+from tests.builders import make_file
+
+WHEEL = "demo-1.0-py3-none-any.whl"
+SDIST = "demo-1.0.tar.gz"
+PAGE_SHA = "ef" * 32
+HASHES = {"sha256": "aa" * 32}
+
+
+def listed(filename: str, core_metadata: dict[str, str] | bool = False) -> SourceFile:
+    """Return a file as a page lists it, with no size."""
+    url = f"https://files.test/{filename}"
+    return SourceFile(filename, url, HASHES, core_metadata=core_metadata)
+
+
+def synced(filename: str, **fields: Any) -> DistFile:
+    """Return a file a sync read before, with the same bytes as the page's."""
+    return replace(make_file(filename), hashes=HASHES, **fields)
+
+
+def read_again(tmp_path: Path, page: ProjectPage, known: dict[str, DistFile]) -> list[DistFile]:
+    """Return the page's files as a sync of a folder source reads them, given what it knew."""
+    documents: dict[str, bytes] = {}
+    read = asyncio.run(read_page_files(FolderSource(tmp_path), page, known, documents))
+    assert documents == {}  # nothing was read: everything was known
+    return [dist_file for dist_file, _, _ in read]
+
+
+def test_files_with_unchanged_bytes_keep_what_was_read_of_them(tmp_path: Path) -> None:
+    built = synced(
+        SDIST,
+        size=777,
+        metadata_status=MetadataStatus.BUILT,
+        metadata_reason="built",
+        metadata_built_on="2026-01-01T00:00:00Z",
+    )
+    page = ProjectPage("demo", (listed(WHEEL), listed(SDIST)))
+    wheel, sdist = read_again(tmp_path, page, {WHEEL: synced(WHEEL, size=5), SDIST: built})
+    # What the page lists comes from the page; what was read, from before: not read again.
+    assert sdist == replace(built, upload_time=None)
+    assert wheel.size == 5  # the page gives none: what was known
+
+
+@pytest.mark.parametrize(
+    ("known", "expected_sha"),
+    [
+        ({}, PAGE_SHA),  # synced before documents were kept: the page's document hash
+        ({"core_metadata_sha256": "12" * 32}, "12" * 32),  # a hash already: kept
+        ({"metadata": None, "metadata_status": MetadataStatus.UNUSABLE}, None),
+        ({"metadata_status": MetadataStatus.BUILT}, None),  # built: not the source's document
+    ],
+)
+def test_a_file_read_before_documents_were_kept_takes_the_pages_document_hash(
+    tmp_path: Path, known: dict[str, Any], expected_sha: str | None
+) -> None:
+    page = ProjectPage("demo", (listed(WHEEL, core_metadata={"sha256": PAGE_SHA.upper()}),))
+    (wheel,) = read_again(tmp_path, page, {WHEEL: synced(WHEEL, **known)})
+    assert wheel.core_metadata_sha256 == expected_sha
+    assert wheel.core_metadata_stored is False
+
+
+def test_a_file_of_a_folder_source_gets_no_document_hash(tmp_path: Path) -> None:
+    source_file = replace(listed(WHEEL, {"sha256": PAGE_SHA}), url=f"file:///files/{WHEEL}")
+    known = synced(WHEEL, url=source_file.url)
+    (wheel,) = read_again(tmp_path, ProjectPage("demo", (source_file,)), {WHEEL: known})
+    assert wheel.core_metadata_sha256 is None
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        ({"sha256": PAGE_SHA.upper()}, PAGE_SHA),
+        ({"sha512": "00" * 64}, None),
+        ({"sha256": "not a digest"}, None),
+        (True, None),
+        (False, None),
+    ],
+)
+def test_a_pages_document_hash_is_taken_only_when_it_is_a_sha256(
+    declared: dict[str, str] | bool, expected: str | None
+) -> None:
+    assert declared_sha256(listed(WHEEL, core_metadata=declared)) == expected
