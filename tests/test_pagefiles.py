@@ -94,3 +94,22 @@ def test_a_pages_document_hash_is_taken_only_when_it_is_a_sha256(
     declared: dict[str, str] | bool, expected: str | None
 ) -> None:
     assert declared_sha256(listed(WHEEL, core_metadata=declared)) == expected
+
+
+def test_what_a_page_lists_of_a_file_comes_from_the_page(tmp_path: Path) -> None:
+    """Upload time, Requires-Python and yanks are the page's now, not those of the last sync."""
+    page_file = replace(
+        listed(WHEEL),
+        upload_time="2026-02-03T04:05:06Z",
+        requires_python=">=3.12",
+        yanked="broken build",
+        size=4321,
+    )
+    (wheel,) = read_again(tmp_path, ProjectPage("demo", (page_file,)), {WHEEL: synced(WHEEL)})
+    assert (wheel.upload_time, wheel.requires_python, wheel.yanked, wheel.size) == (
+        "2026-02-03T04:05:06Z",
+        ">=3.12",
+        "broken build",
+        4321,
+    )
+    assert (wheel.url, dict(wheel.hashes)) == (page_file.url, HASHES)
