@@ -6,7 +6,7 @@ Needs nginx, uv and curl. The source is the static PEP 503 tree with PEP 658 fil
 benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 (a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
 through (a new repository and server per run); (c) the same server warm; (d) the same again,
-with the answers the fast path kept from (c) if no commit came in between. Prints (b)/(a), (c)/(a)
+with the answers the fast path kept from (c) if no commit came in between. Prints each ratio to (a)
 and the requests each makes to the source (nginx's access log). Then, on a new empty repository
 per run served by a `metasrv serve` process, `GET /v1/projects` p50 / p99 while ``--pulls`` first
 requests for distinct projects run at once.

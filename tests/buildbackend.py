@@ -95,3 +95,16 @@ def build_dynamic_sdist(
         pyproject=PYPROJECT.format(backend=backend),
         files={"build.py": build_py},
     )
+
+
+def build_in_tree_sdist(folder: Path, name: str, backend_source: str) -> Path:
+    """Write a metadata 1.2 sdist of ``name`` 1.0 whose backend is its own ``<name>.py``."""
+    pyproject = f'[build-system]\nrequires = []\nbuild-backend = "{name}"\nbackend-path = ["."]\n'
+    return build_sdist(
+        folder,
+        name,
+        "1.0",
+        metadata_version="1.2",
+        pyproject=pyproject,
+        files={f"{name}.py": backend_source},
+    )

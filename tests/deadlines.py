@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 # Generous: a loaded CI runner shared by several jobs is slow, but a hang must still end the test.
 THREAD_DEADLINE_SECONDS = 60.0
@@ -59,3 +60,17 @@ def poll_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {seconds} s")
         time.sleep(0.02)  # polling a condition, bounded by the deadline
+
+
+def wait_for_exit(pid: int, what: str, seconds: float = THREAD_DEADLINE_SECONDS) -> None:
+    """Wait until a process that is not our child has ended; fail naming ``what`` if not."""
+
+    def ended() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        # A zombie has ended: it waits only for an init to reap it.
+        return stat.rpartition(")")[2].split()[0] == "Z"
+
+    poll_until(ended, what, seconds)

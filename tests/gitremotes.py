@@ -102,16 +102,8 @@ def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(git_dir)))
     remote.url = f"http://127.0.0.1:{server.server_address[1]}/"
     remote.publish()
-    # Polled often: shutdown() waits one poll, which would otherwise be half a second per test.
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with _serving(server, "slow"):
         yield remote
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the slow remote did not stop"
 
 
 @dataclass
@@ -147,13 +139,20 @@ def fixed_remote(status: int, headers: dict[str, str]) -> Iterator[FixedRemote]:
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     remote.url = f"http://127.0.0.1:{server.server_address[1]}/rules.git"
+    with _serving(server, "fixed"):
+        yield remote
+
+
+@contextmanager
+def _serving(server: ThreadingHTTPServer, what: str) -> Iterator[None]:
+    """Serve on a thread for the block; fail loudly if the server does not stop."""
     # Polled often: shutdown() waits one poll, which would otherwise be half a second per test.
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield remote
+        yield
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-        assert not thread.is_alive(), "the fixed remote did not stop"
+        assert not thread.is_alive(), f"the {what} remote did not stop"

@@ -26,6 +26,7 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
 from tests.conftest import AsgiClient, running_server
+from tests.deadlines import wait_for_exit
 from tests.distributions import build_wheel, metadata_text
 from tests.indexserver import LocalIndex, serve_index
 from tests.test_installers import run, uv
@@ -80,15 +81,6 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
 def _file(storage: Storage, project: str) -> DistFile:
     found = Catalog(storage).get_project(storage.resolve(None), project)
     return next(f for r in found.releases for f in r.files if not f.filename.endswith(".whl"))
-
-
-def _running(pid: int) -> bool:
-    """Return whether a process runs (not reparented to an init that has yet to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _sdist_downloads(index: LocalIndex, filename: str) -> int:
@@ -202,10 +194,7 @@ def test_sync_builds_in_the_background_when_metasrv_toml_says_so(
     assert main(["sync", "--repo", str(mirror.repo), "newlib"]) == 0
     printed = capsys.readouterr().out
     pid = int(printed.split("in the background (pid ")[1].split(")")[0])
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while _running(pid):
-        assert time.monotonic() < deadline, "build-metadata did not finish in the background"
-        time.sleep(0.1)
+    wait_for_exit(pid, "build-metadata finishing in the background", DEADLINE_SECONDS)
     built = _file(mirror.storage, "newlib")
     assert built.metadata_status is MetadataStatus.BUILT
     assert built.metadata is not None

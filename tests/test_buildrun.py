@@ -34,10 +34,9 @@ from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
-from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
+from tests.buildbackend import build_backend_wheel, build_dynamic_sdist, build_in_tree_sdist
 from tests.builders import commit_projects, create_meta_repository, make_file
-from tests.deadlines import poll_until
-from tests.distributions import build_sdist
+from tests.deadlines import wait_for_exit
 from tests.indexserver import LocalIndex, serve_index
 
 DEADLINE_SECONDS = 60
@@ -349,15 +348,6 @@ def test_a_run_without_options_is_refused(tmp_path: Path) -> None:
         build_metadata(storage, (), None)
 
 
-def _running(pid: int) -> bool:
-    """Return whether a process runs (not a zombie waiting for init to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def test_a_background_run_builds_in_a_process_of_its_own_and_logs_beside_the_repository(
     index: Index, tmp_path: Path
 ) -> None:
@@ -373,7 +363,7 @@ def test_a_background_run_builds_in_a_process_of_its_own_and_logs_beside_the_rep
     storage.commit(storage.head_branch(), {"metasrv.toml": tomlcodec.dumps(config)}, "builds")
     pid = start_in_background(storage)
     assert pid is not None
-    poll_until(lambda: not _running(pid), "the end of the background run", DEADLINE_SECONDS)
+    wait_for_exit(pid, "the end of the background run", DEADLINE_SECONDS)
     log = (storage.path / LOG_NAME).read_text()
     assert f"{sdist.name}: built" in log
     assert "built 1, failed 0, not downloaded 0, 1 commits" in log
@@ -406,7 +396,6 @@ def test_a_run_builds_what_a_sync_added_meanwhile_to_a_project_it_has_yet_to_rea
     assert recorded(storage, "reach-b")[added.name].metadata_status is MetadataStatus.BUILT
 
 
-IN_TREE = '[build-system]\nrequires = []\nbuild-backend = "{backend}"\nbackend-path = ["."]\n'
 NAMELESS_BACKEND = """\
 import os
 
@@ -424,14 +413,7 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 
 
 def test_a_build_whose_metadata_names_no_project_fails(index: Index, tmp_path: Path) -> None:
-    sdist = build_sdist(
-        index.sdists,
-        "nameless",
-        "1.0",
-        metadata_version="1.2",
-        pyproject=IN_TREE.format(backend="nameless"),
-        files={"nameless.py": NAMELESS_BACKEND},
-    )
+    sdist = build_in_tree_sdist(index.sdists, "nameless", NAMELESS_BACKEND)
     storage = create_meta_repository(tmp_path / "meta", project_of("nameless", dynamic_file(sdist)))
     summary, _seen = run(storage, index.options())
     assert dict(summary.reasons) == {"built metadata has no Name": 1}

@@ -13,7 +13,7 @@ import pytest
 from metasrv.index.buildenvs import BuildEnvironments
 from metasrv.index.builds import Builder, BuildResult, reason_from_log
 from metasrv.index.sandbox import Limits
-from tests.buildbackend import build_backend_wheel, build_dynamic_sdist
+from tests.buildbackend import build_backend_wheel, build_dynamic_sdist, build_in_tree_sdist
 from tests.distributions import build_sdist, build_wheel
 from tests.indexserver import LocalIndex, serve_index
 
@@ -241,18 +241,9 @@ def test_an_in_tree_backend_that_lies_fails_and_makes_metasrv_read_no_host_file(
     secret = tmp_path / "METADATA"
     secret.write_text(f"Metadata-Version: 2.1\nName: x\nVersion: 1.0\nRequires-Dist: {SECRET}\n")
     body = EVIL[case].format(secret=str(secret), folder=str(tmp_path).lstrip("/"))
-    sdist = build_sdist(
-        setup.sdists,
-        "evil",
-        "1.0",
-        metadata_version="1.2",
-        pyproject='[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
-        files={
-            "evil.py": EVIL_BACKEND.format(
-                body=body, requires="[42]" if "strings" in case else "[]"
-            )
-        },
-    )
+    requires = "[42]" if "strings" in case else "[]"
+    backend = EVIL_BACKEND.format(body=body, requires=requires)
+    sdist = build_in_tree_sdist(setup.sdists, "evil", backend)
     result = setup.builder.build(sdist)
     assert result.metadata is None
     assert result.reason is not None
@@ -357,14 +348,7 @@ def test_a_backend_that_forges_its_hook_s_answer_fails_with_a_reason(
             "the build left no regular file output.json",
             f"os.symlink({str(secret)!r}, output)",
         )
-    sdist = build_sdist(
-        setup.sdists,
-        "evil",
-        "1.0",
-        metadata_version="1.2",
-        pyproject='[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
-        files={"evil.py": FORGING_BACKEND.format(forge=forge)},
-    )
+    sdist = build_in_tree_sdist(setup.sdists, "evil", FORGING_BACKEND.format(forge=forge))
     result = setup.builder.build(sdist)
     assert (result.metadata, result.reason) == (None, reason)
 
@@ -446,13 +430,6 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 def test_an_in_tree_backend_that_asks_for_more_is_found_again_and_its_answer_checked(
     setup: BuildSetup,
 ) -> None:
-    sdist = build_sdist(
-        setup.sdists,
-        "intree",
-        "1.0",
-        metadata_version="1.2",
-        pyproject='[build-system]\nrequires = []\nbuild-backend = "intree"\nbackend-path = ["."]\n',
-        files={"intree.py": IN_TREE_BACKEND},
-    )
+    sdist = build_in_tree_sdist(setup.sdists, "intree", IN_TREE_BACKEND)
     result = setup.builder.build(sdist)
     assert result.reason == "backend intree answered nonsense: JSONDecodeError"
