@@ -145,6 +145,10 @@ def _pid_namespace(info_fd: int) -> str | None:
 
 def _namespace_members(namespace: str) -> list[int]:
     """Return the live processes of a pid namespace (a zombie waits for init, harmlessly)."""
+    # Never mutated, and never metasrv's own namespace: a sandbox that shared it (bwrap given
+    # no --unshare-pid) would have _end_namespace kill every process of the host.
+    if namespace == os.readlink("/proc/self/ns/pid"):  # pragma: no mutate
+        raise RuntimeError("the sandbox shares metasrv's pid namespace")  # pragma: no mutate
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
