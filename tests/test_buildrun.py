@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +38,12 @@ from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import Storage
 from tests.buildbackend import build_backend_wheel, build_dynamic_sdist, build_in_tree_sdist
 from tests.builders import commit_projects, create_meta_repository, make_file
-from tests.deadlines import wait_for_exit
+from tests.deadlines import (
+    SUBPROCESS_DEADLINE_SECONDS,
+    BoundedThread,
+    poll_until,
+    wait_for_exit,
+)
 from tests.indexserver import LocalIndex, serve_index
 
 DEADLINE_SECONDS = 60
@@ -420,3 +427,55 @@ def test_a_build_whose_metadata_names_no_project_fails(index: Index, tmp_path: P
     assert summary.seconds[0] > 0
     failed = recorded(storage, "nameless")[sdist.name]
     assert (failed.metadata_status, failed.metadata) == (MetadataStatus.BUILD_FAILED, None)
+
+
+def _waits_for_lock(lock_file: Path) -> bool:
+    """Return whether some process waits to take ``lock_file`` (the ``->`` lines of /proc/locks)."""
+    inode = f":{lock_file.stat().st_ino} "
+    return any(
+        "->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+def test_a_commit_made_while_a_run_waits_to_record_its_build_is_kept(
+    index: Index, tmp_path: Path
+) -> None:
+    sdist = build_dynamic_sdist(index.sdists, "contested", "1.0")
+    storage = create_meta_repository(
+        tmp_path / "meta", project_of("contested", dynamic_file(sdist))
+    )
+    # A checked-out meta repository, where someone commits by hand with git.
+    storage.checkout_head()
+    workdir = storage.workdir
+    assert workdir is not None
+    # Another writer holds the write lock: the run has read the project and waits to commit.
+    lock_file = storage.path / "metasrv-write.lock"
+    summaries: list[BuildSummary] = []
+    with lock_file.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runner = BoundedThread(
+            lambda: summaries.append(run(storage, index.options())[0]), "build-metadata"
+        )
+        runner.start()
+        poll_until(lambda: _waits_for_lock(lock_file), "the run waiting to commit")
+        # Meanwhile the project gains a release, committed by hand with git.
+        wheel = make_file("contested-2.0-py3-none-any.whl")
+        releases = [
+            Release.from_files("1.0", (dynamic_file(sdist),)),
+            Release.from_files("2.0", (wheel,)),
+        ]
+        project_file = workdir / "data" / project_path(normalize_name("contested"))
+        project_file.write_bytes(write_project(Project.create("contested", releases)))
+        subprocess.run(
+            ["git", "-c", "user.name=M", "-c", "user.email=m@example.org", "commit", "-qam", "2.0"],
+            cwd=workdir,
+            timeout=SUBPROCESS_DEADLINE_SECONDS,
+            check=True,
+        )
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    runner.join()
+    assert summaries[0].built == 1
+    files = recorded(storage, "contested")
+    assert files[wheel.filename] == wheel
+    assert files[sdist.name].metadata_status is MetadataStatus.BUILT
+    assert storage.resolve(None) == summaries[0].commits[-1]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from metasrv.index import sandbox
 from metasrv.index.sandbox import NOBODY, SYSTEM_PATHS, Limits, Outcome, run_sandboxed
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS, BoundedThread, poll_until
 
 LIMITS = Limits(
     wall_seconds=30, cpu_seconds=5, memory_bytes=512 * 1024**2, processes=24, output_bytes=1024**2
@@ -111,6 +119,21 @@ def test_a_command_writes_its_folder_and_reads_only_what_it_was_given(folders: F
     assert not Path("/tmp/made-by-sandbox-4545").exists()
 
 
+def test_a_command_reads_nothing_of_what_metasrv_s_standard_input_holds(folders: Folders) -> None:
+    typed, typing = os.pipe()
+    os.write(typing, b"typed at metasrv's terminal\n")
+    os.close(typing)
+    standard_input = os.dup(0)
+    os.dup2(typed, 0)
+    try:
+        outcome = sandboxed(folders, "cat; echo read")
+    finally:
+        os.dup2(standard_input, 0)
+        os.close(standard_input)
+        os.close(typed)
+    assert outcome.log_tail == "read\n"
+
+
 @pytest.mark.parametrize(("status", "ok"), [(0, True), (3, False)])
 def test_a_command_s_exit_status_is_its_outcome(folders: Folders, status: int, ok: bool) -> None:
     outcome = sandboxed(folders, f"echo done; exit {status}")
@@ -179,6 +202,26 @@ def test_what_a_finished_command_left_running_ends_with_its_sandbox(folders: Fol
     assert _processes("4747.") == []
 
 
+def test_what_is_left_of_a_sandbox_is_killed_and_waited_for(folders: Folders) -> None:
+    # What bwrap leaves when it is killed itself: a pid namespace whose processes live on
+    # until the kernel or metasrv ends them.
+    script = "sleep 4949.5 & exec sleep 4949.25"
+    # --kill-child: should the test fail, the namespace still ends with unshare.
+    left = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "/bin/sh", "-c", script])
+    try:
+        poll_until(lambda: len(_processes("4949.")) == 3, "the sandbox's two processes")
+        inside = [pid for pid in _processes("4949.") if pid != left.pid]
+        namespace = os.readlink(f"/proc/{inside[0]}/ns/pid")
+        assert namespace != os.readlink("/proc/self/ns/pid")
+        sandbox._end_namespace(namespace)
+        # Only unshare itself is left, outside the namespace.
+        assert set(_processes("4949.")) <= {left.pid}
+        assert left.wait(SUBPROCESS_DEADLINE_SECONDS) != 0
+    finally:
+        left.kill()
+        left.wait(SUBPROCESS_DEADLINE_SECONDS)
+
+
 @pytest.mark.parametrize(
     ("line", "stopped"),
     [
@@ -242,3 +285,76 @@ def test_a_link_a_command_left_in_its_folder_does_not_hand_its_target_to_nobody(
     assert "not for the sandbox" not in second.log_tail
     assert (folders.secret.stat().st_uid, folders.secret.stat().st_gid) == (0, 0)
     assert (folders.writable / "link.txt").lstat().st_uid == NOBODY
+
+
+# Linux keeps credentials per thread; glibc's setresuid changes those of every thread of the
+# process, the raw system calls only the caller's. Their numbers per architecture:
+_SETGROUPS = {"x86_64": 116, "aarch64": 159}
+_SETRESGID = {"x86_64": 119, "aarch64": 149}
+_SETRESUID = {"x86_64": 117, "aarch64": 147}
+# A user no other process of the machine runs as.
+ORDINARY_USER = 54321
+
+
+def as_ordinary_user(work: Callable[[], Outcome]) -> Outcome:
+    """Run ``work`` in a thread that is ORDINARY_USER for good, as a metasrv a user started."""
+    outcomes: list[Outcome] = []
+
+    def become_user_and_work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        machine = platform.machine()
+        for number, arguments in [
+            (_SETGROUPS[machine], (0, None)),
+            (_SETRESGID[machine], (ORDINARY_USER,) * 3),
+            (_SETRESUID[machine], (ORDINARY_USER,) * 3),
+        ]:
+            if libc.syscall(number, *arguments) != 0:
+                raise OSError(ctypes.get_errno(), f"system call {number} failed")
+        outcomes.append(work())
+
+    thread = BoundedThread(become_user_and_work, "metasrv as an ordinary user")
+    thread.start()
+    thread.join()
+    return outcomes[0]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or platform.machine() not in _SETRESUID,
+    reason="becoming an ordinary user in one thread needs root and a known architecture",
+)
+def test_a_metasrv_run_by_a_user_gives_a_command_its_processes_on_top_of_the_user_s() -> None:
+    # RLIMIT_NPROC counts every process of the user: a build may start limits.processes more.
+    home = Path(tempfile.mkdtemp(prefix="metasrv-user-"))
+    try:
+        (home / "work").mkdir()
+        (home / "given").mkdir()
+        for path in (home, home / "work", home / "given"):
+            os.chown(path, ORDINARY_USER, ORDINARY_USER)
+
+        def sandbox_beside_two_processes() -> Outcome:
+            running = [subprocess.Popen(["sleep", f"4848.{number}"]) for number in (1, 2)]
+            try:
+                return run_sandboxed(
+                    ["/bin/sh", "-c", "echo made > made.txt; id -u; cat /proc/self/limits"],
+                    cwd=home / "work",
+                    writable=[home / "work"],
+                    readable=[home / "given"],
+                    environment=ENVIRONMENT,
+                    limits=LIMITS,
+                    log_path=home / "command.log",
+                )
+            finally:
+                for process in running:
+                    process.kill()
+                    process.wait(SUBPROCESS_DEADLINE_SECONDS)
+
+        outcome = as_ordinary_user(sandbox_beside_two_processes)
+        assert outcome.ok, outcome.log_tail
+        # The command runs as the user, and what it writes stays the user's.
+        uid, *limits = outcome.log_tail.splitlines()
+        assert uid == str(ORDINARY_USER)
+        assert (home / "work" / "made.txt").stat().st_uid == ORDINARY_USER
+        processes = next(line for line in limits if line.startswith("Max processes"))
+        assert processes.split()[2:4] == [str(2 + LIMITS.processes)] * 2
+    finally:
+        shutil.rmtree(home)
