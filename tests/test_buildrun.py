@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from metasrv.errors import InvalidInput
+from metasrv.index.archives import MAX_SDIST_BYTES
 from metasrv.index.buildenvs import built_on
 from metasrv.index.buildrun import (
     AGAIN_NAME,
@@ -326,6 +327,35 @@ def test_an_sdist_served_over_http_is_downloaded_and_checked(index: Index, tmp_p
     metadata = recorded(storage, "served")[sdist.name].metadata
     assert metadata is not None
     assert metadata.requires_dist == ("six",)
+
+
+@pytest.mark.parametrize(
+    ("size", "not_downloaded", "printed"),
+    [
+        (MAX_SDIST_BYTES, 0, ""),
+        (MAX_SDIST_BYTES + 1, 1, f"not downloaded: big-1.0.tar.gz: larger than {MAX_SDIST_BYTES}"),
+    ],
+)
+def test_an_sdist_served_over_http_may_be_100_mb_and_no_more(
+    index: Index,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    size: int,
+    not_downloaded: int,
+    printed: str,
+) -> None:
+    sdist = index.server.folder / "big-1.0.tar.gz"
+    with sdist.open("wb") as out:
+        out.write(b"not an sdist\n")
+        out.truncate(size)
+    try:
+        record = dynamic_file(sdist, url=f"{index.server.url}/files/{sdist.name}")
+        storage = create_meta_repository(tmp_path / "meta", project_of("big", record))
+        summary, _seen = run(storage, index.options())
+    finally:
+        sdist.unlink()
+    assert (summary.not_downloaded, summary.failed) == (not_downloaded, 1 - not_downloaded)
+    assert printed in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
