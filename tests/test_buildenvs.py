@@ -85,8 +85,13 @@ def test_requirements_not_on_the_index_fail_and_leave_no_environment(
     indexes: Indexes, tmp_path: Path
 ) -> None:
     environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
-    with pytest.raises(RequirementsUnavailable, match="could not install build requirements: "):
+    with pytest.raises(
+        RequirementsUnavailable, match="could not install build requirements: "
+    ) as raised:
         environments.ensure(["envhelper", "onlyelsewhere"])
+    # The installer's own error line, not whatever it printed last.
+    detail = raised.value.message.removeprefix("could not install build requirements: ")
+    assert detail.lower().startswith("error"), detail
     assert [path for path in environments.folder.iterdir() if (path / "bin").exists()] == []
     assert [path for path in environments.folder.iterdir() if path.is_dir()] == [
         environments.folder / "uv-cache"
@@ -103,6 +108,14 @@ def test_the_user_s_pip_and_uv_settings_add_no_index(
     with pytest.raises(RequirementsUnavailable):
         environments.ensure(["onlyelsewhere"])
     assert indexes.elsewhere.requests == []
+
+
+def _installed_elsewhere(folder: Path, name: str) -> Path:
+    """Return a folder that holds only the record of ``name`` being installed, not its code."""
+    dist_info = folder / f"{name}-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    return folder
 
 
 def test_an_environment_left_half_made_is_made_again(indexes: Indexes, tmp_path: Path) -> None:
@@ -159,7 +172,7 @@ def test_builds_use_the_uv_beside_metasrv_s_interpreter_else_the_one_on_path(
     assert find_uv() is None
 
 
-def test_without_uv_build_environments_are_made_with_pip_from_wheels_only(
+def test_without_uv_build_environments_are_made_with_pip_from_wheels_only_whatever_pythonpath_holds(
     indexes: Indexes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A metasrv installed where no uv is beside its interpreter or on PATH.
@@ -169,6 +182,8 @@ def test_without_uv_build_environments_are_made_with_pip_from_wheels_only(
     environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
     with pytest.raises(RequirementsUnavailable, match="could not install build requirements"):
         environments.ensure(["sdistonly"])
+    # pip counts what the user's PYTHONPATH holds as installed: builds must not see it.
+    monkeypatch.setenv("PYTHONPATH", str(_installed_elsewhere(tmp_path / "elsewhere", "envhelper")))
     environment = environments.ensure(["envhelper"])
     assert imports(environment, "envhelper")
     assert not any(path.endswith(".tar.gz") for path, _range in indexes.index.requests)
