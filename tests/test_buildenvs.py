@@ -172,6 +172,25 @@ def test_builds_use_the_uv_beside_metasrv_s_interpreter_else_the_one_on_path(
     assert find_uv() is None
 
 
+@pytest.mark.parametrize(
+    ("said", "reason"),
+    [
+        ("resolving envhelper\\nkilled: out of memory", "killed: out of memory"),
+        ("", "?"),
+    ],
+)
+def test_an_installer_that_fails_without_saying_error_is_reported_by_its_last_words(
+    indexes: Indexes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, reason: str
+) -> None:
+    uv = _executable(tmp_path / "venv" / "bin" / "uv")
+    uv.write_text(f"#!/bin/sh\nprintf '{said}' >&2\nexit 1\n")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    with pytest.raises(RequirementsUnavailable) as raised:
+        environments.ensure(["envhelper"])
+    assert raised.value.message == f"could not install build requirements: {reason}"
+
+
 def test_without_uv_build_environments_are_made_with_pip_from_wheels_only_whatever_pythonpath_holds(
     indexes: Indexes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
