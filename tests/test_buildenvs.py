@@ -67,7 +67,8 @@ def imports(environment: Path, module: str) -> bool:
 def test_equal_sets_of_requirements_share_one_environment_however_written(
     indexes: Indexes, tmp_path: Path
 ) -> None:
-    environments = BuildEnvironments(tmp_path / "envs", indexes.index.simple_url)
+    # A folder whose parents do not exist yet, as a first run's cache folder.
+    environments = BuildEnvironments(tmp_path / "cache" / "envs", indexes.index.simple_url)
     first = environments.ensure(["envhelper>=1.0", "envother"])
     assert imports(first, "envhelper")
     assert imports(first, "envother")
@@ -77,7 +78,7 @@ def test_equal_sets_of_requirements_share_one_environment_however_written(
     assert again == first
     assert len(indexes.index.requests) == requests
     assert environments.ensure(["envhelper"]) != first
-    other_index = BuildEnvironments(tmp_path / "envs", indexes.elsewhere.simple_url)
+    other_index = BuildEnvironments(environments.folder, indexes.elsewhere.simple_url)
     assert other_index.ensure([]) != environments.ensure([])
 
 
