@@ -176,7 +176,10 @@ def test_builds_use_the_uv_beside_metasrv_s_interpreter_else_the_one_on_path(
 @pytest.mark.parametrize(
     ("said", "reason"),
     [
-        ("resolving envhelper\\nkilled: out of memory", "killed: out of memory"),
+        (
+            "resolving envhelper\\nfetching envhelper\\nkilled: out of memory",
+            "killed: out of memory",
+        ),
         ("", "?"),
     ],
 )
