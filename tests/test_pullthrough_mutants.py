@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -377,6 +379,28 @@ def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
         assert pull._fetcher is not None
     finally:
         pull.close()
+
+
+def test_warming_up_imports_what_the_first_request_would(source: Source) -> None:
+    """httpx imports anyio's asyncio backend on its first request: warming up does it first."""
+    script = (
+        "import asyncio, sys\n"
+        "from metasrv.index.pullthrough import PullThrough\n"
+        "backend = 'anyio._backends._asyncio'\n"
+        "pull = PullThrough(sys.argv[1], sys.argv[2])\n"
+        "before = backend in sys.modules\n"
+        "asyncio.run(pull.warm_up())\n"
+        "print(before, backend in sys.modules)\n"
+        "pull.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(source.meta), source.index.simple_url],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", "True"]
 
 
 def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
@@ -127,8 +128,9 @@ class PullThrough:
         self._start().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
     async def warm_up(self) -> None:
-        """Open the source's client on the pull thread and wait for it: its TLS context takes
-        tens of milliseconds that the first pull-throughs would otherwise wait for."""
+        """Open the source's client on the pull thread and wait for it: its TLS context, and the
+        event loop backend httpx imports on its first request, take tens of milliseconds that
+        the first pull-throughs would otherwise wait for."""
         await self._call(self._opened())
 
     def close(self) -> None:
@@ -180,6 +182,9 @@ class PullThrough:
             await self._fetcher.client.aclose()
 
     async def _opened(self) -> None:
+        # httpx's first request imports anyio's asyncio backend (25-70 ms, holding the GIL, with
+        # every first request of a burst waiting behind it): anyio's first call imports it now.
+        await anyio.sleep(0)
         # A source that cannot be opened fails each pull with its own error, not the server's start.
         with contextlib.suppress(MetasrvError):
             self._open_source()
