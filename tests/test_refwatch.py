@@ -6,7 +6,6 @@ import gc
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from metasrv.repo.refwatch import RefWatch
 from metasrv.repo.storage import Storage
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS, BoundedThread
 
 
 @pytest.fixture
@@ -27,7 +27,12 @@ def watched(tmp_path: Path) -> Storage:
 
 
 def _git(storage: Storage, *args: str) -> None:
-    subprocess.run(["git", "--git-dir", str(storage.path), *args], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "--git-dir", str(storage.path), *args],
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
+    )
 
 
 def _commit(storage: Storage, branch: str, content: bytes) -> str:
@@ -98,7 +103,7 @@ def test_reads_from_many_threads_see_the_last_commit(watched: Storage) -> None:
             watched.resolve(None)
         seen.append(watched.resolve(None))
 
-    threads = [threading.Thread(target=read) for _ in range(4)]
+    threads = [BoundedThread(read, f"reader {number}") for number in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -11,6 +11,7 @@ import pytest
 
 from metasrv.repo import worktree
 from metasrv.repo.storage import Storage
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 
 OLD: dict[str, bytes | None] = {"data/a.toml": b"a = 1\n", "data/b.toml": b"b = 1\n"}
 NEW: dict[str, bytes | None] = {"data/a.toml": b"a = 2\n", "data/b.toml": None, "data/c.toml": b"c"}
@@ -18,7 +19,12 @@ NEW: dict[str, bytes | None] = {"data/a.toml": b"a = 2\n", "data/b.toml": None, 
 
 def _git(folder: Path, *args: str) -> str:
     return subprocess.run(
-        ["git", *args], cwd=folder, capture_output=True, text=True, check=True
+        ["git", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
     ).stdout
 
 
