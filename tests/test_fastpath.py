@@ -16,8 +16,8 @@ import uvicorn
 import zstandard
 
 from metasrv.http.app import create_app
-from metasrv.http.fastpath import Served, ServerProtocol
-from metasrv.http.hotpath import Receive, Scope, Send
+from metasrv.http.fastpath import Keeping, Served, ServerProtocol
+from metasrv.http.hotpath import Message, Receive, Scope, Send
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import Project, Release
 from metasrv.repo.storage import Storage
@@ -371,3 +371,93 @@ def test_a_kept_simple_answer_gives_way_to_a_commit_a_validator_and_other_views(
     assert b"3.0.0" not in html[2]
     assert after[1]["x-metasrv-at"] == Storage(storage.path).resolve(None)
     assert (cooled[0], formatted[0]) == (200, 200)
+
+
+def test_an_answer_sent_in_pieces_is_kept_whole_once_its_last_piece_is_sent(
+    storage: Storage,
+) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    at = storage.resolve(None).encode()
+    page = "/simple/flask/"
+    received: list[Message] = []
+
+    async def in_pieces(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append(await receive())
+        headers = [(b"x-metasrv-at", at), (b"Content-Length", b"4")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await send({"type": "http.response.body", "more_body": True})  # "body" may be left out
+        await send({"type": "http.response.body", "body": b"cd"})
+
+    kept_as_sent: list[bool] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        kept_as_sent.append(app.fast.response(_scope(page), []) is not None)
+
+    asyncio.run(Keeping(in_pieces, app.fast)(_scope(page), receive, send))
+    assert received == [{"type": "http.request", "body": b"", "more_body": False}]
+    assert kept_as_sent == [False, False, False, True]  # kept once whole, not before
+    assert app.fast.response(_scope(page), []) == (
+        b"HTTP/1.1 200 OK\r\nx-metasrv-at: " + at + b"\r\ncontent-length: 4\r\n\r\nabcd"
+    )
+
+
+def test_an_answer_without_headers_passes_through_and_is_not_kept(storage: Storage) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    sent: list[Message] = []
+
+    async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200})  # "headers" may be left out
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(Keeping(bare, app.fast)(_scope("/simple/flask/"), _no_body, send))
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert app.fast.response(_scope("/simple/flask/"), []) is None
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def test_only_answers_that_say_their_commit_and_found_something_are_kept(
+    storage: Storage,
+) -> None:
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    at = (b"x-metasrv-at", storage.resolve(None).encode())
+    page = _scope("/simple/flask/")
+    app.fast.keep(page, 404, [at], b"no such project")
+    app.fast.keep(page, 200, [], b"which commit?")
+    assert app.fast.response(page, []) is None
+    app.fast.keep(page, 302, [at, (b"location", b"https://files.test/x")], b"")
+    assert app.fast.response(page, []) == (
+        b"HTTP/1.1 302 Found\r\nx-metasrv-at: " + at[1] + b"\r\n"
+        b"location: https://files.test/x\r\ncontent-length: 0\r\n\r\n"
+    )
+
+
+def test_a_kept_pinned_answer_is_sent_after_the_head_moves_and_logged(storage: Storage) -> None:
+    lines: list[str] = []
+    app = create_app(storage.path, log=lines.append)
+    assert isinstance(app, Served)
+    old = storage.resolve(None)
+    pinned = _scope(f"/at/{old}/simple/flask/")
+    app.fast.keep(pinned, 200, [(b"x-metasrv-at", old.encode())], b"the old page")
+    commit_projects(storage, make_project("Flask", ["2.0.0", "3.0.0"]))
+    assert storage.resolve(None) != old
+    assert app.fast.response(pinned, []) == (
+        b"HTTP/1.1 200 OK\r\nx-metasrv-at: " + old.encode() + b"\r\n"
+        b"content-length: 12\r\n\r\nthe old page"
+    )
+    assert [line.split(" ")[:3] for line in lines] == [["GET", pinned["path"], "200"]]
+    # Unkept, the same read is the app's: no answer, no line.
+    assert app.fast.response(_scope("/simple/werkzeug/"), []) is None
+    assert len(lines) == 1
