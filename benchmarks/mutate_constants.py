@@ -39,6 +39,9 @@ _ROOT = ("tests/test_rootindex.py", "tests/test_rootindex_mutants.py")
 _PULL = ("tests/test_pullthrough_mutants.py",)
 _CLOSURE = ("tests/test_closure.py",)
 _MIRRORS = ("tests/test_mirrors_git.py",)
+_REGISTRY = ("tests/test_registry.py", "tests/test_understandings.py")
+_REGISTRY_PY = "metasrv/understandings/registry.py"
+_DEFAULT_ALLOW = 'DEFAULT_UNDERSTANDINGS_ALLOW = ("https://",)'
 _REFSPECS = '_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")'
 _BUILDS = ("tests/test_builds.py",)
 _BUILD_INPUTS = ("tests/test_buildinputs.py",)
@@ -273,6 +276,27 @@ MUTANTS = (
         '_REFSPECS = ("+refs/heads/*:refs/heads/*",)',
         _MIRRORS,
     ),
+    Mutant(
+        _REGISTRY_PY,
+        "MAX_UNDERSTANDINGS_PER_REQUEST = 16",
+        "MAX_UNDERSTANDINGS_PER_REQUEST = 17",
+        _REGISTRY,
+    ),
+    Mutant(
+        _REGISTRY_PY,
+        "MAX_UNDERSTANDINGS_PER_REQUEST = 16",
+        "MAX_UNDERSTANDINGS_PER_REQUEST = 15",
+        _REGISTRY,
+    ),
+    Mutant(
+        _REGISTRY_PY,
+        _DEFAULT_ALLOW,
+        'DEFAULT_UNDERSTANDINGS_ALLOW = ("https://", "http://")',
+        _REGISTRY,
+    ),
+    Mutant(_REGISTRY_PY, _DEFAULT_ALLOW, "DEFAULT_UNDERSTANDINGS_ALLOW = ()", _REGISTRY),
+    Mutant(_REGISTRY_PY, 'r"[0-9a-f]{40}"', 'r"[0-9a-f]{39}"', _REGISTRY),
+    Mutant(_REGISTRY_PY, 'r"[0-9a-f]{40}"', 'r"[0-9a-f]{7,40}"', _REGISTRY),
     Mutant(
         _BUILDS_PY,
         "MAX_UNPACKED_BYTES = 512 * 1024 * 1024",
