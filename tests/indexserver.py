@@ -61,6 +61,7 @@ class LocalIndex:
     folder: Path
     behaviour: IndexBehaviour
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    heads: list[str] = field(default_factory=list)  # the paths asked for by HEAD, in order
     bytes_sent: int = 0
     gzip_sent: int = 0
     release: threading.Event = field(default_factory=threading.Event)
@@ -172,6 +173,7 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 return
 
         def do_HEAD(self) -> None:
+            index.heads.append(self.path)
             body, content_type, status, extra = self._route()
             self.send_response(status)
             self.send_header("content-type", content_type)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 
-from metasrv.index.client import FolderSource
+from metasrv.http.app import create_app
+from metasrv.index.client import FetchOptions, FolderSource
 from metasrv.index.pagefiles import declared_sha256, read_page_files
-from metasrv.index.pages import ProjectPage, SourceFile
+from metasrv.index.pages import MIME_SIMPLE_JSON, ProjectPage, SourceFile
+from metasrv.index.sync import SyncOptions, sync
 from metasrv.model import DistFile, MetadataStatus
+from metasrv.names import core_metadata_path
+from metasrv.repo.catalog import Catalog
+from metasrv.repo.storage import Storage
 from tests.builders import make_file
+from tests.conftest import AsgiClient
+from tests.distributions import build_wheel, metadata_text
+from tests.indexserver import IndexBehaviour, serve_index
 
 WHEEL = "demo-1.0-py3-none-any.whl"
 SDIST = "demo-1.0.tar.gz"
@@ -113,3 +124,75 @@ def test_what_a_page_lists_of_a_file_comes_from_the_page(tmp_path: Path) -> None
         4321,
     )
     assert (wheel.url, dict(wheel.hashes)) == (page_file.url, HASHES)
+
+
+# Against a real index: what a sync asks of it for sizes, and the documents it keeps.
+FAST = SyncOptions(fetch=FetchOptions(retries=1, backoff_seconds=0.01, timeout_seconds=5))
+
+
+def synced_file(meta: Storage, name: str) -> DistFile:
+    """Return the one file of the one release a sync stored for ``name``."""
+    (release,) = Catalog(meta).get_project(meta.resolve(None), name).releases
+    (dist_file,) = release.files
+    return dist_file
+
+
+@pytest.fixture
+def meta(tmp_path: Path) -> Storage:
+    """Return an empty meta repository."""
+    return Storage.init(tmp_path / "meta")
+
+
+@pytest.mark.parametrize("pep658", [False, True], ids=["read-from-the-wheel", "pep658"])
+def test_a_size_a_read_gave_costs_no_head_request_and_the_others_one(
+    meta: Storage, tmp_path: Path, pep658: bool
+) -> None:
+    """An HTML page gives no sizes (PEP 700 is JSON only): reading the wheel gives its size."""
+    wheel = build_wheel(tmp_path, "demo", "1.0", padding=50_000)
+    with serve_index(tmp_path, IndexBehaviour(json=False, pep658=pep658)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    assert synced_file(meta, "demo").size == wheel.stat().st_size
+    # A PEP 658 file says nothing of the wheel's size: one HEAD asks for it.
+    assert index.heads == ([f"/files/{wheel.name}"] if pep658 else [])
+
+
+def test_a_size_the_page_lists_is_kept_over_the_size_read(meta: Storage, tmp_path: Path) -> None:
+    build_wheel(tmp_path, "demo", "1.0", padding=50_000)
+
+    def listed_size(document: dict[str, Any]) -> None:
+        document["files"][0]["size"] = 4321
+
+    behaviour = IndexBehaviour(pep658=False, pages={"demo": listed_size})
+    with serve_index(tmp_path, behaviour) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    assert synced_file(meta, "demo").size == 4321  # what the page says, as the page says it
+    assert index.heads == []
+
+
+def test_a_file_with_unusable_metadata_still_gets_its_size(meta: Storage, tmp_path: Path) -> None:
+    wheel = build_wheel(tmp_path, "demo", "1.0", metadata=metadata_text("other", "1.0"))
+    with serve_index(tmp_path, IndexBehaviour(json=False)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 1
+    dist_file = synced_file(meta, "demo")
+    assert dist_file.metadata_status is MetadataStatus.UNUSABLE
+    assert dist_file.size == wheel.stat().st_size
+
+
+def test_metadata_read_from_a_wheel_is_kept_in_git_and_served_as_its_pep_658_file(
+    meta: Storage, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path, "demo", "1.0", requires_dist=["alpha>=1"])
+    with zipfile.ZipFile(wheel) as archive:
+        document = archive.read("demo-1.0.dist-info/METADATA")
+    digest = hashlib.sha256(document).hexdigest()
+    with serve_index(tmp_path, IndexBehaviour(pep658=False)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    dist_file = synced_file(meta, "demo")
+    assert (dist_file.core_metadata_sha256, dist_file.core_metadata_stored) == (digest, True)
+    assert meta.read(meta.resolve(None), core_metadata_path(digest)) == document
+    client = AsgiClient(create_app(meta.path))
+    page = client.get("/simple/demo/", headers={"accept": MIME_SIMPLE_JSON}).json()
+    (listed,) = page["files"]
+    assert listed["core-metadata"] == {"sha256": digest}
+    served = client.get(urljoin("http://metasrv.test/simple/demo/", listed["url"]) + ".metadata")
+    assert (served.status_code, served.content) == (200, document)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,52 @@ def test_unconditional_takes_named_projects_not_the_whole_index(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "--unconditional take named projects" in error
+
+
+def _metadata_requests(index: LocalIndex) -> list[str]:
+    return [path for path in _file_requests(index) if path.endswith(".metadata")]
+
+
+@contextmanager
+def _alpha_mirror(
+    tmp_path: Path,
+) -> Iterator[tuple[Storage, LocalIndex, list[str], dict[str, str]]]:
+    """Serve alpha's wheels with unlisted PEP 658 files; yield the meta repository, the index,
+    the sync command line and each wheel's document hash."""
+    folder, expected = _alpha_index(tmp_path)
+    repo = tmp_path / "meta"
+    assert main(["init", str(repo)]) == 0
+    with serve_index(folder, _unlisted_pep658()) as index:
+        sync = ["sync", "--repo", str(repo), "--source", index.simple_url, "alpha"]
+        yield Storage(repo), index, sync, expected
+
+
+def test_without_probing_no_unlisted_metadata_file_is_asked_for(tmp_path: Path) -> None:
+    with _alpha_mirror(tmp_path) as (storage, index, sync, expected):
+        assert main(sync) == 0
+        _forget_hashes(storage)
+        index.requests.clear()
+        assert main([*sync, "--unconditional"]) == 0
+        assert _metadata_requests(index) == []
+    assert _hashes(storage) == dict.fromkeys(expected, (None, False))
+
+
+def test_probing_again_asks_nothing_of_files_that_have_their_hash(tmp_path: Path) -> None:
+    with _alpha_mirror(tmp_path) as (storage, index, sync, expected):
+        assert main([*sync, "--probe-metadata"]) == 0
+        index.requests.clear()
+        assert main([*sync, "--unconditional", "--probe-metadata"]) == 0
+        assert _metadata_requests(index) == []
+    assert _hashes(storage) == {name: (digest, False) for name, digest in expected.items()}
+
+
+def test_probing_a_file_whose_metadata_file_is_gone_leaves_it_without_a_hash(
+    tmp_path: Path,
+) -> None:
+    with _alpha_mirror(tmp_path) as (storage, index, sync, expected):
+        gone, kept = sorted(expected)
+        assert main(sync) == 0
+        _forget_hashes(storage)
+        index.behaviour.faults[f"/files/{gone}.metadata"] = ["404"]
+        assert main([*sync, "--unconditional", "--probe-metadata"]) == 0
+    assert _hashes(storage) == {gone: (None, False), kept: (expected[kept], False)}
