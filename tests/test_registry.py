@@ -148,7 +148,7 @@ def test_without_metasrv_toml_only_https_repositories_are_mirrored(tmp_path: Pat
     ],
     ids=["malformed", "allow-not-a-list"],
 )
-def test_a_broken_metasrv_toml_is_named_when_a_mirror_is_checked(
+def test_a_broken_metasrv_toml_is_named_when_a_mirror_is_checked_and_left_to_the_read(
     storage: Storage, tmp_path: Path, config: bytes, expected: str
 ) -> None:
     meta_commit = register(storage, Registration("far", "far", "https://127.0.0.1:9/r", "main", ""))
