@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -22,9 +24,10 @@ from metasrv.index.client import FetchOptions
 from metasrv.index.rootindex import iter_html_projects, iter_json_projects
 from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.syncstate import STATE_FOLDER
-from metasrv.index.wholeindex import Follower, sync_all
+from metasrv.index.wholeindex import Follower, follow, sync_all
 from metasrv.repo.catalog import Catalog
-from metasrv.repo.storage import Storage
+from metasrv.repo.storage import CommitId, Storage
+from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
@@ -113,11 +116,31 @@ def test_a_changed_index_costs_one_root_request_and_one_per_changed_project(
 
 def test_an_unchanged_root_answers_304_and_nothing_else_is_asked(mirror: Mirror) -> None:
     head = mirror.meta.resolve(None)
+    sent = mirror.index.bytes_sent
     summary = sync_all(mirror.meta, mirror.index.simple_url, FAST)
     assert mirror.index.requests == [("/simple/", None)]
+    assert mirror.index.bytes_sent == sent  # a 304 has no body: the root was not sent again
     assert summary.requests == 1
     assert summary.commits == []
     assert mirror.meta.resolve(None) == head
+
+
+def test_a_whole_index_sync_reports_its_progress_after_each_commit(mirror: Mirror) -> None:
+    serials = mirror.index.behaviour.serials
+    assert serials is not None
+    for number in (4, 5, 6):
+        build_wheel(mirror.folder, _name(number), "2.0")
+        serials[_name(number)] += 1000
+    seen: list[tuple[int, int]] = []
+    options = replace(FAST, checkpoint=1)
+    summary = sync_all(
+        mirror.meta,
+        mirror.index.simple_url,
+        options,
+        progress=lambda done, total, _: seen.append((done, total)),
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert summary.changed == 3
 
 
 @pytest.mark.parametrize("damage", ["deleted", "garbled"])
@@ -149,6 +172,10 @@ def test_a_sync_onto_a_new_branch_starts_it_at_heads_commit(mirror: Mirror) -> N
     assert mirror.meta.first_parent(commit_id) == head
     assert mirror.meta.resolve("pulled") == commit_id
     assert mirror.meta.resolve(None) == head
+    # The branch synced is the one whose serials and root ETag count: nothing moved since.
+    mirror.index.requests.clear()
+    again = sync_all(mirror.meta, mirror.index.simple_url, replace(FAST, branch="pulled"))
+    assert (mirror.index.page_requests(), again.commits) == (["/simple/"], [])
 
 
 def test_a_root_without_serials_falls_back_to_a_conditional_request_per_project(
@@ -175,16 +202,24 @@ def test_a_bare_sync_says_to_name_projects_or_pass_all(
     assert mirror.index.requests == []
 
 
-def test_follow_stops_between_commits_on_sigterm_and_leaves_a_whole_repository(
-    mirror: Mirror,
-) -> None:
-    index, serials = mirror.index, mirror.index.behaviour.serials
+def _move_ten_to_fourteen(mirror: Mirror, stalling: str) -> tuple[LocalIndex, CommitId]:
+    """Publish a new release of proj10 to proj14, proj12's page stalling as ``stalling`` says.
+
+    Return the index and the meta repository's head before any sync of them.
+    """
+    serials = mirror.index.behaviour.serials
     assert serials is not None
     for number in range(10, 15):
         build_wheel(mirror.folder, _name(number), "3.0")
         serials[_name(number)] += 1000
-    index.behaviour.faults["/simple/proj12/"] = ["hang"]
-    before = mirror.meta.resolve(None)
+    mirror.index.behaviour.faults["/simple/proj12/"] = [stalling]
+    return mirror.index, mirror.meta.resolve(None)
+
+
+def test_follow_stops_between_commits_on_sigterm_and_leaves_a_whole_repository(
+    mirror: Mirror,
+) -> None:
+    index, before = _move_ten_to_fourteen(mirror, stalling="hang")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -231,6 +266,34 @@ def test_follow_stops_between_commits_on_sigterm_and_leaves_a_whole_repository(
     assert len(rest.commits) == 1
 
 
+def test_follow_stops_between_commits_when_asked(mirror: Mirror) -> None:
+    """The same as on SIGTERM, in-process: the commit in flight lands, the next never starts."""
+    index, before = _move_ten_to_fourteen(mirror, stalling="hold")
+    reports: list[SyncSummary | Exception] = []
+
+    async def run() -> None:
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+
+        def stop_while_proj12_is_read() -> None:
+            poll_until(lambda: ("/simple/proj12/", None) in index.requests, "a read of proj12")
+            loop.call_soon_threadsafe(stop.set)
+            index.release.set()
+
+        stopper = BoundedThread(stop_while_proj12_is_read, "stopper")
+        stopper.start()
+        options = replace(FAST, checkpoint=1)
+        following = follow(
+            mirror.meta, index.simple_url, options, interval=60, stop=stop, report=reports.append
+        )
+        await asyncio.wait_for(following, DEADLINE_SECONDS)
+        stopper.join()
+
+    asyncio.run(run())
+    changed = Catalog(mirror.meta).changed_since(before, mirror.meta.resolve(None))
+    assert [c.normalized_name for c in changed] == ["proj10", "proj11", "proj12"]
+    assert [type(report) for report in reports] == [SyncSummary]
+
+
 def test_a_server_follower_syncs_in_its_thread_one_per_repository_and_stops(
     mirror: Mirror,
 ) -> None:
@@ -259,6 +322,30 @@ def test_a_server_follower_syncs_in_its_thread_one_per_repository_and_stops(
     assert first.changed == 1
     changed = Catalog(mirror.meta).changed_since(before, mirror.meta.resolve(None))
     assert [c.normalized_name for c in changed] == [_name(5)]
+
+
+def test_a_follower_stuck_on_a_hung_source_lets_the_server_stop_on_time(tmp_path: Path) -> None:
+    """``stop`` gives up at its timeout; the thread left behind cannot keep the process alive."""
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    build_wheel(folder, "alpha", "1.0")
+    assert main(["init", str(tmp_path / "meta")]) == 0
+    reports: list[SyncSummary | Exception] = []
+    with serve_index(folder, IndexBehaviour(faults={"/simple/": ["hold"]})) as index:
+        follower = Follower(
+            tmp_path / "meta", index.simple_url, FAST, interval=60, report=reports.append
+        )
+        follower.start()
+        poll_until(lambda: index.requests, "the follower to ask for the root")
+        assert follower.stop(0.1) is False  # the root request is still held
+        # A thread dump names it, and at exit the interpreter does not wait for it.
+        lingering = [t for t in threading.enumerate() if t.name == "metasrv-follow"]
+        assert [thread.daemon for thread in lingering] == [True]
+        index.release.set()
+        assert follower.stop(THREAD_DEADLINE_SECONDS) is True
+    assert [type(report) for report in reports] == [SyncSummary]
+    # Its loop has ended: stopping it again, as a shutdown might, neither fails nor waits.
+    assert follower.stop(1) is True
 
 
 ENTRY = st.fixed_dictionaries(
