@@ -125,6 +125,20 @@ def test_an_unchanged_root_answers_304_and_nothing_else_is_asked(mirror: Mirror)
     assert mirror.meta.resolve(None) == head
 
 
+def test_a_project_that_failed_to_sync_is_tried_again_by_the_next_sync(mirror: Mirror) -> None:
+    """The root's ETag is kept only when every project is synced: a 304 must not hide one."""
+    serials = mirror.index.behaviour.serials
+    assert serials is not None
+    build_wheel(mirror.folder, _name(4), "2.0")
+    serials[_name(4)] += 1000
+    mirror.index.behaviour.faults["/simple/proj04/"] = ["500"] * 20
+    failed = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    assert (failed.exit_code, failed.changed) == (1, 0)
+    mirror.index.behaviour.faults.clear()
+    retried = sync_all(mirror.meta, mirror.index.simple_url, FAST)
+    assert (retried.exit_code, retried.changed) == (0, 1)
+
+
 def test_a_whole_index_sync_reports_its_progress_after_each_commit(mirror: Mirror) -> None:
     serials = mirror.index.behaviour.serials
     assert serials is not None
@@ -174,8 +188,10 @@ def test_a_sync_onto_a_new_branch_starts_it_at_heads_commit(mirror: Mirror) -> N
     assert mirror.meta.resolve(None) == head
     # The branch synced is the one whose serials and root ETag count: nothing moved since.
     mirror.index.requests.clear()
+    sent = mirror.index.bytes_sent
     again = sync_all(mirror.meta, mirror.index.simple_url, replace(FAST, branch="pulled"))
     assert (mirror.index.page_requests(), again.commits) == (["/simple/"], [])
+    assert mirror.index.bytes_sent == sent  # the root answered 304
 
 
 def test_a_root_without_serials_falls_back_to_a_conditional_request_per_project(
