@@ -240,9 +240,9 @@ def test_a_branch_rewritten_unsigned_keeps_its_own_last_verified_head(signed: Si
     assert understandings.head(audit, meta_commit) == head  # verified last
     unsigned = git(signed.repository, "commit-tree", f"{stable}^{{tree}}", "-m", "unsigned")
     git(signed.repository, "branch", "-f", "stable", unsigned.strip())
-    job = understandings.refresh(stable_registration)
-    assert job is not None
-    assert job.result(timeout=THREAD_DEADLINE_SECONDS) is None
+    refreshed = understandings.refresh(stable_registration)
+    assert refreshed is not None
+    assert refreshed.result(timeout=THREAD_DEADLINE_SECONDS) is None
     assert understandings.head(stable_registration, meta_commit) == stable
 
 
