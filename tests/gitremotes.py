@@ -112,6 +112,7 @@ class FixedRemote:
 
     url: str
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # path, Authorization
+    headers: list[dict[str, str]] = field(default_factory=list)  # each request's, in order
 
 
 class _FixedHandler(BaseHTTPRequestHandler):
@@ -121,6 +122,7 @@ class _FixedHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.remote.requests.append((self.path, self.headers.get("Authorization")))
+        self.remote.headers.append(dict(self.headers.items()))
         self.send_response(self.status)
         for name, value in {**self.headers_sent, "Content-Length": "0"}.items():
             self.send_header(name, value)

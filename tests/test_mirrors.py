@@ -139,6 +139,7 @@ def test_pins_to_unseen_commits_fetch_at_most_once_per_interval(
         ("HTTPS://github.com/x", ("https://",), True),
         ("/srv/rules/audit", ("/srv/rules",), True),
         ("/srv/rules/../secret", ("/srv/rules",), False),
+        ("/srv/rules/team/../audit", ("/srv/rules",), True),
         ("/srv/rules-other", ("/srv/rules",), False),
         ("/srv/rules/audit", ("file:///srv/rules/",), True),
         ("-ufoo", ("file:///",), False),

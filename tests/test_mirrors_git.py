@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -206,6 +208,47 @@ def test_git_settings_in_the_servers_environment_stay_out_of_the_mirrors(
     finished(mirrors.refresh("audit", str(rules)))
     assert mirrors.status["audit"].error is None
     assert origin_url(mirrors.path("audit")) == str(rules)
+
+
+def test_the_hosts_system_wide_git_settings_stay_out_of_the_mirrors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules, elsewhere = rules_repository(tmp_path), rules_repository(tmp_path, "elsewhere")
+    add_rules(Storage(elsewhere), "", "Flask", RELAX_CLICK)
+    # A git whose system-wide file fetches the registered repository from elsewhere instead. The
+    # wrapper names that file as a packager's build names /etc/gitconfig; the host's stays alone.
+    system, tools, git = tmp_path / "gitconfig", tmp_path / "tools", shutil.which("git")
+    assert git is not None
+    system.write_text(f'[url "{elsewhere}"]\n\tinsteadOf = {rules}\n')
+    tools.mkdir()
+    wrapper = (
+        f'#!/bin/sh\nGIT_CONFIG_SYSTEM={shlex.quote(str(system))} exec {shlex.quote(git)} "$@"\n'
+    )
+    (tools / "git").write_text(wrapper)
+    (tools / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    clone(str(rules), tmp_path / "audit.git", FAST)
+    assert head(tmp_path / "audit.git") == head(rules)
+
+
+@pytest.mark.parametrize(
+    ("variable", "language"),
+    [(None, None), ("LANG", "C, *;q=0.9"), ("LC_ALL", "C, *;q=0.9")],
+)
+def test_the_servers_locale_tells_an_http_remote_which_language_to_answer_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str | None, language: str | None
+) -> None:
+    # A forge answers in the Accept-Language git sends, taken from the locale. C.UTF-8 is the one
+    # locale every glibc has; git names its language C (git's own messages are not translated).
+    for name in ("LANG", "LC_ALL", "LC_MESSAGES", "LANGUAGE"):
+        monkeypatch.delenv(name, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(variable, "C.UTF-8")
+    with fixed_remote(404, {}) as remote:
+        failure(lambda: clone(remote.url, tmp_path / "audit.git", FAST))
+        headers = list(remote.headers)
+    assert headers
+    assert [request.get("Accept-Language") for request in headers] == [language] * len(headers)
 
 
 def test_a_fetch_git_refuses_reports_its_first_error_line_even_when_not_utf_8(
@@ -429,3 +472,33 @@ def test_a_fetch_follows_rewritten_branches_and_new_tags_and_drops_deleted_branc
     assert storage.resolve("main") == rewritten
     assert storage.resolve("v1") == released
     assert storage.branch_commit("old") is None
+
+
+def test_a_git_killed_from_outside_is_reported_by_its_exit_status(tmp_path: Path) -> None:
+    mirrors = Mirrors(tmp_path / "mirrors", FAST)
+    with hung_remote() as remote:
+        started = time.monotonic()
+        job = mirrors.refresh("audit", remote.url)
+        poll_until(lambda: len(remote.held) == 1, "the clone to connect")
+        (git,) = children_running(remote.url)
+        # As an operator's kill or the OOM killer would: git has no last words on stderr.
+        os.killpg(git, signal.SIGKILL)
+        finished(job)
+        took = time.monotonic() - started
+    error = mirrors.status["audit"].error
+    assert error is not None
+    assert without_elapsed(error, took) == f"{remote.url}: exit status -9"
+
+
+def children_running(argument: str) -> list[int]:
+    """Return the pids of this process's children that were given ``argument``."""
+    pids: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            arguments = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and os.fsencode(argument) in arguments:
+            pids.append(int(stat.parent.name))
+    return pids
