@@ -24,7 +24,7 @@ from metasrv.index.client import FetchOptions
 from metasrv.index.rootindex import iter_html_projects, iter_json_projects
 from metasrv.index.sync import SyncOptions, SyncSummary
 from metasrv.index.syncstate import STATE_FOLDER
-from metasrv.index.wholeindex import Follower, follow, sync_all
+from metasrv.index.wholeindex import FOLLOW_LOCK, Follower, follow, sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId, Storage
 from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, poll_until
@@ -340,12 +340,18 @@ def test_a_server_follower_syncs_in_its_thread_one_per_repository_and_stops(
     assert [c.normalized_name for c in changed] == [_name(5)]
 
 
-def test_a_follower_stuck_on_a_hung_source_lets_the_server_stop_on_time(tmp_path: Path) -> None:
-    """``stop`` gives up at its timeout; the thread left behind cannot keep the process alive."""
+def _alpha_and_an_empty_repository(tmp_path: Path) -> Path:
+    """Return a folder of archives holding alpha 1.0, beside an empty meta repository."""
     folder = tmp_path / "archives"
     folder.mkdir()
     build_wheel(folder, "alpha", "1.0")
     assert main(["init", str(tmp_path / "meta")]) == 0
+    return folder
+
+
+def test_a_follower_stuck_on_a_hung_source_lets_the_server_stop_on_time(tmp_path: Path) -> None:
+    """``stop`` gives up at its timeout; the thread left behind cannot keep the process alive."""
+    folder = _alpha_and_an_empty_repository(tmp_path)
     reports: list[SyncSummary | Exception] = []
     with serve_index(folder, IndexBehaviour(faults={"/simple/": ["hold"]})) as index:
         follower = Follower(
@@ -362,6 +368,43 @@ def test_a_follower_stuck_on_a_hung_source_lets_the_server_stop_on_time(tmp_path
     assert [type(report) for report in reports] == [SyncSummary]
     # Its loop has ended: stopping it again, as a shutdown might, neither fails nor waits.
     assert follower.stop(1) is True
+
+
+def test_a_waiting_follower_takes_over_within_an_interval_once_the_following_one_stops(
+    tmp_path: Path,
+) -> None:
+    """Of two server workers the one left follows, without a restart, once the other stops."""
+    folder = _alpha_and_an_empty_repository(tmp_path)
+    meta = Storage(tmp_path / "meta")
+    lock_path = meta.path / STATE_FOLDER / FOLLOW_LOCK
+    first_reports: list[SyncSummary | Exception] = []
+    second_reports: list[SyncSummary | Exception] = []
+    with serve_index(folder) as index:
+        first = Follower(
+            meta.path, index.simple_url, FAST, interval=60, report=first_reports.append
+        )
+        second = Follower(
+            meta.path, index.simple_url, FAST, interval=0.05, report=second_reports.append
+        )
+        started = [first]
+        first.start()
+        try:
+            poll_until(lambda: first_reports, "the first follower's sync")
+            build_wheel(folder, "beta", "1.0")
+            # The second opens the lock file ("w" empties it), then tries the lock: an emptied
+            # file shows it found the lock held, rather than arriving after the first had gone.
+            lock_path.write_text("held by the first follower")
+            second.start()
+            started.append(second)
+            poll_until(lambda: lock_path.stat().st_size == 0, "the second to open the lock")
+            assert first.stop(THREAD_DEADLINE_SECONDS)
+            poll_until(lambda: second_reports, "the second follower to take over")
+        finally:
+            assert all(follower.stop(THREAD_DEADLINE_SECONDS) for follower in started)
+    taken_over = second_reports[0]
+    assert isinstance(taken_over, SyncSummary)
+    assert taken_over.changed == 1  # beta, which appeared after the first follower's sync
+    assert list(Catalog(meta).list_projects(meta.resolve(None))) == ["alpha", "beta"]
 
 
 ENTRY = st.fixed_dictionaries(
