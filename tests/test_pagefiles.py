@@ -14,7 +14,7 @@ import pytest
 
 from metasrv.http.app import create_app
 from metasrv.index.client import FetchOptions, FolderSource
-from metasrv.index.pagefiles import declared_sha256, read_page_files
+from metasrv.index.pagefiles import WHEELS_GIVE_METADATA, declared_sha256, read_page_files
 from metasrv.index.pages import MIME_SIMPLE_JSON, ProjectPage, SourceFile
 from metasrv.index.sync import SyncOptions, sync
 from metasrv.model import DistFile, MetadataStatus
@@ -23,7 +23,7 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.builders import make_file
 from tests.conftest import AsgiClient
-from tests.distributions import build_wheel, metadata_text
+from tests.distributions import build_sdist, build_wheel, metadata_text
 from tests.indexserver import IndexBehaviour, serve_index
 
 WHEEL = "demo-1.0-py3-none-any.whl"
@@ -130,10 +130,15 @@ def test_what_a_page_lists_of_a_file_comes_from_the_page(tmp_path: Path) -> None
 FAST = SyncOptions(fetch=FetchOptions(retries=1, backoff_seconds=0.01, timeout_seconds=5))
 
 
+def synced_files(meta: Storage, name: str) -> dict[str, DistFile]:
+    """Return the files a sync stored for ``name``, by file name."""
+    releases = Catalog(meta).get_project(meta.resolve(None), name).releases
+    return {dist_file.filename: dist_file for release in releases for dist_file in release.files}
+
+
 def synced_file(meta: Storage, name: str) -> DistFile:
     """Return the one file of the one release a sync stored for ``name``."""
-    (release,) = Catalog(meta).get_project(meta.resolve(None), name).releases
-    (dist_file,) = release.files
+    (dist_file,) = synced_files(meta, name).values()
     return dist_file
 
 
@@ -190,9 +195,104 @@ def test_metadata_read_from_a_wheel_is_kept_in_git_and_served_as_its_pep_658_fil
     dist_file = synced_file(meta, "demo")
     assert (dist_file.core_metadata_sha256, dist_file.core_metadata_stored) == (digest, True)
     assert meta.read(meta.resolve(None), core_metadata_path(digest)) == document
+    assert served_metadata(meta, wheel.name) == (digest, 200, document)
+
+
+def served_metadata(meta: Storage, filename: str) -> tuple[str, int, bytes]:
+    """Return the document hash our page lists for a file, and what its .metadata URL serves."""
     client = AsgiClient(create_app(meta.path))
     page = client.get("/simple/demo/", headers={"accept": MIME_SIMPLE_JSON}).json()
-    (listed,) = page["files"]
-    assert listed["core-metadata"] == {"sha256": digest}
+    listed = next(entry for entry in page["files"] if entry["filename"] == filename)
     served = client.get(urljoin("http://metasrv.test/simple/demo/", listed["url"]) + ".metadata")
-    assert (served.status_code, served.content) == (200, document)
+    return listed["core-metadata"]["sha256"], served.status_code, served.content
+
+
+def test_a_document_read_before_is_still_served_once_the_page_is_read_again(
+    meta: Storage, tmp_path: Path
+) -> None:
+    """The source serves no PEP 658 file: what a sync kept in git is what clients get, still."""
+    wheel = build_wheel(tmp_path, "demo", "1.0")
+    with zipfile.ZipFile(wheel) as archive:
+        document = archive.read("demo-1.0.dist-info/METADATA")
+    with serve_index(tmp_path, IndexBehaviour(pep658=False)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+        build_wheel(tmp_path, "demo", "2.0")  # the page changes; 1.0's bytes do not
+        index.requests.clear()
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    assert not any(path == f"/files/{wheel.name}" for path, _ in index.requests)  # not read again
+    kept = synced_files(meta, "demo")[wheel.name]
+    digest = hashlib.sha256(document).hexdigest()
+    assert (kept.core_metadata_sha256, kept.core_metadata_stored) == (digest, True)
+    assert served_metadata(meta, wheel.name) == (digest, 200, document)
+
+
+def test_a_file_whose_metadata_names_another_project_is_unusable_and_says_so(
+    meta: Storage, tmp_path: Path
+) -> None:
+    build_wheel(tmp_path, "demo", "1.0", metadata=metadata_text("other", "1.0"))
+    with serve_index(tmp_path) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 1
+    unusable = synced_file(meta, "demo")
+    assert (unusable.metadata, unusable.metadata_status) == (None, MetadataStatus.UNUSABLE)
+    assert unusable.metadata_reason == "metadata says 'other' '1.0', the file name 'demo' '1.0'"
+
+
+def test_an_sdist_beside_wheels_that_gave_its_metadata_is_not_read_but_still_gets_a_size(
+    meta: Storage, tmp_path: Path
+) -> None:
+    """Reading an sdist is often a whole download: skipped where its release's wheels said all."""
+    wheel = build_wheel(tmp_path, "demo", "1.0")
+    beside = build_sdist(tmp_path, "demo", "1.0")
+    alone = build_sdist(tmp_path, "demo", "2.0", requires_dist=["alpha>=1"])
+    with serve_index(tmp_path, IndexBehaviour(json=False, pep658=False)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    files = synced_files(meta, "demo")
+    skipped = files[beside.name]
+    assert (skipped.metadata, skipped.metadata_status, skipped.metadata_reason) == (
+        None,
+        MetadataStatus.SKIPPED,
+        WHEELS_GIVE_METADATA,
+    )
+    assert skipped.size == beside.stat().st_size  # an HTML page gives none: one HEAD asks
+    assert index.heads == [f"/files/{beside.name}"]
+    assert not any(path == f"/files/{beside.name}" for path, _ in index.requests)
+    read_alone = files[alone.name]  # no wheel of 2.0 says anything: the sdist is read
+    assert read_alone.metadata_status is None
+    assert read_alone.metadata is not None
+    assert read_alone.metadata.requires_dist == ("alpha>=1",)
+    assert files[wheel.name].metadata is not None
+
+
+def test_a_file_whose_fetch_failed_says_why_and_is_read_again_by_the_next_sync(
+    meta: Storage, tmp_path: Path
+) -> None:
+    wheel = build_wheel(tmp_path, "demo", "1.0")
+    failing = IndexBehaviour(pep658=False, faults={f"/files/{wheel.name}": ["500", "500"]})
+    with serve_index(tmp_path, failing) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 1
+        failed = synced_file(meta, "demo")
+        assert (failed.metadata, failed.metadata_status) == (None, MetadataStatus.FETCH_FAILED)
+        assert failed.metadata_reason is not None
+        assert "500" in failed.metadata_reason  # the source's answer, for whoever looks
+        assert failed.size == wheel.stat().st_size  # as the page lists it
+        again = sync(meta, index.simple_url, ["demo"], FAST)  # the page is unchanged
+    assert again.exit_code == 0
+    read = synced_file(meta, "demo")
+    assert (read.metadata_status, read.metadata_reason) == (None, None)
+    assert read.metadata is not None
+
+
+def test_an_sdist_without_static_metadata_is_kept_as_dynamic_with_the_reason(
+    meta: Storage, tmp_path: Path
+) -> None:
+    """PEP 643: metadata before 2.2 declares no static fields, so only a build can tell."""
+    sdist = build_sdist(tmp_path, "demo", "1.0", metadata_version="2.1")
+    with serve_index(tmp_path, IndexBehaviour(pep658=False)) as index:
+        assert sync(meta, index.simple_url, ["demo"], FAST).exit_code == 0
+    dynamic = synced_file(meta, "demo")
+    assert (dynamic.filename, dynamic.metadata, dynamic.metadata_status) == (
+        sdist.name,
+        None,
+        MetadataStatus.DYNAMIC,
+    )
+    assert dynamic.metadata_reason == "sdist metadata 2.1 does not declare static fields"
