@@ -370,6 +370,16 @@ def test_a_follower_stuck_on_a_hung_source_lets_the_server_stop_on_time(tmp_path
     assert follower.stop(1) is True
 
 
+def _follower_threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.name == "metasrv-follow" and t.ident}
+
+
+def _in_its_event_loop(thread_ident: int) -> bool:
+    """Return whether a thread is idle in its event loop, waiting in select()."""
+    frame = sys._current_frames().get(thread_ident)
+    return frame is not None and frame.f_code.co_name == "select"
+
+
 def test_a_waiting_follower_takes_over_within_an_interval_once_the_following_one_stops(
     tmp_path: Path,
 ) -> None:
@@ -391,12 +401,18 @@ def test_a_waiting_follower_takes_over_within_an_interval_once_the_following_one
         try:
             poll_until(lambda: first_reports, "the first follower's sync")
             build_wheel(folder, "beta", "1.0")
-            # The second opens the lock file ("w" empties it), then tries the lock: an emptied
-            # file shows it found the lock held, rather than arriving after the first had gone.
+            # The second opens the lock file ("w" empties it) and tries the lock before it
+            # first waits in its event loop: both seen, it found the lock held, rather than
+            # arriving after the first had gone (and never waiting at all).
             lock_path.write_text("held by the first follower")
+            before = _follower_threads()
             second.start()
             started.append(second)
-            poll_until(lambda: lock_path.stat().st_size == 0, "the second to open the lock")
+            (waiting,) = _follower_threads() - before
+            poll_until(
+                lambda: lock_path.stat().st_size == 0 and _in_its_event_loop(waiting),
+                "the second follower to find the lock held",
+            )
             assert first.stop(THREAD_DEADLINE_SECONDS)
             poll_until(lambda: second_reports, "the second follower to take over")
         finally:
