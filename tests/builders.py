@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from metasrv.names import project_path
 from metasrv.repo import tomlcodec
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import CommitId, Storage
+from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 
 SOURCE_URL = "https://index.test/simple/"
 
@@ -115,3 +117,15 @@ def add_marker_sets(storage: Storage, sets: dict[str, str], months: int = 36) ->
         arguments = ["markers", "generate", name, "--platforms", platforms]
         arguments += ["--months", str(months), "--as-of", "2026-11-25", "--repo", str(storage.path)]
         assert main(arguments) == 0
+
+
+def git(folder: Path, *args: str) -> str:
+    """Run git in ``folder`` (a working tree) and return what it printed, unstripped."""
+    return subprocess.run(
+        ["git", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
+    ).stdout

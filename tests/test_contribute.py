@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,9 @@ from metasrv.names import normalize_name
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import Storage
 from metasrv.understandings.rules import RuleFile, rule_path
-from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
+from tests.builders import git
 
 RULE_PATH = rule_path("", normalize_name("flask"))
-
-
-def git(repository: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=repository,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SUBPROCESS_DEADLINE_SECONDS,
-    ).stdout
 
 
 def register_pallets(storage: Storage, repository: Path) -> int:

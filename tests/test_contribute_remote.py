@@ -10,9 +10,9 @@ from metasrv.cli.main import main
 from metasrv.names import normalize_name
 from metasrv.repo.storage import Storage
 from metasrv.understandings.rules import rule_path
+from tests.builders import git
 from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
 from tests.gitremotes import hung_remote
-from tests.test_contribute import git
 
 RELAX_CLICK = ["flask", "--versions", "==1.1.4", "--relax", "click", "--reason", "works"]
 # Far below the subprocess deadline: a hang would fail the test instead of stalling it.

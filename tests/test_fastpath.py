@@ -392,13 +392,10 @@ def test_an_answer_sent_in_pieces_is_kept_whole_once_its_last_piece_is_sent(
 
     kept_as_sent: list[bool] = []
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     async def send(message: Message) -> None:
         kept_as_sent.append(app.fast.response(_scope(page), []) is not None)
 
-    asyncio.run(Keeping(in_pieces, app.fast)(_scope(page), receive, send))
+    asyncio.run(Keeping(in_pieces, app.fast)(_scope(page), _no_body, send))
     assert received == [{"type": "http.request", "body": b"", "more_body": False}]
     assert kept_as_sent == [False, False, False, True]  # kept once whole, not before
     assert app.fast.response(_scope(page), []) == (

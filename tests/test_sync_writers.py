@@ -18,7 +18,8 @@ from metasrv.index.wholeindex import sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.repo.worktree import JOURNAL_NAME
-from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS, BoundedThread, poll_until
+from tests.builders import git
+from tests.deadlines import BoundedThread, poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 
@@ -37,14 +38,7 @@ def meta(tmp_path: Path) -> Storage:
 
 def _git(storage: Storage, *args: str) -> str:
     assert storage.workdir is not None
-    return subprocess.run(
-        ["git", *args],
-        cwd=storage.workdir,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SUBPROCESS_DEADLINE_SECONDS,
-    ).stdout
+    return git(storage.workdir, *args)
 
 
 def _start_sync(storage: Storage, index: LocalIndex, *names: str) -> subprocess.Popen[bytes]:

@@ -11,21 +11,10 @@ import pytest
 
 from metasrv.repo import worktree
 from metasrv.repo.storage import Storage
-from tests.deadlines import SUBPROCESS_DEADLINE_SECONDS
+from tests.builders import git
 
 OLD: dict[str, bytes | None] = {"data/a.toml": b"a = 1\n", "data/b.toml": b"b = 1\n"}
 NEW: dict[str, bytes | None] = {"data/a.toml": b"a = 2\n", "data/b.toml": None, "data/c.toml": b"c"}
-
-
-def _git(folder: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SUBPROCESS_DEADLINE_SECONDS,
-    ).stdout
 
 
 @pytest.fixture
@@ -80,11 +69,11 @@ def test_the_next_writer_leaves_a_clean_checkout_after_a_crash(
     assert storage.workdir is not None
     # In the crash state an operator's `git commit` commits the old tree or the one the writer
     # was committing: nothing else, so no committed data is lost.
-    index_tree = _git(storage.workdir, "write-tree").strip()
-    assert index_tree == _git(storage.workdir, "rev-parse", f"{new}^{{tree}}").strip()
+    index_tree = git(storage.workdir, "write-tree").strip()
+    assert index_tree == git(storage.workdir, "rev-parse", f"{new}^{{tree}}").strip()
     (storage.workdir / "data" / ".a.toml.metasrv-tmp").write_bytes(b"half")
     storage.recover()
-    assert _git(storage.workdir, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(storage.workdir, "status", "--porcelain", "--untracked-files=all") == ""
     assert storage.resolve("main") == (new if ref_moved else old)
     assert not (storage.path / worktree.JOURNAL_NAME).exists()
 
@@ -97,7 +86,7 @@ def test_a_stale_ref_lock_left_by_a_killed_writer_does_not_stop_the_next(
     (storage.path / "refs" / "heads" / "main.lock").write_text(new)
     assert storage.commit("main", {"data/d.toml": b"d = 1\n"}, "next") is not None
     assert storage.workdir is not None
-    assert _git(storage.workdir, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(storage.workdir, "status", "--porcelain", "--untracked-files=all") == ""
 
 
 def test_the_users_own_edits_survive_recovery(checkout: tuple[Storage, str, str]) -> None:
