@@ -237,10 +237,15 @@ class Release:
         return self.metadata.requires_python if self.metadata is not None else None
 
     @classmethod
-    def from_files(cls, version_text: str, files: tuple[DistFile, ...]) -> Release:
-        """Build a release whose common metadata is what most of its files agree on."""
+    def from_files(
+        cls, version_text: str, files: tuple[DistFile, ...], version: Version | None = None
+    ) -> Release:
+        """Build a release whose common metadata is what most of its files agree on.
+
+        ``version`` is ``version_text`` parsed, when the caller has it already.
+        """
         return cls(
-            version=parse_version(version_text),
+            version=parse_version(version_text) if version is None else version,
             version_text=version_text,
             files=tuple(sorted(files, key=lambda dist_file: dist_file.filename)),
             metadata=_most_common_metadata(files),

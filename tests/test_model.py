@@ -209,5 +209,16 @@ def test_project_files_round_trip_byte_for_byte(versions: dict[str, list[str]], 
     assert tomlcodec.dumps(parsed.to_toml()) == text
 
 
+@given(reason=st.text(max_size=40))
+def test_any_yank_reason_round_trips_escaped_where_it_must_be(reason: str) -> None:
+    # A file entry's strings are written verbatim when TOML allows it, else escaped.
+    release = Release.from_files("1.0", (make_file("x-1.0-py3-none-any.whl", yanked=reason),))
+    project = Project.create("x", [release])
+    text = tomlcodec.dumps(project.to_toml())
+    assert Project.from_toml(tomllib.loads(text.decode()), "x.toml") == project
+    if reason.isascii() and reason.isprintable() and not set(reason) & set('"\\'):
+        assert f'\nyanked = "{reason}"\n'.encode() in text
+
+
 def test_metadata_omits_empty_fields() -> None:
     assert CoreMetadata("2.1").to_toml() == {"metadata-version": "2.1"}

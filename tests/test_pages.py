@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from metasrv.errors import SourceError
-from metasrv.index.pages import join_link, parse_json_project
+from metasrv.index.pages import MAX_VALUE_CHARS, join_link, parse_json_project
 
 BASE = "https://index.test/simple/a/"
 JSON = st.recursive(
@@ -82,6 +82,17 @@ def test_one_wrong_top_level_value_is_a_source_error_or_typed(key: str, value: A
     document: dict[str, Any] = {"name": "a", "files": [_valid_file()], "versions": ["1.0"]}
     document[key] = value
     _check_types(document)
+
+
+@pytest.mark.parametrize("key", ["upload-time", "requires-python", "yanked"])
+def test_a_value_is_read_up_to_its_length_cap(key: str) -> None:
+    entry = _valid_file()
+    entry[key] = "x" * MAX_VALUE_CHARS
+    page = parse_json_project({"name": "a", "files": [entry]}, BASE)
+    assert len(page.files) == 1
+    entry[key] += "x"
+    with pytest.raises(SourceError, match=f"{key} is longer than {MAX_VALUE_CHARS} characters"):
+        parse_json_project({"name": "a", "files": [entry]}, BASE)
 
 
 @pytest.mark.parametrize(

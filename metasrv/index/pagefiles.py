@@ -73,7 +73,11 @@ def version_of(filename: str) -> str:
     return version_text
 
 
-def listed_file(source_file: SourceFile) -> DistFile:
+def listed_file(
+    source_file: SourceFile,
+    metadata_status: MetadataStatus | None = None,
+    core_metadata_sha256: str | None = None,
+) -> DistFile:
     """Return a file as its source page lists it, its metadata not read."""
     return DistFile(
         filename=source_file.filename,
@@ -83,6 +87,8 @@ def listed_file(source_file: SourceFile) -> DistFile:
         upload_time=source_file.upload_time,
         requires_python=source_file.requires_python,
         yanked=source_file.yanked,
+        metadata_status=metadata_status,
+        core_metadata_sha256=core_metadata_sha256,
     )
 
 

@@ -158,6 +158,11 @@ def parse_serial(value: Any, where: str) -> int | None:
 
 def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) -> Any:
     """Return ``value`` if it has the type the page format gives it, else SourceError."""
+    # JSON gives exact types: checked by identity first, as numpy's page has 20,000 values.
+    value_type = type(value)
+    exact = value_type is kind or (isinstance(kind, tuple) and value_type in kind)
+    if exact and (value_type is not str or len(value) <= MAX_VALUE_CHARS):
+        return value
     # bool is an int subclass: a size of `true` is not a size, nor `1` a yank.
     kinds = kind if isinstance(kind, tuple) else (kind,)
     wrong_bool = isinstance(value, bool) and bool not in kinds

@@ -24,11 +24,11 @@ def pending_files(page: ProjectPage, known: Mapping[str, DistFile]) -> list[Dist
     for source_file in page.files:
         if archives.version_of_filename(source_file.filename) is None:
             continue
-        dist_file = replace(
-            listed_file(source_file),
-            metadata_status=MetadataStatus.PENDING,
+        dist_file = listed_file(
+            source_file,
+            MetadataStatus.PENDING,
             # Served to clients as the hash of the source's own document until sync reads it.
-            core_metadata_sha256=declared_sha256(source_file),
+            declared_sha256(source_file),
         )
         files.append(_with_known_metadata(dist_file, known.get(dist_file.filename)))
     return files

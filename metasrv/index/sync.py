@@ -314,10 +314,15 @@ def assemble_project(
     for text in page.versions:
         if _is_version(text):
             by_version.setdefault(Version(text), (text, []))
+    # numpy lists ~20 files per version: each version is parsed, hashed and compared once.
+    parsed: dict[str, Version] = {}
     newest_name: tuple[Version, str] | None = None
     for dist_file, stated_name, failed in read:
-        version = Version(version_of(dist_file.filename))
-        by_version.setdefault(version, (version_of(dist_file.filename), []))[1].append(dist_file)
+        version_text = version_of(dist_file.filename)
+        version = parsed.get(version_text)
+        if version is None:
+            version = parsed[version_text] = Version(version_text)
+        by_version.setdefault(version, (version_text, []))[1].append(dist_file)
         if stated_name and (newest_name is None or version >= newest_name[0]):
             newest_name = (version, stated_name)
         previous = known.get(dist_file.filename)
@@ -330,7 +335,10 @@ def assemble_project(
         newest_name[1] if newest_name and _same_project(newest_name[1], normalized_name) else None
     )
     name = name or (existing.name if existing is not None else page.name)
-    releases = [Release.from_files(text, tuple(files)) for text, files in by_version.values()]
+    releases = [
+        Release.from_files(text, tuple(files), version)
+        for version, (text, files) in by_version.items()
+    ]
     project = Project.create(name, releases, page.state)
     if existing is not None and project == existing:
         return None

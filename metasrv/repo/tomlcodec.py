@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import tomli
@@ -38,30 +38,41 @@ def dumps(document: Mapping[str, Any]) -> bytes:
     Values come first, then tables, then arrays of tables; a table of scalars inside an array of
     tables is written inline (``hashes = { sha256 = "..." }``) so one file entry stays compact.
     """
-    return "".join(_table_lines(document, header=None, in_array=False)).encode("utf-8")
+    lines: list[str] = []
+    _table_lines(lines, document, header=None, in_array=False)
+    return "".join(lines).encode("utf-8")
 
 
-def _table_lines(table: Mapping[str, Any], header: str | None, in_array: bool) -> Iterator[str]:
-    values, tables, arrays = [], [], []
+def _table_lines(
+    lines: list[str], table: Mapping[str, Any], header: str | None, in_array: bool
+) -> None:
+    # One pass, appending to one list: numpy's file is 2,000 tables of ~10 values each, and
+    # generators and per-value type checks through Mapping's ABC were most of writing it.
+    values: list[str] = []
+    tables, arrays = [], []
     for key, value in table.items():
-        if _is_table(value):
-            if in_array and value and all(isinstance(v, _SCALARS) for v in value.values()):
-                values.append((key, value))
+        if type(value) is str and _PLAIN_STRING(value):
+            values.append(f'{_written_keys.get(key) or _key(key)} = "{value}"\n')
+        elif isinstance(value, _SCALARS):
+            values.append(f"{_key(key)} = {_literal(value)}\n")
+        elif not _is_table(value):
+            if isinstance(value, list) and value and all(_is_table(v) for v in value):
+                arrays.append((key, value))
             else:
-                tables.append((key, value))
-        elif isinstance(value, list) and value and all(_is_table(v) for v in value):
-            arrays.append((key, value))
+                values.append(_value_line(key, value))
+        elif in_array and value and all(isinstance(v, _SCALARS) for v in value.values()):
+            values.append(_value_line(key, value))
         else:
-            values.append((key, value))
+            tables.append((key, value))
     if header is not None and (in_array or values or not (tables or arrays)):
-        yield f"\n[[{header}]]\n" if in_array else f"\n[{header}]\n"
-    for key, value in values:
-        yield _value_line(key, value)
+        lines.append(f"\n[[{header}]]\n" if in_array else f"\n[{header}]\n")
+    lines += values
     for key, subtable in tables:
-        yield from _table_lines(subtable, _join(header, key), in_array=False)
+        _table_lines(lines, subtable, _join(header, key), in_array=False)
     for key, items in arrays:
+        item_header = _join(header, key)
         for item in items:
-            yield from _table_lines(item, _join(header, key), in_array=True)
+            _table_lines(lines, item, item_header, in_array=True)
 
 
 def _is_table(value: Any) -> bool:
