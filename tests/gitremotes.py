@@ -1,9 +1,10 @@
 """Git remotes on 127.0.0.1 that misbehave: one that never answers, one that answers slowly,
-one that answers every request alike (401, a redirect)."""
+one that answers every request alike (401, a redirect); and one behind TLS of its own CA."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -103,6 +104,32 @@ def slow_remote(git_dir: Path, delay: float) -> Iterator[SlowRemote]:
     remote.url = f"http://127.0.0.1:{server.server_address[1]}/"
     remote.publish()
     with _serving(server, "slow"):
+        yield remote
+
+
+@contextmanager
+def tls_remote(git_dir: Path, certificates: Path) -> Iterator[SlowRemote]:
+    """Serve ``git_dir`` over dumb HTTPS with a certificate for 127.0.0.1 of its own CA.
+
+    The CA's certificate is written to ``certificates / "ca.pem"``; nothing else trusts it.
+    """
+    certificates.mkdir(parents=True, exist_ok=True)
+    key, cert = certificates / "key.pem", certificates / "ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    remote = SlowRemote("", git_dir)
+    handler = type("Handler", (_SlowHandler,), {"remote": remote, "delay": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(git_dir)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    remote.url = f"https://127.0.0.1:{server.server_address[1]}/"
+    remote.publish()
+    with _serving(server, "tls"):
         yield remote
 
 

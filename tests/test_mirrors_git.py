@@ -20,7 +20,7 @@ from metasrv.errors import SourceError
 from metasrv.repo.storage import Storage
 from metasrv.understandings.mirrors import Deadlines, Mirrors, clone, fetch, git_url, origin_url
 from tests.deadlines import THREAD_DEADLINE_SECONDS, poll_until
-from tests.gitremotes import fixed_remote, hung_remote, slow_remote
+from tests.gitremotes import fixed_remote, hung_remote, slow_remote, tls_remote
 from tests.test_understandings import CAP_WERKZEUG, RELAX_CLICK, add_rules
 
 # Short enough to keep the tests fast; every other deadline far away so that this one decides.
@@ -169,6 +169,25 @@ def test_a_proxy_in_the_servers_environment_carries_the_fetches(
     assert "http://127.0.0.1:9/info/refs?service=git-upload-pack" in proxy.requests
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="makes its CA with openssl")
+def test_git_trusts_the_ca_the_servers_environment_names_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator behind a TLS-inspecting proxy, or with an internal forge, names its CA to git.
+    rules = Storage.init(tmp_path / "rules")
+    add_rules(rules, "", "Flask", CAP_WERKZEUG)
+    for name in ("GIT_SSL_CAINFO", "GIT_SSL_CAPATH", "GIT_SSL_NO_VERIFY"):
+        monkeypatch.delenv(name, raising=False)
+    with tls_remote(rules.path, tmp_path / "tls") as remote:
+        message, _ = failure(lambda: clone(remote.url, tmp_path / "refused.git", FAST))
+        assert "certificate" in message.lower()
+        monkeypatch.setenv("GIT_SSL_CAINFO", str(tmp_path / "tls" / "ca.pem"))
+        clone(remote.url, tmp_path / "audit.git", FAST)
+        assert remote.count("/info/refs") == 1  # the refused clone never got past TLS
+    assert head(tmp_path / "audit.git") == str(rules.resolve(None))
+    assert not (tmp_path / "refused.git").exists()
+
+
 def test_a_redirect_to_another_server_is_not_followed(tmp_path: Path) -> None:
     rules = Storage.init(tmp_path / "rules")
     add_rules(rules, "", "Flask", CAP_WERKZEUG)
@@ -233,7 +252,7 @@ def test_the_hosts_system_wide_git_settings_stay_out_of_the_mirrors(
 
 @pytest.mark.parametrize(
     ("variable", "language"),
-    [(None, None), ("LANG", "C, *;q=0.9"), ("LC_ALL", "C, *;q=0.9")],
+    [(None, None), ("LANG", "C, *;q=0.9"), ("LC_ALL", "C, *;q=0.9"), ("LC_MESSAGES", "C, *;q=0.9")],
 )
 def test_the_servers_locale_tells_an_http_remote_which_language_to_answer_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str | None, language: str | None
@@ -308,8 +327,24 @@ def test_a_file_where_a_mirror_belongs_is_replaced_and_stops_no_later_clone(
     mirror.parent.mkdir()
     mirror.write_text("not a repository\n")
     clone(str(rules), mirror, FAST)
-    clone(str(rules), mirror, FAST)  # what was left of the file is no folder to remove
+    assert [path.name for path in mirror.parent.iterdir()] == ["audit.git"]
+    (mirror.parent / "audit.git.metasrv-tmp-old-99").write_text("a crashed swap's file\n")
+    clone(str(rules), mirror, FAST)
     assert head(mirror) == head(rules)
+    assert [path.name for path in mirror.parent.iterdir()] == ["audit.git"]
+
+
+def test_a_link_left_where_a_mirror_was_is_removed_and_what_it_names_kept(
+    tmp_path: Path,
+) -> None:
+    rules, mirror = rules_repository(tmp_path), tmp_path / "mirrors" / "audit.git"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "kept").mkdir(parents=True)
+    mirror.parent.mkdir()
+    (mirror.parent / "audit.git.metasrv-tmp-old-7").symlink_to(elsewhere)
+    clone(str(rules), mirror, FAST)
+    assert [path.name for path in mirror.parent.iterdir()] == ["audit.git"]
+    assert (elsewhere / "kept").is_dir()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import platform
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,6 +221,51 @@ def test_what_is_left_of_a_sandbox_is_killed_and_waited_for(folders: Folders) ->
     finally:
         left.kill()
         left.wait(SUBPROCESS_DEADLINE_SECONDS)
+
+
+# A bwrap that isolates nothing: it reports itself as the sandbox and runs what follows setpriv.
+_SHARING_BWRAP = """#!{python}
+import json, os, sys
+arguments = sys.argv[1:]
+info = int(arguments[arguments.index("--info-fd") + 1])
+os.write(info, json.dumps({{"child-pid": os.getpid()}}).encode())
+os.close(info)
+command = arguments[arguments.index("setpriv"):]
+os.execvp(command[0], command)
+"""
+_RUN_WITH_IT = """
+import sys
+from pathlib import Path
+from metasrv.index.sandbox import Limits, SandboxUnavailable, run_sandboxed
+work = Path(sys.argv[1])
+try:
+    run_sandboxed(["/bin/true"], cwd=work, writable=[work], readable=[], environment={}, \
+        limits=Limits(wall_seconds=30), log_path=work.parent / "log")
+except SandboxUnavailable as exc:
+    print(exc.message)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a pid namespace of its own needs root")
+def test_a_bwrap_that_shares_metasrv_s_pid_namespace_is_refused_and_kills_nothing(
+    tmp_path: Path,
+) -> None:
+    # Run in a pid namespace of its own: should the guard fail, the kill stays inside it.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "work").mkdir()
+    fake = tmp_path / "bin" / "bwrap"
+    fake.write_text(_SHARING_BWRAP.format(python=sys.executable))
+    fake.chmod(0o755)
+    completed = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _RUN_WITH_IT,
+         str(tmp_path / "work")],
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=SUBPROCESS_DEADLINE_SECONDS, check=False,
+    )  # fmt: skip
+    assert (completed.returncode, completed.stderr) == (0, "")
+    assert completed.stdout == (
+        "bwrap ran a build in metasrv's own pid namespace: no build can run safely with it\n"
+    )
 
 
 @pytest.mark.parametrize(

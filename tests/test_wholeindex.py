@@ -27,6 +27,7 @@ from metasrv.index.syncstate import STATE_FOLDER
 from metasrv.index.wholeindex import FOLLOW_LOCK, Follower, follow, sync_all
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId, Storage
+from tests.builders import git
 from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, poll_until
 from tests.distributions import build_wheel
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
@@ -99,13 +100,7 @@ def test_a_changed_index_costs_one_root_request_and_one_per_changed_project(
     assert "newcomer" in names
     assert len(names) == 50
     assert "proj11" in catalog.list_projects(before)  # older commits keep it
-    message = subprocess.run(
-        ["git", "log", "-1", "--format=%B", head],
-        cwd=mirror.meta.path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    message = git(mirror.meta.path, "log", "-1", "--format=%B", head)
     assert "no longer lists" in message
     assert "proj11" in message
     yanked = catalog.get_project(head, _name(7)).releases[0]

@@ -27,7 +27,7 @@ NAMESPACE_END_SECONDS = 30.0
 
 
 class SandboxUnavailable(InvalidInput):
-    """bubblewrap is not installed, so no build can run safely."""
+    """bubblewrap is not installed, or does not isolate, so no build can run safely."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,9 @@ def _namespace_members(namespace: str) -> list[int]:
     # Never mutated, and never metasrv's own namespace: a sandbox that shared it (bwrap given
     # no --unshare-pid) would have _end_namespace kill every process of the host.
     if namespace == os.readlink("/proc/self/ns/pid"):  # pragma: no mutate
-        raise RuntimeError("the sandbox shares metasrv's pid namespace")  # pragma: no mutate
+        raise SandboxUnavailable(  # pragma: no mutate
+            "bwrap ran a build in metasrv's own pid namespace: no build can run safely with it"
+        )
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -169,7 +171,7 @@ def _end_namespace(namespace: str) -> None:
     deadline = time.monotonic() + NAMESPACE_END_SECONDS
     while members := _namespace_members(namespace):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"sandbox processes {members} outlived their sandbox")
+            raise SandboxUnavailable(f"sandbox processes {members} outlived their sandbox")
         for pid in members:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

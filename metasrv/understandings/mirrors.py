@@ -156,7 +156,7 @@ def clone(url: str, path: Path, deadlines: Deadlines) -> None:
     """Clone ``url`` as a bare mirror at ``path``, replacing what is there only on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"{path.name}{_TEMPORARY_MARK}*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a crash or a killed clone
+        _remove(stale)  # left by a crash or a killed clone
     temporary = path.with_name(f"{path.name}{_TEMPORARY_MARK}{os.getpid()}-{next(_sequence)}")
     try:
         _run_git(["clone", "--bare", "--quiet", "--", url, str(temporary)], deadlines, url)
@@ -164,11 +164,19 @@ def clone(url: str, path: Path, deadlines: Deadlines) -> None:
             trash = path.with_name(f"{path.name}{_TEMPORARY_MARK}old-{next(_sequence)}")
             path.rename(trash)
             temporary.rename(path)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)
         else:
             temporary.rename(path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder or a file (a file can stand where a mirror belongs), whatever is left."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def fetch(url: str, path: Path, deadlines: Deadlines) -> None:
@@ -193,13 +201,21 @@ def origin_url(path: Path) -> str | None:
     return completed.stdout.strip() or None if completed.returncode == 0 else None
 
 
+# What git needs of the server's environment: where it runs, its locale (the Accept-Language a
+# forge answers in), the CAs to trust (an internal forge, a TLS-inspecting proxy). Nothing else.
+_PASSED = frozenset(
+    {
+        "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_MESSAGES",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH",
+    }
+)  # fmt: skip
+
+
 def _environment() -> dict[str, str]:
     environment = {
         key: value
         for key, value in os.environ.items()
-        if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
-        or key.endswith("_PROXY")
-        or key.endswith("_proxy")
+        if key in _PASSED or key.endswith("_PROXY") or key.endswith("_proxy")
     }
     # No prompt for credentials, no system or global hooks reaching in, only these transports.
     environment["GIT_TERMINAL_PROMPT"] = "0"
