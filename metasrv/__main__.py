@@ -2,4 +2,5 @@
 
 from metasrv.cli.main import run
 
-run()
+if __name__ == "__main__":  # imported (multiprocessing's spawn does), it runs nothing
+    run()

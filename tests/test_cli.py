@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,15 @@ def test_serve_refuses_a_git_repository_that_is_no_meta_repository(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "is not a meta repository (no metasrv.toml)" in error
+
+
+def test_importing_the_module_that_python_m_runs_runs_nothing() -> None:
+    # multiprocessing's spawn imports the parent's __main__ module in each child.
+    completed = subprocess.run(
+        [sys.executable, "-c", "import metasrv.__main__; print('imported')"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
+    )
+    assert (completed.returncode, completed.stdout, completed.stderr) == (0, "imported\n", "")
