@@ -326,7 +326,9 @@ def test_a_server_follower_syncs_in_its_thread_one_per_repository_and_stops(
             assert time.monotonic() < deadline, f"the followers reported {reports}"
             time.sleep(0.01)  # polling the followers' reports, with a deadline
     finally:
-        assert all(follower.stop(DEADLINE_SECONDS) for follower in followers)
+        # The waiting one first: stopped after the following one, it could take the lock between.
+        waiting_first = sorted(zip(followers, reports, strict=True), key=lambda f: len(f[1]) > 0)
+        assert all(follower.stop(DEADLINE_SECONDS) for follower, _ in waiting_first)
     assert sorted(len(r) > 0 for r in reports) == [False, True]  # the lock let one follow
     first = next(r for r in reports if r)[0]
     assert isinstance(first, SyncSummary)
