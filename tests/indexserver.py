@@ -34,7 +34,7 @@ class IndexBehaviour:
     pep658: bool = True
     ranges: bool = True
     # path -> faults consumed one per request: "500", "429", "404", "truncate", "hang", "garbage",
-    # "hold" (answer normally once released),
+    # "hold" (answer normally once released), "not-http" (bytes that are not an HTTP response),
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
     # "gzip-bomb" (a few kB that inflate past the page cap), "zstd-bomb" (the same, unasked, in
     # zstd), "huge-total" (a 5,000-digit
@@ -103,6 +103,10 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 # Bounded: a hung request outlives neither its test nor the deadline.
                 index.release.wait(THREAD_DEADLINE_SECONDS)
                 self.close_connection = True  # the client sees the connection drop, and retries
+                return
+            if fault == "not-http":
+                self.wfile.write(b"<<<not HTTP>>>\r\n\r\n")
+                self.close_connection = True
                 return
             if fault in ("500", "429", "404"):
                 self._send(int(fault), b"busy", "text/plain", {"retry-after": "0"})

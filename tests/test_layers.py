@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "pages",
             "archives",
+            "transport",
             "client",
             "filemetadata",
             "pagefiles",
@@ -46,6 +47,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "closure",
             "projectmerge",
             "pullwriter",
+            "pullloop",
             "pullthrough",
         ],
     ),

@@ -13,6 +13,7 @@ import pygit2
 import pytest
 
 from metasrv.errors import InvalidData
+from metasrv.index import pullwriter
 from metasrv.index.buildrun import AGAIN_NAME, LOCK_NAME
 from metasrv.index.projectmerge import Merge, adopt
 from metasrv.index.pullwriter import PullWriter
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 ALPHA = make_project("Alpha", ["1.0"])
 BETA = make_project("beta", ["1.0", "2.0"])
+GAMMA = make_project("gamma", ["1.0"])
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -230,6 +232,56 @@ def test_a_change_queued_while_a_commit_runs_lands_in_the_next_commit(storage: S
     assert message(storage, first).endswith("\n\n- alpha")
     assert message(storage, second).endswith("\n\n- beta")
     assert storage.read(first, path_of("beta")) is None
+
+
+def test_a_commit_waits_for_every_change_announced_as_coming(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pullwriter, "GATHER_SECONDS", 60.0)  # longer than the test can take
+    before = storage.resolve(None)
+    writer = writer_of(storage)
+
+    async def pull() -> list[CommitId | None]:
+        beta_fetched, gamma_fetched = asyncio.Event(), asyncio.Event()
+
+        async def announced(name: str, project: Project, fetched: asyncio.Event | None) -> Any:
+            with writer.coming():
+                if fetched is not None:
+                    await fetched.wait()  # its page is still on its way
+            return await writer.write(normalize_name(name), adopt(project), name, {})
+
+        writes = [
+            asyncio.ensure_future(announced("alpha", ALPHA, None)),
+            asyncio.ensure_future(announced("beta", BETA, beta_fetched)),
+            asyncio.ensure_future(announced("gamma", GAMMA, gamma_fetched)),
+        ]
+        while writer.queued < 1:
+            await asyncio.sleep(0)  # alpha's change queued; beta's and gamma's are coming
+        beta_fetched.set()
+        while writer.queued < 2:
+            await asyncio.sleep(0)
+        gamma_fetched.set()
+        return list(await asyncio.gather(*writes))
+
+    commits = run(pull())
+    head = storage.resolve(None)
+    assert commits == [head] * 3
+    assert parents(storage, head) == [before]
+    assert message(storage, head).endswith("\n\n- alpha\n- beta\n- gamma")
+
+
+def test_a_change_announced_and_never_queued_delays_a_commit_only_so_long(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pullwriter, "GATHER_SECONDS", 0.01)
+    writer = writer_of(storage)
+
+    async def pull() -> CommitId | None:
+        with writer.coming():  # a pull whose source never answers
+            return await writer.write(normalize_name("alpha"), adopt(ALPHA), "alpha", {})
+
+    assert run(pull()) == storage.resolve(None)
+    assert Catalog(storage).get_project(storage.resolve(None), "alpha") == ALPHA
 
 
 def test_a_write_whose_caller_gave_up_does_not_stop_later_writes(storage: Storage) -> None:

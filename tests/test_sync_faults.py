@@ -97,6 +97,7 @@ FAULTS = [
     Fault("500-after-retries", faults=("500",) * 4, project_error="HTTP 500 after 2 attempts"),
     Fault("invalid-json", faults=("garbage",), project_error="invalid JSON"),
     Fault("truncated", faults=("truncate",) * 4, project_error="after 2 attempts"),
+    Fault("not-http", faults=("not-http",) * 4, project_error="RemoteProtocolError"),
     Fault("over-64MB", faults=("oversize",), project_error="larger than 67108864 bytes"),
     Fault("gzip-inflating-past-64MB", faults=("gzip-bomb",), project_error="larger than 67108864"),
     Fault("zstd-unasked", faults=("zstd-bomb",), project_error="content-encoding 'zstd'"),

@@ -28,6 +28,7 @@ from metasrv.index.pages import (
     parse_json_listing,
     parse_json_project,
 )
+from metasrv.index.transport import AiohttpClient
 from metasrv.model import SourceState
 from metasrv.names import normalize_name
 
@@ -98,7 +99,7 @@ DECODED = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 
 def make_client(options: FetchOptions) -> httpx.AsyncClient:
     """Return the HTTP client a sync shares between its requests."""
-    return httpx.AsyncClient(
+    return AiohttpClient(
         timeout=options.timeout_seconds,
         follow_redirects=True,
         # What is decoded is counted against the caps chunk by chunk: gzip's inflation per chunk

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
@@ -28,6 +27,7 @@ from metasrv.index.client import open_source as open_index
 from metasrv.index.pagefiles import read_page_files
 from metasrv.index.pages import ProjectPage
 from metasrv.index.projectmerge import adopt, fill, pending_files, pending_of
+from metasrv.index.pullloop import LoopThread
 from metasrv.index.pullwriter import PullWriter
 from metasrv.index.sync import SyncSummary, assemble_project
 from metasrv.model import DistFile, Project, Release, SourceState
@@ -43,7 +43,6 @@ PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking agai
 # Files read per background commit: each commit rewrites the whole project file (numpy's is
 # ~1 MB), so fewer, larger commits; what a client waits for is read in one.
 BACKGROUND_BATCH_FILES = 500
-START_DEADLINE_SECONDS = 10.0
 # Background metadata reads, one project at a time, once clients have asked nothing for a while:
 # they must not take the source's connections, the writer or the CPU from what clients wait for.
 BACKGROUND_READS = 1
@@ -87,9 +86,9 @@ class PullThrough:
             self._writer.follow_head()  # HEAD's commits since the last run: served from the start
         except MetasrvError as exc:
             self._log(f"pull-through: {branch} does not follow HEAD's branch: {exc.message}")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._thread = LoopThread("metasrv-pull-through")
+        # Dropped without close() (an app whose lifespan never ran): its thread and client end.
+        weakref.finalize(self, self._thread.drop).atexit = False
         self._inflight: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._missing: dict[NormalizedName, float] = {}
         self._checked: dict[NormalizedName, float] = {}
@@ -125,51 +124,24 @@ class PullThrough:
         if checked is not None and time.monotonic() - checked < self.refresh:
             return
         self._checked[normalized_name] = time.monotonic()  # one re-check per interval
-        self._start().call_soon_threadsafe(self._spawn_refresh, normalized_name)
+        self._thread.loop().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
     async def warm_up(self) -> None:
-        """Open the source's client on the pull thread and wait for it: its TLS context, and the
-        event loop backend httpx imports on its first request, take tens of milliseconds that
-        the first pull-throughs would otherwise wait for."""
+        """Open the source's client on the pull thread and wait for it: its TLS context takes
+        tens of milliseconds that the first pull-throughs would otherwise wait for."""
         await self._call(self._opened())
 
     def close(self) -> None:
-        """Stop the pull thread, cancelling background work."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        future.result(timeout=START_DEADLINE_SECONDS)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=START_DEADLINE_SECONDS)
-        self._loop = self._thread = None
+        """Stop the pull thread, cancelling background work and closing the source's client."""
+        self._thread.stop(self._shutdown())
 
     def _raise_if_missing(self, normalized_name: NormalizedName) -> None:
         until = self._missing.get(normalized_name)
         if until is not None and time.monotonic() < until:
             raise NotFound(f"the source has no project {normalized_name!r}")
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        with self._starting:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-                    loop.close()
-
-                thread = threading.Thread(target=run, name="metasrv-pull-through", daemon=True)
-                thread.start()
-                if not ready.wait(START_DEADLINE_SECONDS):
-                    raise RuntimeError("the pull-through thread did not start")
-                self._loop, self._thread = loop, thread
-            return self._loop
-
     async def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._start())
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._thread.loop())
         return await asyncio.wrap_future(future)
 
     # On the pull thread's loop.
@@ -178,13 +150,8 @@ class PullThrough:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        if self._fetcher is not None:
-            await self._fetcher.client.aclose()
 
     async def _opened(self) -> None:
-        # httpx's first request imports anyio's asyncio backend (25-70 ms, holding the GIL, with
-        # every first request of a burst waiting behind it): anyio's first call imports it now.
-        await anyio.sleep(0)
         # A source that cannot be opened fails each pull with its own error, not the server's start.
         with contextlib.suppress(MetasrvError):
             self._open_source()
@@ -192,6 +159,7 @@ class PullThrough:
     def _open_source(self) -> IndexSource | FolderSource:
         if self._source is None:
             self._fetcher = Fetcher(make_client(self._fetch), self._fetch)
+            self._thread.closers.append(self._fetcher.client.aclose)
             self._source = open_index(self.source_url, self._fetcher)
         return self._source
 
@@ -276,6 +244,26 @@ class PullThrough:
 
     async def _pull(self, normalized_name: NormalizedName, existing: Project | None = None) -> None:
         started = time.monotonic()
+        with self._writer.coming():  # the next commit waits a little for this one
+            project, files = await self._fetched(normalized_name, existing)
+        if project is None:
+            return
+        kind = "new" if existing is None else "refreshed"
+        commit_id = await self._writer.write(
+            normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)", {}
+        )
+        elapsed = (time.monotonic() - started) * 1000
+        self._log(
+            f"pull-through {normalized_name}: {len(files)} files, {elapsed:.0f} ms, "
+            f"commit {(commit_id or '-')[:12]}"
+        )
+        if any(f.metadata_pending for f in files):
+            self._spawn(self._complete_quietly(normalized_name))
+
+    async def _fetched(
+        self, normalized_name: NormalizedName, existing: Project | None
+    ) -> tuple[Project | None, list[DistFile]]:
+        """Fetch the project's page; return the project it makes (None: unchanged) and its files."""
         source = self._open_source()
         state = existing.source_state if existing is not None else SourceState()
         try:
@@ -296,7 +284,7 @@ class PullThrough:
         self._checked[normalized_name] = time.monotonic()
         self.stale.pop(normalized_name, None)
         if page is None:
-            return
+            return None, []
         self._remember_page(normalized_name, page)
         known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
         files = pending_files(page, known)
@@ -307,19 +295,7 @@ class PullThrough:
             )
         except InvalidData as exc:
             raise SourceError(f"the source's page is unusable: {exc.message}") from None
-        if project is None:
-            return
-        kind = "new" if existing is None else "refreshed"
-        commit_id = await self._writer.write(
-            normalized_name, adopt(project), f"{project.name} ({kind}, {len(files)} files)", {}
-        )
-        elapsed = (time.monotonic() - started) * 1000
-        self._log(
-            f"pull-through {normalized_name}: {len(files)} files, {elapsed:.0f} ms, "
-            f"commit {(commit_id or '-')[:12]}"
-        )
-        if any(f.metadata_pending for f in files):
-            self._spawn(self._complete_quietly(normalized_name))
+        return project, files
 
     def _remember_page(self, normalized_name: NormalizedName, page: ProjectPage) -> None:
         self._pages[normalized_name] = page
@@ -366,10 +342,7 @@ class PullThrough:
         return page
 
     async def _read_chunk(
-        self,
-        normalized_name: NormalizedName,
-        page: ProjectPage,
-        chunk: list[Release],
+        self, normalized_name: NormalizedName, page: ProjectPage, chunk: list[Release]
     ) -> None:
         """Read the pending files of some releases and commit what was read."""
         listed = {f.filename: f for f in page.files}

@@ -1,0 +1,152 @@
+"""A source's requests over aiohttp under httpx: errors, proxies, TLS and URLs as httpx's own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import socket
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from metasrv.errors import SourceError
+from metasrv.index.client import Fetched, Fetcher, FetchOptions, make_client
+from tests.gitremotes import tls_remote
+
+OPTIONS = FetchOptions(retries=0, timeout_seconds=10)
+
+
+def get(url: str) -> Fetched:
+    async def fetch() -> Fetched:
+        fetcher = Fetcher(make_client(OPTIONS), OPTIONS)
+        try:
+            return await fetcher.get(url)
+        finally:
+            await fetcher.client.aclose()
+
+    return asyncio.run(asyncio.wait_for(fetch(), 60))
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1; yield the server's base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(60)
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answer the path and the headers it was asked with."""
+
+    def do_GET(self) -> None:
+        body = "\n".join([self.path, *(f"{k.lower()}: {v}" for k, v in self.headers.items())])
+        self.send_response(200)
+        self.send_header("content-length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Proxy(BaseHTTPRequestHandler):
+    """A forward proxy for http:// URLs that records what each request asked for."""
+
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("proxy-authorization")))
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(self.path, timeout=30) as answer:
+            body = answer.read()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_refused_connection_says_so() -> None:
+    with socket.socket() as bound:  # bound and not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        with pytest.raises(SourceError, match=r"ConnectError: .*after 1 attempts"):
+            get(f"http://127.0.0.1:{bound.getsockname()[1]}/simple/")
+
+
+def test_a_source_that_hangs_up_without_an_answer_says_so() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        while True:  # every connection: aiohttp tries an idempotent request on a second one
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            connection.recv(65536)
+            connection.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SourceError, match="RemoteProtocolError: Server disconnected"):
+            get(f"http://127.0.0.1:{listener.getsockname()[1]}/simple/")
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(60)
+
+
+def test_the_path_and_headers_go_as_httpx_wrote_them() -> None:
+    with serving(_Echo) as url:
+        fetched = get(f"{url}/files/a%2Bb%20c/x.whl?y=%2F")
+    path, *headers = fetched.text.splitlines()
+    assert path == "/files/a%2Bb%20c/x.whl?y=%2F"  # not re-quoted on the way
+    assert "user-agent: metasrv-sync" in headers
+    assert "accept-encoding: gzip, deflate" in headers  # only what httpx can decode
+    assert fetched.url == f"{url}/files/a%2Bb%20c/x.whl?y=%2F"
+
+
+def test_a_proxy_from_the_environment_carries_the_requests_with_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _Proxy.seen = []
+    with serving(_Echo) as source, serving(_Proxy) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://someone:secret@"))
+        fetched = get(f"{source}/simple/alpha/")
+    assert fetched.text.splitlines()[0] == "/simple/alpha/"
+    credentials = base64.b64encode(b"someone:secret").decode()
+    assert _Proxy.seen == [(f"{source}/simple/alpha/", f"Basic {credentials}")]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_a_source_over_https_is_trusted_as_httpx_would_trust_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = tmp_path / "served.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(served)], check=True, timeout=60)
+    (served / "page.html").write_text("<html></html>")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with tls_remote(served, tmp_path / "certificates") as remote:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(SourceError, match=r"ConnectError: .*certificate verify failed"):
+            get(f"{remote.url}page.html")
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "certificates" / "ca.pem"))
+        assert get(f"{remote.url}page.html").content == b"<html></html>"
