@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -58,10 +57,9 @@ class LoopThread:
 
     def drop(self) -> None:
         """End the thread without waiting: its owner is gone (a ``weakref.finalize`` callback)."""
-        loop = self._loop
+        loop = self._loop  # None once stop() ended it: its owner, alive then, closed it
         if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed already
-                loop.call_soon_threadsafe(self._end_on_loop, loop)
+            loop.call_soon_threadsafe(self._end_on_loop, loop)
 
     def _end_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ending = asyncio.ensure_future(self._ended(None))
