@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -78,8 +79,39 @@ class _Proxy(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_CONNECT(self) -> None:
+        self.seen.append((f"CONNECT {self.path}", self.headers.get("proxy-authorization")))
+        host, port = self.path.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as upstream:
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            self.wfile.flush()
+            ends = [self.connection, upstream]
+            pumps = [
+                threading.Thread(target=_pump, args=(ends[i], ends[1 - i]), daemon=True)
+                for i in (0, 1)
+            ]
+            for pump in pumps:
+                pump.start()
+            for pump in pumps:
+                pump.join(60)
+        self.close_connection = True
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    """Copy bytes one way until either end closes."""
+    try:
+        while chunk := source.recv(65536):
+            target.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
 
 
 def test_a_refused_connection_says_so() -> None:
@@ -136,17 +168,41 @@ def test_a_proxy_from_the_environment_carries_the_requests_with_its_credentials(
     assert _Proxy.seen == [(f"{source}/simple/alpha/", f"Basic {credentials}")]
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-def test_a_source_over_https_is_trusted_as_httpx_would_trust_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def https_page(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Serve a page over HTTPS with a CA of its own; yield its URL and the CA's certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
     served = tmp_path / "served.git"
     subprocess.run(["git", "init", "-q", "--bare", str(served)], check=True, timeout=60)
     (served / "page.html").write_text("<html></html>")
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     with tls_remote(served, tmp_path / "certificates") as remote:
-        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-        with pytest.raises(SourceError, match=r"ConnectError: .*certificate verify failed"):
-            get(f"{remote.url}page.html")
-        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "certificates" / "ca.pem"))
-        assert get(f"{remote.url}page.html").content == b"<html></html>"
+        yield f"{remote.url}page.html", tmp_path / "certificates" / "ca.pem"
+
+
+def test_a_source_over_https_is_trusted_as_httpx_would_trust_it(
+    https_page: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = https_page
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with pytest.raises(SourceError, match=r"ConnectError: .*certificate verify failed"):
+        get(url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    assert get(url).content == b"<html></html>"
+
+
+def test_https_through_a_proxy_tunnels_and_trusts_the_same_certificates(
+    https_page: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = https_page
+    _Proxy.seen = []
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with serving(_Proxy) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.replace("http://", "http://someone:secret@"))
+        assert get(url).content == b"<html></html>"
+    credentials = base64.b64encode(b"someone:secret").decode()
+    host = url.split("/")[2]
+    assert _Proxy.seen == [(f"CONNECT {host}", f"Basic {credentials}")]
