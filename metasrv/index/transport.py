@@ -72,29 +72,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        limits: httpx.Limits,
         verify: ssl.SSLContext | str | bool = True,
         trust_env: bool = True,
         proxy: httpx.Proxy | None = None,
     ) -> None:
         # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
         self._ssl = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
-        self._limits = limits
         self._proxy = proxy
         self._session: aiohttp.ClientSession | None = None
 
     def _opened(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=self._ssl,
-                limit=self._limits.max_connections or 0,
-                keepalive_timeout=self._limits.keepalive_expiry or 0,
-            )
             self._session = aiohttp.ClientSession(
-                connector=connector,
+                # No cap of its own: a Fetcher holds as many requests in flight as it may.
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
                 auto_decompress=False,  # httpx decodes, counting against the caller's caps
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
             )
         return self._session
 
@@ -153,7 +146,7 @@ class AiohttpClient(httpx.AsyncClient):
         limits: httpx.Limits = DEFAULT_LIMITS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> httpx.AsyncBaseTransport:
-        return transport or AiohttpTransport(limits=limits, verify=verify, trust_env=trust_env)
+        return transport or AiohttpTransport(verify=verify, trust_env=trust_env)
 
     def _init_proxy_transport(  # noqa: PLR0917
         self,
@@ -165,4 +158,4 @@ class AiohttpClient(httpx.AsyncClient):
         http2: bool = False,
         limits: httpx.Limits = DEFAULT_LIMITS,
     ) -> httpx.AsyncBaseTransport:
-        return AiohttpTransport(limits=limits, verify=verify, trust_env=trust_env, proxy=proxy)
+        return AiohttpTransport(verify=verify, trust_env=trust_env, proxy=proxy)
