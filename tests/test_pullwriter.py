@@ -234,6 +234,29 @@ def test_a_change_queued_while_a_commit_runs_lands_in_the_next_commit(storage: S
     assert storage.read(first, path_of("beta")) is None
 
 
+def test_a_caller_who_gave_up_does_not_keep_the_others_in_its_commit_waiting(
+    storage: Storage,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    writer = writer_of(storage)
+
+    async def give_up() -> CommitId | None:
+        first = asyncio.ensure_future(
+            writer.write(normalize_name("alpha"), held(ALPHA, started, release), "alpha", {})
+        )
+        second = asyncio.ensure_future(writer.write(normalize_name("beta"), adopt(BETA), "b", {}))
+        try:
+            await asyncio.to_thread(wait_for, started, "the commit of both began")
+            assert writer.queued == 2
+            first.cancel()  # alpha's client hung up; beta's still waits
+        finally:
+            release.set()
+        return await second
+
+    assert run(give_up()) == storage.resolve(None)
+    assert message(storage, storage.resolve(None)).endswith("\n\n- alpha\n- b")
+
+
 def test_a_commit_waits_for_every_change_announced_as_coming(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
