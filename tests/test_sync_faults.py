@@ -102,7 +102,11 @@ FAULTS = [
     Fault("gzip-inflating-past-64MB", faults=("gzip-bomb",), project_error="larger than 67108864"),
     Fault("zstd-unasked", faults=("zstd-bomb",), project_error="content-encoding 'zstd'"),
     Fault("redirect-loop", faults=("redirect-loop",) * 25, project_error="TooManyRedirects"),
-    Fault("redirect-to-ftp", faults=("redirect-ftp",), project_error="UnsupportedProtocol"),
+    Fault(
+        "redirect-to-ftp",
+        faults=("redirect-ftp",),
+        project_error="UnsupportedProtocol: unsupported protocol 'ftp://'",
+    ),
     Fault("bad-content-encoding", faults=("bad-encoding",), project_error="DecodingError"),
     Fault("trickle", faults=("trickle",) * 4, project_error="no whole answer within 2 s"),
     Fault(

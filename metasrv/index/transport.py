@@ -67,7 +67,10 @@ class _Body(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Send httpx's requests through one aiohttp session, made on the loop that first uses it."""
+    """Send httpx's requests through one aiohttp session, made on the loop that first uses it.
+
+    Without their bodies: a source is only read (GET, HEAD).
+    """
 
     def __init__(
         self,
@@ -96,8 +99,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if request.url.scheme not in ("http", "https"):  # a redirect to ftp://, as httpcore says
             raise httpx.UnsupportedProtocol(f"unsupported protocol {request.url.scheme + '://'!r}")
         timeout = request.extensions.get("timeout", {})
-        # Read first: a redirect's request is a stream, which aiohttp would send chunked.
-        content = await request.aread()
         headers = request.headers.multi_items()
         proxy, proxy_headers = self._proxy, None
         if proxy is not None:
@@ -109,8 +110,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method,
                 yarl.URL(str(request.url), encoded=True),  # as httpx wrote it, not re-quoted
                 headers=headers,
-                data=content or None,
                 allow_redirects=False,  # httpx follows them, with its own checks
+                # httpx's per-read timeout: a stalled stream fails before the caller's deadline.
                 timeout=aiohttp.ClientTimeout(
                     sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
                 ),
