@@ -105,8 +105,7 @@ def make_client(options: FetchOptions) -> httpx.AsyncClient:
         # What is decoded is counted against the caps chunk by chunk: gzip's inflation per chunk
         # is bounded; codings asked for by default when a decoder is installed (zstd) are not.
         headers={"user-agent": USER_AGENT, "accept-encoding": "gzip, deflate"},
-        limits=httpx.Limits(max_connections=options.concurrency),
-    )
+    )  # no connection limit: a Fetcher holds at most ``concurrency`` requests in flight
 
 
 @dataclass(frozen=True, slots=True)

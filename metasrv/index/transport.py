@@ -82,12 +82,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
         self._ssl = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
         self._proxy = proxy
+        self._proxy_headers = _proxy_headers(proxy) if proxy is not None else None
         self._session: aiohttp.ClientSession | None = None
 
     def _opened(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                # No cap of its own: a Fetcher holds as many requests in flight as it may.
+                # No cap of its own: a Fetcher holds at most its concurrency in flight.
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
                 auto_decompress=False,  # httpx decodes, counting against the caller's caps
@@ -100,11 +101,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported protocol {request.url.scheme + '://'!r}")
         timeout = request.extensions.get("timeout", {})
         headers = request.headers.multi_items()
-        proxy, proxy_headers = self._proxy, None
-        if proxy is not None:
-            proxy_headers = _proxy_headers(proxy)
-            if request.url.scheme == "http":  # sent to the proxy itself; https's go in its CONNECT
-                headers += proxy_headers.items()
+        proxy, proxy_headers = self._proxy, self._proxy_headers
+        if proxy_headers is not None and request.url.scheme == "http":
+            headers += proxy_headers.items()  # sent to the proxy itself; https's go in its CONNECT
         with _as_httpx_errors():
             response = await self._opened().request(
                 request.method,
