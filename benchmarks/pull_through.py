@@ -5,11 +5,11 @@ Run: python -m benchmarks.pull_through [--projects 60] [--top 30] [--runs 3] [--
 Needs nginx, uv and curl. The source is the static PEP 503 tree with PEP 658 files of
 benchmarks.simple_api, served by nginx. Figures, each with a fresh uv cache:
 (a) the source directly; (b) metasrv on a meta repository with nothing synced, everything pulled
-through (a new repository and server per run); (c) the same server warm; (d) the same again,
-with the answers the fast path kept from (c) if no commit came in between. Prints each ratio to (a)
-and the requests each makes to the source (nginx's access log). Then, on a new empty repository
-per run served by a `metasrv serve` process, `GET /v1/projects` p50 / p99 while ``--pulls`` first
-requests for distinct projects run at once.
+through (a new repository and `metasrv serve --quiet` process per run); (c) the same server warm;
+(d) the same again, with the answers the fast path kept from (c) if no commit came in between.
+Prints each ratio to (a) and the requests each makes to the source (nginx's access log). Then, on
+a new empty repository per run, `GET /v1/projects` p50 / p99 while ``--pulls`` first requests for
+distinct projects run at once.
 Last, the first page of a project with ``--big`` files (numpy has about 2,000), pulled through
 an empty repository, against the source serving that page itself (PEP 691 JSON, nginx).
 Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms; the big page "in about the time the
@@ -24,19 +24,16 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
-from benchmarks.servers import free_port, nginx, start_metasrv, wait_until_up
+from benchmarks.servers import nginx, start_metasrv
 from benchmarks.simple_api import build_source, compile_once
 from metasrv.cli.main import main as metasrv
-from metasrv.http.app import create_app
 
 
 def new_meta_repository(work: Path, source_url: str) -> Path:
@@ -49,25 +46,9 @@ def new_meta_repository(work: Path, source_url: str) -> Path:
 
 @contextmanager
 def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
-    """Serve a new meta repository that has synced nothing; yield its base URL."""
-    meta = new_meta_repository(work, source_url)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(meta), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/")
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
-@contextmanager
-def empty_metasrv_process(work: Path, source_url: str) -> Iterator[str]:
     """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL."""
-    # A process of its own: clients in this one must not share the server's GIL.
+    # What an operator runs (its protocol answers kept pages itself), in a process of its own:
+    # clients in this one must not share the server's GIL.
     server, url, _ = start_metasrv(new_meta_repository(work, source_url), "--quiet")
     try:
         yield url
@@ -186,7 +167,7 @@ def main() -> None:
         # One burst gives 20-30 samples, whose p99 is its slowest request: a burst per run.
         samples = []
         for _ in range(args.runs):
-            with empty_metasrv_process(work, source_url) as url:
+            with empty_metasrv(work, source_url) as url:
                 samples += latency_under_pulls(url, names, args.pulls)
     quantiles = statistics.quantiles(samples, n=100)
     big_source, big_first, big_warm = big_first_page(work, args.big, args.runs)

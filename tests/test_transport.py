@@ -206,3 +206,15 @@ def test_https_through_a_proxy_tunnels_and_trusts_the_same_certificates(
     credentials = base64.b64encode(b"someone:secret").decode()
     host = url.split("/")[2]
     assert _Proxy.seen == [(f"CONNECT {host}", f"Basic {credentials}")]
+
+
+def test_a_plain_http_source_needs_no_certificates_and_https_says_it_cannot_load_them(
+    https_page: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = https_page
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such.pem"))
+    with serving(_Echo) as source:
+        assert get(f"{source}/simple/").text.splitlines()[0] == "/simple/"
+    with pytest.raises(SourceError, match=r"ConnectError: cannot load the trusted certificates"):
+        get(url)

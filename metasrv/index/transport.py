@@ -79,17 +79,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         trust_env: bool = True,
         proxy: httpx.Proxy | None = None,
     ) -> None:
-        # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
-        self._ssl = httpx.create_ssl_context(verify=verify, trust_env=trust_env)
+        self._verify, self._trust_env = verify, trust_env
+        self._ssl: ssl.SSLContext | None = None
         self._proxy = proxy
         self._proxy_headers = _proxy_headers(proxy) if proxy is not None else None
         self._session: aiohttp.ClientSession | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
+        # Made at the first https request, not before: loading them takes ~20 ms of the GIL,
+        # which a plain-http source (a company index, a local folder) never needs.
+        if self._ssl is None:
+            try:
+                self._ssl = httpx.create_ssl_context(verify=self._verify, trust_env=self._trust_env)
+            except OSError as exc:  # SSL_CERT_FILE names no file, or one with no certificate
+                raise httpx.ConnectError(f"cannot load the trusted certificates: {exc}") from exc
+        return self._ssl
 
     def _opened(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 # No cap of its own: a Fetcher holds at most its concurrency in flight.
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+                connector=aiohttp.TCPConnector(limit=0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
                 auto_decompress=False,  # httpx decodes, counting against the caller's caps
             )
@@ -102,6 +113,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         headers = request.headers.multi_items()
         proxy, proxy_headers = self._proxy, self._proxy_headers
+        proxy_scheme = proxy.url.scheme if proxy is not None else None
         if proxy_headers is not None and request.url.scheme == "http":
             headers += proxy_headers.items()  # sent to the proxy itself; https's go in its CONNECT
         with _as_httpx_errors():
@@ -116,6 +128,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
                 proxy=str(proxy.url) if proxy is not None else None,
                 proxy_headers=proxy_headers,
+                ssl=self._ssl_context() if "https" in (request.url.scheme, proxy_scheme) else True,
             )
         reason = (response.reason or "").encode()
         return httpx.Response(
