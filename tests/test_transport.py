@@ -216,5 +216,5 @@ def test_a_plain_http_source_needs_no_certificates_and_https_says_it_cannot_load
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such.pem"))
     with serving(_Echo) as source:
         assert get(f"{source}/simple/").text.splitlines()[0] == "/simple/"
-    with pytest.raises(SourceError, match=r"ConnectError: cannot load the trusted certificates"):
+    with pytest.raises(SourceError, match=r"TransportError: cannot load the trusted certificates"):
         get(url)

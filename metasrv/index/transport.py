@@ -93,7 +93,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             try:
                 self._ssl = httpx.create_ssl_context(verify=self._verify, trust_env=self._trust_env)
             except OSError as exc:  # SSL_CERT_FILE names no file, or one with no certificate
-                raise httpx.ConnectError(f"cannot load the trusted certificates: {exc}") from exc
+                # Not a ConnectError: retrying would not mend this machine's configuration.
+                raise httpx.TransportError(f"cannot load the trusted certificates: {exc}") from exc
         return self._ssl
 
     def _opened(self) -> aiohttp.ClientSession:
