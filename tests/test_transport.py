@@ -72,7 +72,14 @@ class _Proxy(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen.append((self.path, self.headers.get("proxy-authorization")))
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with direct.open(self.path, timeout=30) as answer:
+        # The client's headers go on to the server; those meant for the proxy stop here.
+        passed = {
+            name: value
+            for name, value in self.headers.items()
+            if not name.lower().startswith("proxy-") and name.lower() not in ("host", "connection")
+        }
+        request = urllib.request.Request(self.path, headers=passed)
+        with direct.open(request, timeout=30) as answer:
             body = answer.read()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
@@ -163,7 +170,9 @@ def test_a_proxy_from_the_environment_carries_the_requests_with_its_credentials(
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://someone:secret@"))
         fetched = get(f"{source}/simple/alpha/")
-    assert fetched.text.splitlines()[0] == "/simple/alpha/"
+    path, *headers = fetched.text.splitlines()
+    assert path == "/simple/alpha/"
+    assert "user-agent: metasrv-sync" in headers  # the request's own headers go on with them
     credentials = base64.b64encode(b"someone:secret").decode()
     assert _Proxy.seen == [(f"{source}/simple/alpha/", f"Basic {credentials}")]
 
