@@ -53,10 +53,14 @@ def test_stop_before_any_use_starts_nothing_and_runs_nothing() -> None:
     assert all(t.name != "never-started" for t in threading.enumerate())
 
 
-def test_a_shutdown_that_never_ends_fails_stop_after_the_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bound the thread's start and stop by 0.2 s, for the tests of what outlasts them."""
     monkeypatch.setattr(pullloop, "START_DEADLINE_SECONDS", 0.2)
+
+
+@pytest.mark.usefixtures("short_deadline")
+def test_a_shutdown_that_never_ends_fails_stop_after_the_deadline() -> None:
     owner = LoopThread("stuck-shutdown")
     release = asyncio.Event()
     loop = owner.loop()
@@ -70,10 +74,8 @@ def test_a_shutdown_that_never_ends_fails_stop_after_the_deadline(
     owner.stop(asyncio.sleep(0))  # still started: this stop ends it
 
 
-def test_a_loop_that_will_not_end_does_not_hold_stop_past_the_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(pullloop, "START_DEADLINE_SECONDS", 0.2)
+@pytest.mark.usefixtures("short_deadline")
+def test_a_loop_that_will_not_end_does_not_hold_stop_past_the_deadline() -> None:
     owner = LoopThread("stuck-loop")
     loop = owner.loop()
     release = threading.Event()
