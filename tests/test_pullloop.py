@@ -111,7 +111,12 @@ def test_drop_ends_the_thread_without_waiting_and_closes_what_it_holds() -> None
 
 
 def test_a_process_whose_loop_was_never_stopped_still_exits() -> None:
-    # An owner gone without stop() or drop() (an app never shut down) must not hold the exit.
+    # An owner gone without stop() or drop() (an app never shut down) must not hold the exit:
+    # the thread is a daemon, here (where mutmut sees the call) and in a process of its own.
+    owner = LoopThread("daemon")
+    owner.loop()
+    assert next(t for t in threading.enumerate() if t.name == "daemon").daemon
+    owner.stop(asyncio.sleep(0))
     code = "from metasrv.index.pullloop import LoopThread; LoopThread('left').loop(); print('ok')"
     command = [sys.executable, "-c", code]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)

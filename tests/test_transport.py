@@ -151,6 +151,29 @@ def test_a_source_that_hangs_up_without_an_answer_says_so() -> None:
         thread.join(60)
 
 
+class _Fine(BaseHTTPRequestHandler):
+    """Answer with a reason phrase of its own, or none at /empty."""
+
+    def do_GET(self) -> None:
+        self.send_response(200, "" if self.path == "/empty" else "Fine")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_response_says_its_version_and_reason_as_httpx_would() -> None:
+    async def fetch(url: str) -> tuple[str, str]:
+        async with make_client(OPTIONS) as client:
+            response = await client.get(url)
+            return response.http_version, response.reason_phrase
+
+    with serving(_Fine) as url:
+        assert asyncio.run(asyncio.wait_for(fetch(url), 60)) == ("HTTP/1.1", "Fine")
+        assert asyncio.run(asyncio.wait_for(fetch(f"{url}/empty"), 60)) == ("HTTP/1.1", "")
+
+
 def test_the_path_and_headers_go_as_httpx_wrote_them() -> None:
     with serving(_Echo) as url:
         fetched = get(f"{url}/files/a%2Bb%20c/x.whl?y=%2F")
