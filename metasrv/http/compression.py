@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+import threading
 
 import zstandard
 
@@ -31,6 +32,7 @@ _SUFFIXED = re.compile(rb'-(?:gzip|zstd)"')
 # Compressing megabytes takes tens of milliseconds: off the event loop, so others are answered.
 THREAD_BYTES = 256 * 1024
 Header = tuple[bytes, bytes]
+_compressors = threading.local()
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -88,8 +90,16 @@ def _suffixed(etag: bytes, coding: str) -> bytes:
 
 def _compress(body: bytes, coding: str) -> bytes:
     if coding == "zstd":
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(body)
+        return _zstd_compressor().compress(body)
     return gzip.compress(body, GZIP_LEVEL, mtime=0)
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    # Making a compressor took 21 us of a 24 us page; one per thread, as one is not thread-safe.
+    compressor: zstandard.ZstdCompressor | None = getattr(_compressors, "zstd", None)
+    if compressor is None:
+        compressor = _compressors.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return compressor
 
 
 def _vary(headers: list[Header]) -> list[Header]:
