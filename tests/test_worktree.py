@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from metasrv.repo import worktree
@@ -96,3 +97,25 @@ def test_the_users_own_edits_survive_recovery(checkout: tuple[Storage, str, str]
     (storage.workdir / "data" / "a.toml").write_bytes(b"a = 'mine'\n")
     storage.recover()
     assert (storage.workdir / "data" / "a.toml").read_bytes() == b"a = 'mine'\n"
+
+
+def test_a_ref_that_fails_to_move_puts_the_checkout_back(
+    checkout: tuple[Storage, str, str],
+) -> None:
+    storage, old, new = checkout
+    assert storage.workdir is not None
+    repo = pygit2.Repository(str(storage.path))
+
+    def refuse() -> None:
+        raise OSError("the ref's lock is taken")
+
+    with pytest.raises(OSError, match="lock is taken"):
+        # As a commit calls it: the paths mapped to the bytes the new commit holds there.
+        worktree.follow(
+            repo, branch="main", old_commit=old, new_commit=new, paths=NEW, move_ref=refuse
+        )
+    for path, content in OLD.items():
+        assert (storage.workdir / path).read_bytes() == content
+    assert not (storage.workdir / "data" / "c.toml").exists()
+    assert git(storage.workdir, "status", "--porcelain") == ""
+    assert not (storage.path / worktree.JOURNAL_NAME).exists()

@@ -10,7 +10,7 @@ committed data), and the next writer finishes or undoes the step from the journa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import pygit2
@@ -26,16 +26,21 @@ def follow(
     branch: str,
     old_commit: str,
     new_commit: str,
-    paths: Iterable[str],
+    paths: Iterable[str] | Mapping[str, bytes | None],
     move_ref: Callable[[], None],
 ) -> None:
-    """Move ``paths`` of the checkout from ``old_commit`` to ``new_commit``, then the ref."""
+    """Move ``paths`` of the checkout from ``old_commit`` to ``new_commit``, then the ref.
+
+    ``paths`` mapped to the new commit's bytes there (None: removed) are written from those,
+    not read back from the object store (numpy's file: 1 MB inflated and hashed again).
+    """
     journal = Path(repo.path) / JOURNAL_NAME
     temporary = journal.with_name(JOURNAL_NAME + _TEMPORARY_SUFFIX)
     temporary.write_text(f"{branch}\n{old_commit}\n{new_commit}\n")
     temporary.replace(journal)
+    contents = paths if isinstance(paths, Mapping) else None
     paths = list(paths)
-    _bring(repo, paths, old_commit, new_commit, new_commit)
+    _bring(repo, paths, old_commit, new_commit, new_commit, target_contents=contents)
     try:
         move_ref()
     except BaseException:
@@ -69,12 +74,18 @@ def recover(repo: pygit2.Repository) -> None:
 
 
 def _bring(
-    repo: pygit2.Repository, paths: list[str], old_commit: str, new_commit: str, target: str
+    repo: pygit2.Repository,
+    paths: list[str],
+    old_commit: str,
+    new_commit: str,
+    target: str,
+    *,
+    target_contents: Mapping[str, bytes | None] | None = None,
 ) -> None:
     """Set each path's index entry and file to ``target``'s, unless it holds other edits.
 
     A file whose bytes are neither the old nor the new commit's holds the user's edits and is
-    left alone, as ``git checkout`` would.
+    left alone, as ``git checkout`` would. ``target_contents``: ``target``'s bytes, where known.
     """
     workdir = Path(repo.workdir)
     old_tree, new_tree = _commit(repo, old_commit).tree, _commit(repo, new_commit).tree
@@ -98,10 +109,13 @@ def _bring(
                 index.remove(path)
             continue
         if current_id != target_id:
-            blob = repo[target_id]
-            assert isinstance(blob, pygit2.Blob)
+            content = target_contents.get(path) if target_contents is not None else None
+            if content is None:
+                blob = repo[target_id]
+                assert isinstance(blob, pygit2.Blob)
+                content = blob.data
             file_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(blob.data)
+            temporary.write_bytes(content)
             temporary.replace(file_path)
         index.add(pygit2.IndexEntry(path, pygit2.Oid(hex=target_id), pygit2.enums.FileMode.BLOB))
     index.write()
