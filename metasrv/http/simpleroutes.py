@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 from packaging.utils import NormalizedName
@@ -33,6 +34,11 @@ PREFIXES = tuple(
     for base in ("", "/u/{understandings}", "/at/{commit}", "/at/{commit}/u/{understandings}")
     for cooldown in ("", "/cooldown/{cooldown}")
 )
+
+
+# Installers send the same few Accept headers: each is negotiated once (bounded: any client may
+# send any value; a refused one raises again each time).
+_negotiate = lru_cache(maxsize=256)(negotiate)
 
 
 def _media_type(content_type: str) -> str:
@@ -90,7 +96,7 @@ class SimpleRoutes:
     async def index(self, request: Request) -> Response:
         """Answer the root page listing every project."""
         mount = await self._mount(request)
-        content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
+        content_type = _negotiate(request.headers.get("accept"), request.query_params.get("format"))
         # The page lists names only: it is the data tree's, whichever commit holds that tree.
         tree_id = self.api.catalog.data_tree(mount.commit_id)
         headers = self._headers(mount, f"root-{tree_id}-{content_type}", content_type)
@@ -107,7 +113,7 @@ class SimpleRoutes:
     async def project(self, request: Request) -> Response:
         """Answer a project's page, redirecting other spellings to the normalized one."""
         mount = await self._mount(request)
-        content_type = negotiate(request.headers.get("accept"), request.query_params.get("format"))
+        content_type = _negotiate(request.headers.get("accept"), request.query_params.get("format"))
         name, at = request.path_params["project"], request.path_params.get("commit")
 
         def locate() -> tuple[Mount, NormalizedName, BlobId]:
