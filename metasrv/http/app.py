@@ -176,6 +176,9 @@ def create_app(
             yield
 
     routes = [
+        # Installers' requests first: Starlette tries each route's pattern in turn, and the read
+        # API's hot reads are answered before the router (hotpath.py).
+        *simple_routes.routes(),
         Route("/", root),
         Route("/v1/projects", projects),
         Route("/v1/projects/{name}", _prepared(read_api, project)),
@@ -185,7 +188,6 @@ def create_app(
         Route("/v1/markers", marker_set_list),
         Route("/v1/markers/{name}", marker_set),
         Route("/v1/markers/{name}/evaluate", evaluate),
-        *simple_routes.routes(),
     ]
     app = Starlette(
         routes=routes,
