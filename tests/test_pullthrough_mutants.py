@@ -6,6 +6,8 @@ import asyncio
 import gc
 import hashlib
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from metasrv.repo.storage import Storage
 from tests.builders import create_meta_repository, make_file
 from tests.deadlines import poll_until
 from tests.distributions import build_wheel
+from tests.gitremotes import tls_remote
 from tests.test_pullthrough import DEADLINE_SECONDS, Source, source
 
 __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
@@ -424,3 +427,32 @@ def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Pat
             asyncio.run(pull.ensure("anything"))
     finally:
         pull.close()
+
+
+def test_an_https_source_loads_its_certificates_at_the_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the first pull's time: a certificate file gone after the start is never read."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    served = tmp_path / "served.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(served)], check=True, timeout=60)
+    page = served / "simple" / "pt-alpha" / "index.html"
+    page.parent.mkdir(parents=True)
+    digest = hashlib.sha256(b"never downloaded").hexdigest()
+    filename = "pt_alpha-1.0-py3-none-any.whl"
+    page.write_text(f'<a href="../../files/{filename}#sha256={digest}">{filename}</a>')
+    meta = create_meta_repository(tmp_path / "meta")
+    with tls_remote(served, tmp_path / "certificates") as remote:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "certificates" / "ca.pem"))
+        pull = PullThrough(meta.path, f"{remote.url}simple/")
+        try:
+            asyncio.run(pull.warm_up())
+            monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "gone.pem"))
+            asyncio.run(pull.ensure("pt-alpha"))
+        finally:
+            pull.close()
+    storage = Storage(meta.path)
+    project = Catalog(storage).get_project(storage.resolve(None), "pt-alpha")
+    assert [f.filename for r in project.releases for f in r.files] == [filename]

@@ -250,3 +250,14 @@ def test_a_plain_http_source_needs_no_certificates_and_https_says_it_cannot_load
         assert get(f"{source}/simple/").text.splitlines()[0] == "/simple/"
     with pytest.raises(SourceError, match=r"TransportError: cannot load the trusted certificates"):
         get(url)
+
+    async def prepared_then_fetched() -> Fetched:
+        client = make_client(OPTIONS)
+        client.prepare_tls()  # says nothing: the https request does
+        try:
+            return await Fetcher(client, OPTIONS).get(url)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(SourceError, match=r"TransportError: cannot load the trusted certificates"):
+        asyncio.run(asyncio.wait_for(prepared_then_fetched(), 60))

@@ -97,7 +97,7 @@ def _parse_range(spec: str, size: int) -> tuple[int, int]:
 DECODED = frozenset({"identity", "gzip", "x-gzip", "deflate"})
 
 
-def make_client(options: FetchOptions) -> httpx.AsyncClient:
+def make_client(options: FetchOptions) -> AiohttpClient:
     """Return the HTTP client a sync shares between its requests."""
     return AiohttpClient(
         timeout=options.timeout_seconds,

@@ -127,8 +127,8 @@ class PullThrough:
         self._thread.loop().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
     async def warm_up(self) -> None:
-        """Open the source's client on the pull thread and wait for it: its TLS context takes
-        tens of milliseconds that the first pull-throughs would otherwise wait for."""
+        """Open the source's client on the pull thread and wait for it: an https source's
+        certificates take tens of milliseconds that the first pulls would otherwise wait for."""
         await self._call(self._opened())
 
     def close(self) -> None:
@@ -158,7 +158,10 @@ class PullThrough:
 
     def _open_source(self) -> IndexSource | FolderSource:
         if self._source is None:
-            self._fetcher = Fetcher(make_client(self._fetch), self._fetch)
+            client = make_client(self._fetch)
+            if self.source_url.startswith("https://"):
+                client.prepare_tls()  # ~18 ms of the GIL: at the warm-up, not in the first pull
+            self._fetcher = Fetcher(client, self._fetch)
             self._thread.closers.append(self._fetcher.client.aclose)
             self._source = open_index(self.source_url, self._fetcher)
         return self._source

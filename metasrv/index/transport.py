@@ -85,6 +85,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxy_headers = _proxy_headers(proxy) if proxy is not None else None
         self._session: aiohttp.ClientSession | None = None
 
+    def prepare_tls(self) -> None:
+        """Load the trusted certificates now; one that cannot be loaded fails https requests."""
+        with contextlib.suppress(httpx.TransportError):
+            self._ssl_context()
+
     def _ssl_context(self) -> ssl.SSLContext:
         # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
         # Made at the first https request, not before: loading them takes ~20 ms of the GIL,
@@ -148,6 +153,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 class AiohttpClient(httpx.AsyncClient):
     """An httpx client whose connections, proxied ones included, are aiohttp's."""
+
+    def prepare_tls(self) -> None:
+        """Load the trusted certificates of direct https requests now, not at the first one."""
+        if isinstance(self._transport, AiohttpTransport):
+            self._transport.prepare_tls()
 
     # httpx's hooks for the transports it makes, called with keywords (httpx 0.27 to 0.29).
     def _init_transport(  # noqa: PLR0917
