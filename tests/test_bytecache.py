@@ -1,10 +1,12 @@
-"""The body cache stays within its budget, counted as memory, not as body lengths."""
+"""The body cache stays within its budget in memory; header values are cached only when short."""
 
 from __future__ import annotations
 
 import tracemalloc
 
-from metasrv.http.bytecache import ByteCache
+import pytest
+
+from metasrv.http.bytecache import ByteCache, cached_when_short
 
 
 def test_many_small_entries_stay_within_the_budget_in_real_memory() -> None:
@@ -34,3 +36,33 @@ def test_the_least_recently_used_entry_goes_first() -> None:
     assert cache.get("b") is None
     assert cache.get("a") == b"x" * 1000
     assert cache.get("c") == b"z" * 1500
+
+
+def test_short_header_values_are_parsed_once_and_long_ones_every_time() -> None:
+    parsed: list[tuple[str | None, str | None]] = []
+
+    def parse(value: str | None, other: str | None = None) -> str:
+        parsed.append((value, other))
+        return f"{value}|{other}"
+
+    cached = cached_when_short(parse, max_length=8)
+    assert [cached("gzip", None), cached("gzip", None)] == ["gzip|None", "gzip|None"]
+    # 8 characters in all: still short, so parsed once.
+    assert [cached("gzip", "json"), cached("gzip", "json")] == ["gzip|json"] * 2
+    long_value = "gzip" + " " * 5
+    assert [cached(long_value), cached(long_value)] == [f"{long_value}|None"] * 2
+    assert parsed == [("gzip", None), ("gzip", "json"), (long_value, None), (long_value, None)]
+
+
+def test_a_refused_header_value_is_refused_again() -> None:
+    calls: list[str] = []
+
+    def refuse(value: str) -> str:
+        calls.append(value)
+        raise ValueError(value)
+
+    cached = cached_when_short(refuse)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad"):
+            cached("bad")
+    assert calls == ["bad", "bad"]

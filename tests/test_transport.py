@@ -224,14 +224,21 @@ def test_a_source_over_https_is_trusted_as_httpx_would_trust_it(
     assert get(url).content == b"<html></html>"
 
 
-def test_https_through_a_proxy_tunnels_and_trusts_the_same_certificates(
-    https_page: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def proxied_page(https_page: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Return the HTTPS page's URL, its CA trusted, with no proxy set yet and none seen."""
     url, ca = https_page
     _Proxy.seen = []
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy", "SSL_CERT_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    return url
+
+
+def test_https_through_a_proxy_tunnels_and_trusts_the_same_certificates(
+    proxied_page: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = proxied_page
     with serving(_Proxy) as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.replace("http://", "http://someone:secret@"))
         assert get(url).content == b"<html></html>"
@@ -253,7 +260,7 @@ def test_a_plain_http_source_needs_no_certificates_and_https_says_it_cannot_load
 
     async def prepared_then_fetched() -> Fetched:
         client = make_client(OPTIONS)
-        client.prepare_tls()  # says nothing: the https request does
+        client.prepare_tls(url)  # says nothing: the https request does
         try:
             return await Fetcher(client, OPTIONS).get(url)
         finally:
@@ -261,3 +268,25 @@ def test_a_plain_http_source_needs_no_certificates_and_https_says_it_cannot_load
 
     with pytest.raises(SourceError, match=r"TransportError: cannot load the trusted certificates"):
         asyncio.run(asyncio.wait_for(prepared_then_fetched(), 60))
+
+
+def test_certificates_prepared_for_a_url_serve_its_requests_through_a_proxy(
+    proxied_page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = proxied_page
+
+    async def prepared_then_fetched() -> Fetched:
+        client = make_client(OPTIONS)
+        client.prepare_tls(url)
+        # Read no more: the proxy's transport must have loaded them already.
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "gone.pem"))
+        try:
+            return await Fetcher(client, OPTIONS).get(url)
+        finally:
+            await client.aclose()
+
+    with serving(_Proxy) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        fetched = asyncio.run(asyncio.wait_for(prepared_then_fetched(), 60))
+    assert fetched.content == b"<html></html>"
+    assert [seen for seen, _ in _Proxy.seen] == [f"CONNECT {url.split('/')[2]}"]

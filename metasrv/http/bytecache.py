@@ -1,13 +1,16 @@
-"""A least-recently-used map of encoded response bodies, bounded by what they cost in memory."""
+"""Bounded caches: encoded response bodies by what they cost in memory; parsed short headers."""
 
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from functools import lru_cache
+from typing import TypeVar
 
 # The ordered dict's slot and links (~50 bytes) and the (body, cost) pair (~90), CPython 3.11.
 ENTRY_OVERHEAD_BYTES = 160
+T = TypeVar("T")
 
 
 def entry_cost(key: Hashable, body: bytes) -> int:
@@ -53,3 +56,21 @@ class ByteCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def cached_when_short(
+    function: Callable[..., T], max_length: int = 256, max_values: int = 256
+) -> Callable[..., T]:
+    """Return ``function`` answering again from a cache when its text arguments are short.
+
+    For parsing request headers: clients send a few short values again and again, while a long
+    one (any client may send megabytes) is parsed each time and never kept.
+    """
+    cached = lru_cache(maxsize=max_values)(function)
+
+    def call(*arguments: str | None) -> T:
+        if sum(len(argument) for argument in arguments if argument is not None) > max_length:
+            return function(*arguments)
+        return cached(*arguments)
+
+    return call

@@ -13,11 +13,10 @@ import asyncio
 import gzip
 import re
 import threading
-from functools import lru_cache
 
 import zstandard
 
-from metasrv.http.bytecache import ByteCache
+from metasrv.http.bytecache import ByteCache, cached_when_short
 from metasrv.http.hotpath import ASGIApp, Message, Receive, Scope, Send
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
 
@@ -60,9 +59,8 @@ def chosen_coding(accept_encoding: str | None) -> str | None:
 
 
 # Clients send a few Accept-Encoding values, again and again: each is parsed once (a request asks
-# two or three times, and parsing was a twentieth of a simple page's CPU). Bounded: any client
-# may send any value.
-_chosen_coding = lru_cache(maxsize=256)(chosen_coding)
+# two or three times; parsing was a few percent of a simple page's CPU).
+_chosen_coding = cached_when_short(chosen_coding)
 
 
 def _weights(accept_encoding: str | None) -> dict[str, float]:

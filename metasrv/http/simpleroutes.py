@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 
 from packaging.utils import NormalizedName
@@ -14,7 +13,7 @@ from starlette.routing import Route
 
 from metasrv.errors import MetadataPending, NotFound
 from metasrv.http import readapi
-from metasrv.http.bytecache import ByteCache
+from metasrv.http.bytecache import ByteCache, cached_when_short
 from metasrv.http.hotpath import etag_matches
 from metasrv.http.listings import Listings
 from metasrv.http.pulling import PulledReads
@@ -36,9 +35,9 @@ PREFIXES = tuple(
 )
 
 
-# Installers send the same few Accept headers: each is negotiated once (bounded: any client may
-# send any value; a refused one raises again each time).
-_negotiate = lru_cache(maxsize=256)(negotiate)
+# Installers send the same few Accept headers: each is negotiated once (a refused one raises
+# again each time).
+_negotiate = cached_when_short(negotiate)
 
 
 def _media_type(content_type: str) -> str:

@@ -160,7 +160,8 @@ class PullThrough:
         if self._source is None:
             client = make_client(self._fetch)
             if self.source_url.startswith("https://"):
-                client.prepare_tls()  # ~18 ms of the GIL: at the warm-up, not in the first pull
+                # ~18 ms of the GIL: at the warm-up, not in the first pull.
+                client.prepare_tls(self.source_url)
             self._fetcher = Fetcher(client, self._fetch)
             self._thread.closers.append(self._fetcher.client.aclose)
             self._source = open_index(self.source_url, self._fetcher)

@@ -92,8 +92,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _ssl_context(self) -> ssl.SSLContext:
         # The certificates httpx itself would trust: certifi, or SSL_CERT_FILE / SSL_CERT_DIR.
-        # Made at the first https request, not before: loading them takes ~20 ms of the GIL,
-        # which a plain-http source (a company index, a local folder) never needs.
+        # Made when prepare_tls asks or at the first https request, not before: loading them
+        # takes ~20 ms of the GIL, which a plain-http source (a company index) never needs.
         if self._ssl is None:
             try:
                 self._ssl = httpx.create_ssl_context(verify=self._verify, trust_env=self._trust_env)
@@ -154,10 +154,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 class AiohttpClient(httpx.AsyncClient):
     """An httpx client whose connections, proxied ones included, are aiohttp's."""
 
-    def prepare_tls(self) -> None:
-        """Load the trusted certificates of direct https requests now, not at the first one."""
-        if isinstance(self._transport, AiohttpTransport):
-            self._transport.prepare_tls()
+    def prepare_tls(self, url: str) -> None:
+        """Load the trusted certificates now for requests to ``url``, not at the first one."""
+        # The transport that will carry them: a proxy's (HTTPS_PROXY), else the direct one.
+        transport = self._transport_for_url(httpx.URL(url))
+        if isinstance(transport, AiohttpTransport):
+            transport.prepare_tls()
 
     # httpx's hooks for the transports it makes, called with keywords (httpx 0.27 to 0.29).
     def _init_transport(  # noqa: PLR0917
