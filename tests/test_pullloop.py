@@ -14,6 +14,10 @@ from metasrv.index import pullloop
 from metasrv.index.pullloop import LoopThread
 
 
+def _thread_named(name: str) -> threading.Thread:
+    return next(thread for thread in threading.enumerate() if thread.name == name)
+
+
 def _on_loop_thread(seen: list[str], label: str) -> None:
     seen.append(f"{label} on {threading.current_thread().name}")
 
@@ -31,7 +35,7 @@ def test_stop_runs_the_shutdown_then_the_closers_on_the_loop_and_ends_its_thread
     owner.closers.append(close)
     loop = owner.loop()
     assert owner.loop() is loop  # started once
-    thread = next(t for t in threading.enumerate() if t.name == "test-loop")
+    thread = _thread_named("test-loop")
     owner.stop(shutdown())
     assert seen == ["shutdown on test-loop", "closer on test-loop"]
     assert not thread.is_alive()
@@ -88,7 +92,7 @@ def test_a_loop_that_will_not_end_does_not_hold_stop_past_the_deadline() -> None
         running.call_soon(lambda: running.call_soon(release.wait))
 
     owner.stop(shutdown())
-    thread = next(t for t in threading.enumerate() if t.name == "stuck-loop")
+    thread = _thread_named("stuck-loop")
     assert thread.is_alive()  # stop returned without it
     release.set()
     thread.join(60)
@@ -104,7 +108,7 @@ def test_drop_ends_the_thread_without_waiting_and_closes_what_it_holds() -> None
 
     owner.closers.append(close)
     owner.loop()
-    thread = next(t for t in threading.enumerate() if t.name == "dropped")
+    thread = _thread_named("dropped")
     owner.drop()
     thread.join(60)
     assert closed.is_set()
@@ -116,7 +120,7 @@ def test_a_process_whose_loop_was_never_stopped_still_exits() -> None:
     # the thread is a daemon, here (where mutmut sees the call) and in a process of its own.
     owner = LoopThread("daemon")
     owner.loop()
-    assert next(t for t in threading.enumerate() if t.name == "daemon").daemon
+    assert _thread_named("daemon").daemon
     owner.stop(asyncio.sleep(0))
     code = "from metasrv.index.pullloop import LoopThread; LoopThread('left').loop(); print('ok')"
     command = [sys.executable, "-c", code]
