@@ -17,7 +17,7 @@ from metasrv.errors import NotAcceptable
 from metasrv.http.simplepages import negotiate
 from metasrv.http.wheels import rewrite_wheel
 from metasrv.index.pages import MIME_HTML, MIME_SIMPLE_HTML, MIME_SIMPLE_JSON
-from metasrv.model import CoreMetadata, Project, Release
+from metasrv.model import CoreMetadata, MetadataStatus, Project, Release
 from metasrv.names import core_metadata_path
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_file, make_project, project_files
@@ -167,16 +167,38 @@ def test_a_project_page_links_pinned_files_with_metadata_hashes(
     assert download.headers["location"] == "https://files.test/Flask-2.0.0-py3-none-any.whl"
 
 
-def test_a_metadata_file_the_source_serves_is_a_redirect_to_it(
+def test_a_file_the_source_serves_as_is_is_linked_there(
     client: AsgiClient, storage: Storage
 ) -> None:
     _commit_flask_with_documents(storage)
+    sha = storage.resolve(None)
     files = client.get("/simple/flask/", headers={"Accept": JSON}).json()["files"]
     sdist = next(f for f in files if f["filename"] == "flask-2.0.0.tar.gz")
+    # Its .metadata too is the source's own document: no redirect through this server.
+    assert sdist["url"] == "https://files.test/flask-2.0.0.tar.gz"
     assert sdist["core-metadata"] == {"sha256": hashlib.sha256(FLASK_SDIST_METADATA).hexdigest()}
-    answer = client.get(sdist["url"] + ".metadata")
+    # A link through this server (an older page's) still leads there.
+    answer = client.get(f"/at/{sha}/files/flask/flask-2.0.0.tar.gz.metadata")
     assert answer.status_code == 302
     assert answer.headers["location"] == "https://files.test/flask-2.0.0.tar.gz.metadata"
+
+
+def test_a_built_sdist_recorded_without_its_document_is_linked_here_for_its_rendering(
+    client: AsgiClient, storage: Storage
+) -> None:
+    # Its .metadata is rendered from the record: the source has no such document to link to.
+    built = replace(
+        make_file("oldlib-1.0.tar.gz", requires_dist=["dep"]),
+        metadata_status=MetadataStatus.BUILT,
+        metadata_built_on="CPython 3.11.7 linux x86_64",
+    )
+    commit_projects(storage, Project.create("oldlib", [Release.from_files("1.0", (built,))]))
+    sha = storage.resolve(None)
+    (listed,) = client.get("/simple/oldlib/", headers={"Accept": JSON}).json()["files"]
+    assert listed["url"] == f"/at/{sha}/files/oldlib/oldlib-1.0.tar.gz"
+    metadata = client.get(listed["url"] + ".metadata")
+    assert "Requires-Dist: dep" in metadata.text
+    assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata.content).hexdigest()}
 
 
 def test_a_file_whose_metadata_document_sync_did_not_see_has_no_metadata_file(
@@ -187,7 +209,9 @@ def test_a_file_whose_metadata_document_sync_did_not_see_has_no_metadata_file(
     old = next(f for f in files if f["filename"] == "Flask-1.1.4-py3-none-any.whl")
     assert "core-metadata" not in old
     assert "dist-info-metadata" not in old
-    assert client.get(old["url"] + ".metadata").status_code == 404
+    sha = storage.resolve(None)
+    path = f"/at/{sha}/files/flask/Flask-1.1.4-py3-none-any.whl.metadata"
+    assert client.get(path).status_code == 404
 
 
 def test_a_pinned_page_is_immutable_and_shows_that_commit(

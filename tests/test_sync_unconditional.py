@@ -99,9 +99,11 @@ def test_a_page_read_again_whole_records_the_hashes_of_its_pep_658_files_without
     listed = {f["filename"]: f.get("core-metadata") for f in page["files"]}
     assert listed == {**{n: {"sha256": d} for n, d in expected.items()}, "alpha-2.tar.gz": None}
     wheel_url = next(f["url"] for f in page["files"] if f["filename"] == wheels[0].name)
-    redirect = client.get(wheel_url + ".metadata")
+    # The source serves the wheel and its .metadata as they are: the page links them there.
+    assert wheel_url == f"{index.url}/files/{wheels[0].name}"
+    redirect = client.get(f"/files/alpha/{wheels[0].name}.metadata")
     assert redirect.status_code in (301, 302, 303, 307, 308)
-    assert redirect.headers["location"] == f"{index.url}/files/{wheels[0].name}.metadata"
+    assert redirect.headers["location"] == f"{wheel_url}.metadata"
 
 
 def _unlisted_pep658() -> IndexBehaviour:

@@ -95,6 +95,21 @@ def _ruled_projects(pinned: Pinned) -> list[NormalizedName]:
     return [name for path, _ in paths if (name := name_from_path(path)) is not None]
 
 
+def _linked_at_source(located: _Located) -> bool:
+    """Return whether a page links a file at the source's own URL: the source serves it as is."""
+    # The redirect /files/ would answer with, less a round trip per file (PyPI's pages link its
+    # file host too). Files an understanding changed, local ones, and ones whose .metadata this
+    # repository holds or reads on request stay here.
+    original = located.original
+    return (
+        not located.changed
+        and original.url.startswith(("http://", "https://"))
+        and not original.core_metadata_stored
+        and not _rendered(original)
+        and not (original.metadata_pending and original.core_metadata_sha256 is None)
+    )
+
+
 def _source_serves_metadata(located: _Located) -> bool:
     """Return whether a pending file's .metadata is the source's document, its hash declared."""
     original = located.original
@@ -231,11 +246,14 @@ class SimpleApi:
 
     def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile | None:
         patched = located.patched
-        prefix = mount.prefix if located.changed else mount.data_prefix
-        if self.pending_metadata and located.original.metadata_pending:
-            # Its .metadata is read from the source on request, which a pinned URL never does.
-            prefix = mount.root
-        url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
+        if _linked_at_source(located):
+            url = located.original.url
+        else:
+            prefix = mount.prefix if located.changed else mount.data_prefix
+            if self.pending_metadata and located.original.metadata_pending:
+                # Its .metadata is read from the source on request, which a pinned URL never does.
+                prefix = mount.root
+            url = f"{prefix}/files/{located.project.normalized_name}/{quote(patched.filename)}"
         hashes, size = dict(patched.hashes), patched.size
         rewritten = None
         metadata = self._rewrite_needed(located)
