@@ -458,3 +458,66 @@ def test_a_kept_pinned_answer_is_sent_after_the_head_moves_and_logged(storage: S
     # Unkept, the same read is the app's: no answer, no line.
     assert app.fast.response(_scope("/simple/werkzeug/"), []) is None
     assert len(lines) == 1
+
+
+@pytest.mark.parametrize("headers", [(), (f"Accept: {MIME_SIMPLE_JSON}", "Accept-Encoding: zstd")])
+def test_a_kept_page_naming_no_commit_answers_commits_that_keep_its_project_file(
+    storage: Storage, headers: tuple[str, ...]
+) -> None:
+    # Every file is linked at the source: the page is the same at each commit that holds the
+    # same project file, so a commit of another project neither renders it again nor changes
+    # its ETag (installers revalidating get their 304).
+    many = [f"1.{minor}" for minor in range(40)]  # compressed where the client accepts it
+    commit_projects(storage, _with_metadata_files("Served", many))
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    page = "/simple/served/"
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get(page, *headers))
+        first = connection.response()
+        commit_projects(Storage(storage.path), make_project("Werkzeug", ["3.0.0"]))
+        head = Storage(storage.path).resolve(None)
+        validating = f"If-None-Match: {first[1]['etag']}"
+        connection.send(get(page, *headers), get(page, *headers, validating))
+        kept, validated = connection.response(), connection.response()
+        commit_projects(Storage(storage.path), _with_metadata_files("Served", ["3.0.0"]))
+        connection.send(get(page, *headers))
+        changed = connection.response()
+        connection.close()
+    assert first[1]["etag"].startswith('"file-')
+    assert first[1].get("content-encoding") == ("zstd" if headers else None)
+    assert counted.requests == [page, page, page]  # the kept read did not reach the app
+    assert kept[2] == first[2]
+    assert kept[1]["x-metasrv-at"] == head != first[1]["x-metasrv-at"]
+    assert kept[1]["etag"] == first[1]["etag"]
+    assert (validated[0], validated[1]["x-metasrv-at"]) == (304, head)
+    assert changed[0] == 200
+    assert changed[1]["etag"] != first[1]["etag"]
+
+
+def test_a_page_linking_a_file_here_is_a_new_page_at_each_commit(storage: Storage) -> None:
+    stored = replace(
+        make_file("served-1.0-py3-none-any.whl"),
+        core_metadata_sha256="ab" * 32,
+        core_metadata_stored=True,  # its .metadata is served from this repository, pinned
+    )
+    commit_projects(storage, Project.create("Served", [Release.from_files("1.0", (stored,))]))
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    page = "/simple/served/"
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get(page), get(page))
+        first, kept = connection.response(), connection.response()
+        commit_projects(Storage(storage.path), make_project("Werkzeug", ["3.0.0"]))
+        head = Storage(storage.path).resolve(None)
+        connection.send(get(page))
+        after = connection.response()
+        connection.close()
+    assert counted.requests == [page, page]
+    assert kept[::2] == first[::2]
+    assert f"/at/{head}/files/served/".encode() in after[2]
+    assert after[1]["etag"] != first[1]["etag"]

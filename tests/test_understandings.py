@@ -236,3 +236,24 @@ def test_the_versions_list_shows_an_understandings_yanks(
     assert [v["yanked"] for v in plain["versions"]] == [False, False]
     assert [v["yanked"] for v in patched["versions"]] == [False, "broken"]
     assert patched["understandings"] == [{"name": "pallets", "commit": embedded.resolve(None)}]
+
+
+@pytest.mark.parametrize("view", ["/u/pallets", "/cooldown/7d"])
+def test_a_page_with_understandings_or_a_cooldown_is_not_one_of_the_project_file_alone(
+    client: AsgiClient, embedded: Storage, view: str
+) -> None:
+    # The plain page names no commit and stands for Werkzeug's file alone; in these views
+    # a rule added later (or time) changes the page while the file stays the same.
+    plain = client.get("/simple/werkzeug/")
+    before = client.get(f"{view}/simple/werkzeug/")
+    assert plain.headers["etag"].startswith('"file-')
+    assert not before.headers["etag"].startswith('"file-')
+    yank = {"id": "no-200", "versions": "==2.0.0", "yank": "broken", "reason": "it breaks"}
+    add_rules(embedded, "understandings/pallets", "Werkzeug", yank)
+    again = client.get(
+        f"{view}/simple/werkzeug/", headers={"If-None-Match": before.headers["etag"]}
+    )
+    assert again.status_code == 200
+    if view == "/u/pallets":
+        assert 'data-yanked="broken"' in again.text
+    assert client.get("/simple/werkzeug/").headers["etag"] == plain.headers["etag"]

@@ -10,7 +10,8 @@ it came from; anything else, or an answer worth keeping compressed, goes on to t
 
 Installers read the simple API instead: a project's page, then a ``.metadata`` file per
 candidate (mostly a redirect to the source's). Those of the plain view are answered by the app
-once, kept whole as it sent them (``Keeping``), and sent again while their commit is served.
+once, kept whole as it sent them (``Keeping``), and sent again while their commit is served; a
+page naming no commit (its ETag names its project file) while the served commit holds that file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from metasrv.http.accesslog import access_line
 from metasrv.http.bytecache import ByteCache
 from metasrv.http.compression import Header, encoded, request_coding, validated_scope
 from metasrv.http.guard import GuardedHttpToolsProtocol
-from metasrv.http.hotpath import ASGIApp, HotPath, Message, Read, Receive, Scope, Send
+from metasrv.http.hotpath import (
+    ASGIApp,
+    HotPath,
+    Message,
+    Read,
+    Receive,
+    Scope,
+    Send,
+    blob_of_etag,
+)
 from metasrv.http.pulling import STALE_HEADER
 
 # Whole answers cost ~1.8 KB each with their key (a release's): 48 MB keeps ~27,000. Too few for
@@ -39,11 +49,13 @@ _STATUS_LINES = {
     for status in (200, 302, 304)
 }
 # Project pages and .metadata files of the view without understandings, at the served head or
-# pinned (pages link files pinned): the answer depends on the commit, the request's Accept and
-# Accept-Encoding, and nothing else. Other views go to the app.
+# pinned: the answer depends on the commit (a page naming none: on its project file), the
+# request's Accept and Accept-Encoding, and nothing else. Other views go to the app.
 _KEPT_SIMPLE = re.compile(r"(?:/at/([^/]+))?/(?:simple/([^/]+)/|files/([^/]+)/[^/]+\.metadata)")
 _KEPT_STATUSES = frozenset({200, 302})
 _SENT_BY_US = frozenset({b"content-length", b"transfer-encoding"})
+# Stated when a kept answer is sent: a page kept by its project file answers later commits too.
+_STATED_WHEN_SENT = _SENT_BY_US | {b"x-metasrv-at"}
 _STALE = STALE_HEADER.encode()
 
 
@@ -92,10 +104,11 @@ class FastPath:
         commit_id = sent.get(b"x-metasrv-at")
         if status not in _KEPT_STATUSES or commit_id is None or _STALE in sent:
             return
-        kept = [header for header in headers if header[0].lower() not in _SENT_BY_US]
+        kept = [header for header in headers if header[0].lower() not in _STATED_WHEN_SENT]
         kept.append((b"content-length", str(len(body)).encode()))
         tail = b"".join([*(b"%s: %s\r\n" % header for header in kept), b"\r\n", body])
-        self.kept.put(_simple_key(scope), b"%s\n%d\n%s" % (commit_id, status, tail))
+        blob_id = (blob_of_etag(sent.get(b"etag")) or "").encode()
+        self.kept.put(_simple_key(scope), b"%s\n%d\n%s\n%s" % (commit_id, status, blob_id, tail))
 
     def _kept_simple(
         self, scope: Scope, default_headers: list[Header], started: float
@@ -104,10 +117,12 @@ class FastPath:
         kept = None if read is None or _validating(scope) else self.kept.get(_simple_key(scope))
         if read is None or kept is None:
             return None
-        commit_id, status, tail = kept.split(b"\n", 2)
-        if not self.hot.answers_from(read, commit_id.decode()):
+        commit_id, status, blob_id, tail = kept.split(b"\n", 3)
+        served = self.hot.answers_from(read, commit_id.decode(), blob_id.decode() or None)
+        if served is None:
             return None
         self.hot.touch(read)
+        tail = b"x-metasrv-at: %s\r\n%s" % (served.encode(), tail)
         return self._sent(scope, int(status), default_headers, tail, started)
 
     def _sent(

@@ -8,6 +8,7 @@ so statuses and error bodies are still decided in one place.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREFIX = "/v1/projects/"
 _JSON_HEADER = (b"content-type", b"application/json")
+# A page that names no commit (each file linked at the source) is the same at every commit
+# holding its project file: its ETag names that file, and a kept copy answers while it is there.
+_FILE_ETAG = re.compile(rb'"file-([0-9a-f]{40})-[^"]*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +92,22 @@ class HotPath:
             return Read(at, parts[0], parts[1])
         return None
 
-    def answers_from(self, read: Read, commit_id: str) -> bool:
-        """Return whether ``read`` is answered from ``commit_id`` now, with nothing to add."""
+    def answers_from(self, read: Read, commit_id: str, blob_id: str | None = None) -> str | None:
+        """Return the commit ``read`` is answered from now if an answer kept from ``commit_id``
+        still answers it with nothing to add, else None.
+
+        With ``blob_id``, the answer is the same at every commit holding that project file.
+        """
         try:
-            return self.read_api.pin(read.at).commit_id == commit_id and not self._stale(read)
+            served = self.read_api.pin(read.at).commit_id
+            if served != commit_id:
+                if blob_id is None:
+                    return None
+                if self.read_api.catalog.project_blob(served, read.name)[1] != blob_id:
+                    return None
+            return None if self._stale(read) else served
         except MetasrvError:
-            return False
+            return None
 
     def touch(self, read: Read) -> None:
         """Note an unpinned read for pull-through's background re-check."""
@@ -123,6 +137,17 @@ def _holds(scope: Scope, etag: bytes) -> bool:
         if key == b"if-none-match":
             return etag_matches(value.decode("latin-1"), etag.decode("latin-1"))
     return False
+
+
+def file_etag(blob_id: str, content_type: str) -> str:
+    """Return the ETag of a page that is the same at each commit holding project file blob_id."""
+    return f"file-{blob_id}-{content_type}"
+
+
+def blob_of_etag(etag: bytes | None) -> str | None:
+    """Return the project file a ``file_etag`` (quoted, perhaps with a coding's suffix) names."""
+    match = _FILE_ETAG.fullmatch(etag or b"")
+    return None if match is None else match.group(1).decode()
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from metasrv.errors import MetadataPending, NotFound
 from metasrv.http import readapi
 from metasrv.http.bytecache import ByteCache, cached_when_short
-from metasrv.http.hotpath import etag_matches
+from metasrv.http.hotpath import etag_matches, file_etag
 from metasrv.http.listings import Listings
 from metasrv.http.pulling import PulledReads
 from metasrv.http.simplepages import negotiate, render_json, render_project_html
@@ -129,7 +129,10 @@ class SimpleRoutes:
             if request.url.query:
                 target += f"?{request.url.query}"  # ?format= must survive the redirect
             return RedirectResponse(target, status_code=301)
-        etag = f"{mount.key}-{blob_id}-{content_type}"
+        if self.api.commit_free(mount, name, blob_id):
+            etag = file_etag(blob_id, content_type)  # later commits keep it, and its 304s
+        else:
+            etag = f"{mount.key}-{blob_id}-{content_type}"
         # A view without understandings rewrites no wheel: its page is a function of the ETag.
         body = self._pages.get(etag) if not mount.pinned else None
         page, left_out = ({}, 0) if body is not None else await self.api.project(mount, name)

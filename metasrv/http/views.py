@@ -28,6 +28,7 @@ from metasrv.understandings.overrides import apply_layers
 from metasrv.understandings.registry import Pinned, Understandings
 
 METADATA_SUFFIX = ".metadata"  # PEP 658
+COMMIT_FREE_CAPACITY = 100_000  # project files whose plain page is known to name no commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class SimpleApi:
         # With pull-through, a wheel's metadata not read yet is offered and read on request.
         self.pending_metadata = pending_metadata
         self._prepared: dict[str, str] = {}  # understanding -> the view state last prepared
+        self._commit_free: dict[str, bool] = {}  # project file -> its plain page names no commit
 
     async def prepare_rewrites(self) -> int:
         """Start preparing, in the background, the wheels each understanding's own view rewrites,
@@ -243,6 +245,20 @@ class SimpleApi:
             r.version_text for r in project.releases if r.version_text in shown or not r.files
         ]
         return project_page(project.normalized_name, versions, files), left_out
+
+    def commit_free(self, mount: Mount, name: str, blob_id: str) -> bool:
+        """Return whether the view's page of a project (its file ``blob_id``) names no commit:
+        the plain view of a project whose files are all linked at the source."""
+        if mount.pinned or mount.cooldown is not None:
+            return False
+        free = self._commit_free.get(blob_id)
+        if free is None:
+            project = self.catalog.get_project(mount.commit_id, name)
+            free = all(_linked_at_source(located) for located in self._located(mount, project))
+            if len(self._commit_free) >= COMMIT_FREE_CAPACITY:
+                self._commit_free.clear()  # a few bytes each; only a shortcut
+            self._commit_free[blob_id] = free
+        return free
 
     def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile | None:
         patched = located.patched
