@@ -460,6 +460,20 @@ def test_a_kept_pinned_answer_is_sent_after_the_head_moves_and_logged(storage: S
     assert len(lines) == 1
 
 
+@contextmanager
+def _served_to_one_connection(storage: Storage) -> Iterator[tuple[Counted, Connection]]:
+    """Serve the repository on a real uvicorn; yield its app's request count and a connection."""
+    app = create_app(storage.path)
+    assert isinstance(app, Served)
+    counted = Counted(app)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        try:
+            yield counted, connection
+        finally:
+            connection.close()
+
+
 @pytest.mark.parametrize("headers", [(), (f"Accept: {MIME_SIMPLE_JSON}", "Accept-Encoding: zstd")])
 def test_a_kept_page_naming_no_commit_answers_commits_that_keep_its_project_file(
     storage: Storage, headers: tuple[str, ...]
@@ -469,12 +483,8 @@ def test_a_kept_page_naming_no_commit_answers_commits_that_keep_its_project_file
     # its ETag (installers revalidating get their 304).
     many = [f"1.{minor}" for minor in range(40)]  # compressed where the client accepts it
     commit_projects(storage, _with_metadata_files("Served", many))
-    app = create_app(storage.path)
-    assert isinstance(app, Served)
-    counted = Counted(app)
     page = "/simple/served/"
-    with serving(app) as (_, port):
-        connection = Connection(port)
+    with _served_to_one_connection(storage) as (counted, connection):
         connection.send(get(page, *headers))
         first = connection.response()
         commit_projects(Storage(storage.path), make_project("Werkzeug", ["3.0.0"]))
@@ -485,7 +495,6 @@ def test_a_kept_page_naming_no_commit_answers_commits_that_keep_its_project_file
         commit_projects(Storage(storage.path), _with_metadata_files("Served", ["3.0.0"]))
         connection.send(get(page, *headers))
         changed = connection.response()
-        connection.close()
     assert first[1]["etag"].startswith('"file-')
     assert first[1].get("content-encoding") == ("zstd" if headers else None)
     assert counted.requests == [page, page, page]  # the kept read did not reach the app
@@ -504,19 +513,14 @@ def test_a_page_linking_a_file_here_is_a_new_page_at_each_commit(storage: Storag
         core_metadata_stored=True,  # its .metadata is served from this repository, pinned
     )
     commit_projects(storage, Project.create("Served", [Release.from_files("1.0", (stored,))]))
-    app = create_app(storage.path)
-    assert isinstance(app, Served)
-    counted = Counted(app)
     page = "/simple/served/"
-    with serving(app) as (_, port):
-        connection = Connection(port)
+    with _served_to_one_connection(storage) as (counted, connection):
         connection.send(get(page), get(page))
         first, kept = connection.response(), connection.response()
         commit_projects(Storage(storage.path), make_project("Werkzeug", ["3.0.0"]))
         head = Storage(storage.path).resolve(None)
         connection.send(get(page))
         after = connection.response()
-        connection.close()
     assert counted.requests == [page, page]
     assert kept[::2] == first[::2]
     assert f"/at/{head}/files/served/".encode() in after[2]
