@@ -183,6 +183,23 @@ def test_a_file_the_source_serves_as_is_is_linked_there(
     assert answer.headers["location"] == "https://files.test/flask-2.0.0.tar.gz.metadata"
 
 
+def test_a_page_linking_any_file_here_is_new_at_each_commit(
+    client: AsgiClient, storage: Storage
+) -> None:
+    # Flask's stored document is served from this repository, its wheel linked pinned: the
+    # page names its commit, though the sdist beside it is linked at the source.
+    _commit_flask_with_documents(storage)
+    before = client.get("/simple/flask/", headers={"Accept": JSON})
+    commit_projects(storage, make_project("Werkzeug", ["3.0.0"]))
+    validating = {"Accept": JSON, "If-None-Match": before.headers["etag"]}
+    after = client.get("/simple/flask/", headers=validating)
+    assert after.status_code == 200
+    urls = {f["filename"]: f["url"] for f in after.json()["files"]}
+    sha = storage.resolve(None)
+    assert urls["Flask-2.0.0-py3-none-any.whl"].startswith(f"/at/{sha}/files/")
+    assert urls["flask-2.0.0.tar.gz"] == "https://files.test/flask-2.0.0.tar.gz"
+
+
 def test_a_built_sdist_recorded_without_its_document_is_linked_here_for_its_rendering(
     client: AsgiClient, storage: Storage
 ) -> None:
