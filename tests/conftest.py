@@ -58,13 +58,19 @@ class AsgiClient:
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
         """Send one GET and return the response."""
+        return self.request("GET", url, headers)
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """Send one request without a body and return the response."""
         # A page may link files at the source: following one here would ask this app instead.
         assert "://" not in url or url.startswith("http://metasrv.test/"), f"not the app's: {url}"
 
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://metasrv.test") as c:
-                return await c.get(url, headers=headers)
+                return await c.request(method, url, headers=headers)
 
         return asyncio.run(send())
 

@@ -17,7 +17,7 @@ import zstandard
 
 from metasrv.http.app import create_app
 from metasrv.http.fastpath import Keeping, Served, ServerProtocol
-from metasrv.http.hotpath import Message, Receive, Scope, Send
+from metasrv.http.hotpath import HotPath, Message, Receive, Scope, Send
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import Project, Release
 from metasrv.repo.storage import Storage
@@ -525,3 +525,36 @@ def test_a_page_linking_a_file_here_is_a_new_page_at_each_commit(storage: Storag
     assert kept[::2] == first[::2]
     assert f"/at/{head}/files/served/".encode() in after[2]
     assert after[1]["etag"] != first[1]["etag"]
+
+
+def test_a_read_that_succeeds_is_answered_before_the_route_table_one_that_fails_by_it(
+    storage: Storage,
+) -> None:
+    app: Any = create_app(storage.path)
+    hot = app
+    while not isinstance(hot, HotPath):  # through the wrappers the server puts in front
+        hot = hot.app
+    routes: list[str] = []
+    table = hot.app
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        routes.append(scope.get("path", scope["type"]))
+        await table(scope, receive, send)
+
+    hot.app = counted
+    client = AsgiClient(app)
+    assert [client.get(path).status_code for path in (RELEASE, PROJECT)] == [200, 200]
+    assert client.get("/v1/projects/nope").status_code == 404
+    # The server's start and stop (ASGI lifespan) pass through to the app too.
+    steps: list[Message] = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    said: list[str] = []
+
+    async def receive() -> Message:
+        return steps.pop(0)
+
+    async def send(message: Message) -> None:
+        said.append(message["type"])
+
+    asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
+    assert routes == ["/v1/projects/nope", "lifespan"]
+    assert said == ["lifespan.startup.complete", "lifespan.shutdown.complete"]

@@ -348,13 +348,16 @@ def test_background_reads_hold_back_while_any_client_waits(source: Source) -> No
 
 
 def test_a_pull_through_dropped_without_closing_ends_its_thread(source: Source) -> None:
+    # Threads of pull-throughs other tests dropped may not have ended yet: this one's is new.
+    others = set(threading.enumerate())
     pull = PullThrough(source.meta, source.index.simple_url, fetch=FAST)
     run(pull.ensure("pt-alpha"))
     poll_until(
         lambda: not any(pending(head_project(source, "pt-alpha")).values()),
         "the background read, which holds the pull-through, ended",
     )
-    (thread,) = [t for t in threading.enumerate() if t.name == "metasrv-pull-through"]
+    new = set(threading.enumerate()) - others
+    (thread,) = [t for t in new if t.name == "metasrv-pull-through"]
     del pull  # an app whose lifespan never ran: nothing calls close()
     poll_until(lambda: gc.collect() >= 0 and not thread.is_alive(), "the pull thread ended")
 

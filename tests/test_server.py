@@ -141,11 +141,24 @@ def test_a_client_holding_the_current_etag_gets_304(
     first = client.get(url)
     etag = first.headers["etag"]
     assert etag.startswith('"')
-    again = client.get(url, headers={"If-None-Match": f'W/"other", {etag}'})
-    assert again.status_code == 304
-    assert again.content == b""
+    # A list (with or without spaces), a weak validator (RFC 9110: weak comparison) or any.
+    for validator in (f'W/"other", {etag}', f'"other",{etag}', f"W/{etag}", "*"):
+        again = client.get(url, headers={"If-None-Match": validator})
+        assert again.status_code == 304, validator
+        assert again.content == b""
     commit_projects(storage, make_project("newproject", ["1"]))
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/v1/projects/flask", "/v1/projects/flask/2.0"])
+def test_reads_answer_get_and_head_and_refuse_other_methods(client: AsgiClient, url: str) -> None:
+    head = client.request("HEAD", url)
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["etag"] == client.get(url).headers["etag"]
+    for method in ("POST", "PUT", "DELETE"):
+        refused = client.request(method, url)
+        assert refused.status_code == 405, method
+        assert refused.json() == {"error": "Method Not Allowed", "status": 405}
 
 
 def test_since_lists_projects_added_changed_and_removed(
