@@ -109,12 +109,18 @@ def test_refreshes_of_two_projects_do_not_wait_for_each_other(source: Source) ->
         source.index.release.set()
 
 
-def test_a_page_the_fast_path_sends_still_has_its_project_rechecked(source: Source) -> None:
+def _rechecking_every_read(source: Source) -> tuple[Served, PullThrough]:
+    """Return the app of a server re-checking a project at each read (refresh = 0), its pull."""
     configure(source.meta, source.index.simple_url, PullThroughConfig(refresh=0))
     app = create_app(source.meta)
     assert isinstance(app, Served)
     pull = app.fast.hot.pulled.pull
     assert pull is not None
+    return app, pull
+
+
+def test_a_page_the_fast_path_sends_still_has_its_project_rechecked(source: Source) -> None:
+    app, pull = _rechecking_every_read(source)
     counted = Counted(app)
 
     def rechecked(times: int) -> None:
@@ -169,4 +175,28 @@ def test_an_answer_saying_the_source_failed_is_not_sent_once_it_works_again(
         poll_until(lambda: STALE_HEADER in headers(), "a page saying the source fails")
         source.index.behaviour.faults.clear()
         poll_until(lambda: STALE_HEADER not in headers(), "a page no longer saying so")
+        connection.close()
+
+
+def test_a_pinned_read_schedules_no_recheck_an_unpinned_one_does(source: Source) -> None:
+    app, pull = _rechecking_every_read(source)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get("/simple/pt-alpha/"))
+        assert connection.response()[0] == 200
+        # The pull, then the re-check its answer's touch started (which notes its own time).
+        poll_until(
+            lambda: source.page_requests("pt-alpha") == 2 and not pull._inflight,
+            "pt-alpha pulled and re-checked once, nothing left in flight",
+        )
+        sha = Storage(source.meta).resolve(None)
+        checked = pull._checked[ALPHA]  # when it was last checked or a re-check scheduled
+        # The read API's answers (the hot path's): a touch happens before the answer is sent.
+        for path in (f"/v1/projects/pt-alpha?at={sha}", f"/at/{sha}/simple/pt-alpha/"):
+            connection.send(get(path))
+            assert connection.response()[0] == 200
+            assert pull._checked[ALPHA] == checked, path
+        connection.send(get("/v1/projects/pt-alpha"))
+        assert connection.response()[0] == 200
+        assert pull._checked[ALPHA] > checked
         connection.close()
