@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from metasrv.config import PullThroughConfig
@@ -200,3 +201,21 @@ def test_a_pinned_read_schedules_no_recheck_an_unpinned_one_does(source: Source)
         assert connection.response()[0] == 200
         assert pull._checked[ALPHA] > checked
         connection.close()
+
+
+def test_a_release_read_right_after_a_pull_reads_its_pending_metadata_first(
+    source: Source,
+) -> None:
+    app = create_app(source.meta)
+    assert isinstance(app, Served)
+    with serving(app) as (_, port):
+        connection = Connection(port)
+        connection.send(get("/simple/pt-beta/"))
+        assert connection.response()[0] == 200  # pulled: its metadata is pending
+        # Before the background read (a second of quiet away): the route reads it, not the
+        # hot path, which would answer "pending".
+        connection.send(get("/v1/projects/pt-beta/1.0"))
+        status, _, body = connection.response()
+        connection.close()
+    assert status == 200
+    assert json.loads(body)["requires-dist"] == ["pt-alpha<2"]
