@@ -37,6 +37,8 @@ _SIGNATURES = ("tests/test_signatures_mutants.py", "tests/test_signatures.py")
 _SYNCSTATE = ("tests/test_syncstate.py",)
 _ROOT = ("tests/test_rootindex.py", "tests/test_rootindex_mutants.py")
 _PULL = ("tests/test_pullthrough_mutants.py",)
+_HOT = ("tests/test_fastpath.py", "tests/test_server.py")
+_HOTPATH_PY = "metasrv/http/hotpath.py"
 _CLOSURE = ("tests/test_closure.py",)
 _MIRRORS = ("tests/test_mirrors_git.py",)
 _REGISTRY = ("tests/test_registry.py", "tests/test_understandings.py")
@@ -53,6 +55,9 @@ _FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
 _ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
 
 MUTANTS = (
+    Mutant(_HOTPATH_PY, '_PREFIX = "/v1/projects/"', '_PREFIX = "/v1/project/"', _HOT),
+    Mutant(_HOTPATH_PY, 'b"application/json")', 'b"application/jsonx")', _HOT),
+    Mutant(_HOTPATH_PY, "([0-9a-f]{40})", "([0-9a-f]{41})", _HOT),
     Mutant("metasrv/names.py", "MAX_NAME_LENGTH = 200", "MAX_NAME_LENGTH = 201", _NAMES),
     Mutant("metasrv/names.py", "MAX_NAME_LENGTH = 200", "MAX_NAME_LENGTH = 199", _NAMES),
     Mutant("metasrv/names.py", "MAX_VERSION_LENGTH = 100", "MAX_VERSION_LENGTH = 99", _NAMES),
