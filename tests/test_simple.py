@@ -218,6 +218,27 @@ def test_a_built_sdist_recorded_without_its_document_is_linked_here_for_its_rend
     assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata.content).hexdigest()}
 
 
+def test_only_a_pending_file_the_source_serves_is_listed_with_the_sources_metadata_hash(
+    client: AsgiClient, storage: Storage
+) -> None:
+    declared = "ab" * 32
+    pending = replace(
+        make_file("late-1.0-py3-none-any.whl", metadata=None),
+        metadata_status=MetadataStatus.PENDING,
+        core_metadata_sha256=declared,
+    )
+    # Pending in a folder source: not linked at the source, so its hash is not the page's.
+    local = replace(pending, url="file:///index/late-1.0-py3-none-any.whl")
+    # Read and failed: no metadata known, whatever hash was recorded.
+    failed = replace(pending, metadata_status=MetadataStatus.FETCH_FAILED)
+    releases = [Release.from_files("1.0", (f,)) for f in (pending, local, failed)]
+    for release in releases:
+        commit_projects(storage, Project.create("late", [release]))
+        (listed,) = client.get("/simple/late/", headers={"Accept": JSON}).json()["files"]
+        stated = listed.get("core-metadata")
+        assert (stated == {"sha256": declared}) is (release is releases[0]), listed
+
+
 def test_a_file_whose_metadata_document_sync_did_not_see_has_no_metadata_file(
     client: AsgiClient, storage: Storage
 ) -> None:

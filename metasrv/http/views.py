@@ -113,14 +113,8 @@ def _linked_at_source(located: _Located) -> bool:
 
 def _source_serves_metadata(located: _Located) -> bool:
     """Return whether a pending file's .metadata is the source's document, its hash declared."""
-    original = located.original
-    return (
-        original.metadata_pending
-        and not located.changed
-        and original.core_metadata_sha256 is not None
-        and not original.core_metadata_stored
-        and original.url.startswith(("http://", "https://"))
-    )
+    # A pending file linked at the source has its hash declared, or it would be linked here.
+    return located.original.metadata_pending and _linked_at_source(located)
 
 
 class SimpleApi:
