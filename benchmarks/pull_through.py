@@ -10,7 +10,7 @@ through (a new repository and `metasrv serve --quiet` process per run); (c) the 
 Prints each ratio to (a) and the requests each makes to the source (nginx's access log). Then, on
 a new empty repository per run, `GET /v1/projects` p50 / p99 while ``--pulls`` first requests for
 distinct projects run at once.
-Last, the first page of a project with ``--big`` files (numpy has about 2,000), pulled through
+Last, the first page of a project with ``--big`` files (numpy has about 4,400), pulled through
 an empty repository, against the source serving that page itself (PEP 691 JSON, nginx).
 Targets (issue 11): (b) <= 2x, (c) <= 1.1x, p99 < 50 ms; the big page "in about the time the
 source takes to serve its own page".
@@ -58,20 +58,28 @@ def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
 
 
 def build_big_project(root: Path, files: int) -> str:
-    """Write a PEP 691 page of one project with ``files`` wheels (never downloaded); name it."""
+    """Write a PEP 691 page of one project with ``files`` wheels (never downloaded); name it.
+
+    Shaped as PyPI's numpy: 20 wheels per version, each file in a folder of its own (PyPI links
+    its file host; mirrors such as bandersnatch link ``../../packages/4e/3a/<hash>/``).
+    """
     name = "big-project"
-    entries = [
-        {
-            "filename": f"big_project-1.{index}-cp312-cp312-manylinux_2_17_x86_64.whl",
-            "url": f"../../files/big_project-1.{index}-cp312-cp312-manylinux_2_17_x86_64.whl",
-            "hashes": {"sha256": f"{index:064x}"},
-            "requires-python": ">=3.10",
-            "size": 15_000_000 + index,
-            "upload-time": "2026-01-01T00:00:00.000000Z",
-            "core-metadata": {"sha256": f"{index + 1:064x}"},
-        }
-        for index in range(files)
-    ]
+    entries = []
+    for index in range(files):
+        version, wheel = divmod(index, 20)
+        filename = f"big_project-1.{version}-cp3{wheel}-cp3{wheel}-manylinux_2_17_x86_64.whl"
+        digest = f"{index:064x}"
+        entries.append(
+            {
+                "filename": filename,
+                "url": f"../../packages/{digest[-2:]}/{digest[-4:-2]}/{digest}/{filename}",
+                "hashes": {"sha256": digest},
+                "requires-python": ">=3.10",
+                "size": 15_000_000 + index,
+                "upload-time": "2026-01-01T00:00:00.000000Z",
+                "core-metadata": {"sha256": f"{index + 1:064x}"},
+            }
+        )
     page = {"meta": {"api-version": "1.1"}, "name": name, "files": entries, "versions": []}
     folder = root / "simple" / name
     folder.mkdir(parents=True)
@@ -143,7 +151,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pulls", type=int, default=50)
-    parser.add_argument("--big", type=int, default=2_000, help="files of the big project")
+    parser.add_argument("--big", type=int, default=4_400, help="files of the big project")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     names = build_source(work / "source", max(args.projects, args.pulls))

@@ -112,8 +112,10 @@ def test_a_serial_that_is_no_serial_number_is_a_source_error(serial: object) -> 
 
 
 _LINK_PARTS = ["a", "b.whl", ".", "..", "", "/", "//", ":", "https:", "http://h", "?q", "#f"]
-_LINK_PARTS += [";p", " ", "\t", "%2F", "\\", "x:y", "files", "h.org"]
+_LINK_PARTS += [";p", " ", "\t", "%2F", "\\", "x:y", "files", "h.org", "./", "../", "[", "]"]
+_LINK_PARTS += ["@", ":8", "HTTPS://h", "https://h/", "\u00e9", ".a", "..."]
 _BASES = ["http://h/simple/p/", "https://h/simple/p", "http://h/simple/p/?x#y", "http://h"]
+_BASES += ["http://h//simple/p/", "https://h/a/b/c/d/"]
 
 
 @given(st.sampled_from(_BASES), st.lists(st.sampled_from(_LINK_PARTS), max_size=8).map("".join))
@@ -124,6 +126,10 @@ _BASES = ["http://h/simple/p/", "https://h/simple/p", "http://h/simple/p/?x#y", 
 @example("http://h/simple/p/", "x:y")  # ... but here a scheme
 @example("http://h/simple/p/?x", "../../files/b.whl")
 @example("http://h/simple/p/", "https://files.example/packages/ab/b.whl")
+@example("http://h/simple/p/", "https://h:8/a//./b/c.whl")
+@example("https://h/a/b/c/d/", "../../packages/4e/3a/../b.whl")
+@example("http://h//simple/p/", "../../../packages/4e//3a/b.whl")
+@example("http://h/simple/p/", "../x:y/a/b.whl")
 def test_a_link_is_joined_as_urljoin_joins_it(base: str, link: str) -> None:
     """Links are joined folder by folder for speed; the result is urljoin's, scheme included."""
     url = urljoin(base, link)

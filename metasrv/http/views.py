@@ -256,7 +256,8 @@ class SimpleApi:
 
     def _simple_file(self, mount: Mount, located: _Located) -> SimpleFile | None:
         patched = located.patched
-        if _linked_at_source(located):
+        at_source = _linked_at_source(located)
+        if at_source:
             url = located.original.url
         else:
             prefix = mount.prefix if located.changed else mount.data_prefix
@@ -272,7 +273,7 @@ class SimpleApi:
             if rewritten is None:
                 return None
             hashes, size = {"sha256": rewritten.sha256}, rewritten.size
-        metadata_sha256 = self._metadata_sha256(located, rewritten)
+        metadata_sha256 = self._metadata_sha256(located, rewritten, at_source)
         return SimpleFile(
             filename=patched.filename,
             url=url,
@@ -302,9 +303,12 @@ class SimpleApi:
         metadata = self._rewrite_needed(located)
         return None if metadata is None else await self.wheels.get(located.original, metadata)
 
-    def _metadata_sha256(self, located: _Located, rewritten: Rewritten | None) -> str | None:
-        """Return the sha256 of the .metadata a file is served with, or None when it has none."""
-        if _source_serves_metadata(located):
+    def _metadata_sha256(
+        self, located: _Located, rewritten: Rewritten | None, at_source: bool
+    ) -> str | None:
+        """Return the sha256 of the .metadata a file is served with, or None when it has none;
+        ``at_source``: whether the page links the file at the source."""
+        if at_source and located.original.metadata_pending:
             return located.original.core_metadata_sha256
         if not located.changed and not _rendered(located.original):
             original = located.original

@@ -23,6 +23,17 @@ _HEX = re.compile(r"[0-9a-fA-F]{1,256}")
 _HASH_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 # A link whose last segment is a plain file name: joined as its folder's join plus that name.
 _PLAIN_LINK = re.compile(r"([^\x00-\x20\x7f?#;\\]*/)([^\x00-\x20\x7f?#;\\/:]+)")
+# An http(s) URL with a host and neither query, fragment, params nor brackets: urljoin gives it
+# back as it is (PyPI links every file so, each in a folder of its own).
+_ABSOLUTE_LINK = re.compile(
+    r"(https?)://[^\x00-\x20\x7f/?#;\\\[\]]+(?:/[^\x00-\x20\x7f?#;\\\[\]]*)?"
+)
+# A relative folder as mirrors write one per file ("../../packages/4e/3a/<hash>/"): its dot
+# segments and first name, joined once, then names that are neither "." nor "..".
+_RELATIVE_FOLDER = re.compile(
+    r"((?:\.\.?/)*[^\x00-\x20\x7f?#;\\/:.][^\x00-\x20\x7f?#;\\/:]*/)"
+    r"((?:(?!\.\.?/)[^\x00-\x20\x7f?#;\\/]+/)*)"
+)
 # Far longer than any real value; it bounds what one page entry can put into a project file.
 MAX_VALUE_CHARS = 4096
 
@@ -90,6 +101,9 @@ def join_link(base: str, link: str) -> tuple[str, str]:
     A page of 2,000 files links them from a handful of folders, and urljoin costs more than the
     rest of a file entry: a plain file name is appended to its folder's join, made once.
     """
+    absolute = _ABSOLUTE_LINK.fullmatch(link)
+    if absolute is not None and link.isascii():
+        return link, absolute[1]
     plain = _PLAIN_LINK.fullmatch(link)
     folder = "" if plain is None else plain[1]
     # In "https://host" and "//host" the name is a host's; "." and ".." are no file names.
@@ -97,6 +111,10 @@ def join_link(base: str, link: str) -> tuple[str, str]:
     if plain is None or plain[2] in (".", "..") or ("//" in folder and "/" not in after_host):
         url = urljoin(base, link)
         return url, urlsplit(url).scheme
+    relative = _RELATIVE_FOLDER.fullmatch(folder)
+    if relative is not None:
+        joined_folder, scheme = _join_folder(base, relative[1])
+        return joined_folder + relative[2] + plain[2], scheme
     joined_folder, scheme = _join_folder(base, folder)
     return joined_folder + plain[2], scheme
 
