@@ -284,9 +284,10 @@ def _parse_filename(filename: str) -> tuple[str, str] | None:
     except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
         # ValueError: a version of more digits than Python converts (4,300).
         return None
-    if len(str(version)) > MAX_VERSION_LENGTH:
+    version_text = str(version)  # packaging renders it anew on each str()
+    if len(version_text) > MAX_VERSION_LENGTH:
         return None
-    return str(name), str(version)
+    return str(name), version_text
 
 
 # One pull parses each of a page's files in several steps (numpy: 2,000 files): once, here.
