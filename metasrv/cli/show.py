@@ -69,12 +69,13 @@ def _show(args: argparse.Namespace) -> int:
 
     # Like the server, a project not in git is pulled through from the source first.
     # Offline too: it names the data branch that unpinned reads follow.
-    pulled = PulledReads(open_pull_through(storage, read_api.catalog, offline=args.offline))
+    pull = open_pull_through(storage, read_api.catalog, offline=args.offline)
+    pulled = PulledReads(pull, recheck=False)  # it exits once it has answered
     try:
         answer, _ = asyncio.run(pulled.answer(args.at, args.project, args.version, read))
     finally:
-        if pulled.pull is not None:
-            pulled.pull.close()
+        if pull is not None:
+            pull.close()
     document = json.loads(answer.content())
     if args.json:
         print(json.dumps(document, indent=2))

@@ -18,10 +18,15 @@ T = TypeVar("T")
 
 
 class PulledReads:
-    """Wrap reads: on an unknown project fetch it, then read again; keep read projects fresh."""
+    """Wrap reads: on an unknown project fetch it, then read again; keep read projects fresh.
 
-    def __init__(self, pull: PullThrough | None) -> None:
+    ``recheck=False`` for a reader that exits once it has answered (``metasrv show``): a
+    re-check in the background would be cut short, or not, by its exit.
+    """
+
+    def __init__(self, pull: PullThrough | None, *, recheck: bool = True) -> None:
         self.pull = pull
+        self.recheck = recheck
 
     def active(self, at: str | None) -> bool:
         """Return whether a read at ``at`` may contact the source: pinned reads never do."""
@@ -36,7 +41,8 @@ class PulledReads:
         except UnknownProject:
             await self.pull.ensure(name)
             result = read()
-        self.touch(name)
+        if self.recheck:
+            self.touch(name)
         return result
 
     async def answer(
