@@ -366,7 +366,7 @@ def test_a_pull_through_that_never_fetched_closes_cleanly(source: Source) -> Non
     with pulling(source) as (pull, _):
         pull.touch(ALPHA)  # not in git: nothing to re-check, and the source is never opened
         settled(pull)
-        assert pull._fetcher is None
+        assert pull._client is None
         pull.close()  # and closing again, as the context does, is harmless
     assert not source.index.requests
 
@@ -411,9 +411,9 @@ def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
     """The client's TLS context takes tens of milliseconds: not on the first request's time."""
     pull = PullThrough(source.meta, source.index.simple_url)
     try:
-        assert pull._fetcher is None
+        assert pull._client is None
         asyncio.run(pull.warm_up())
-        assert pull._fetcher is not None
+        assert pull._client is not None
     finally:
         pull.close()
 
@@ -424,7 +424,7 @@ def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Pat
     pull = PullThrough(meta.path, str(tmp_path / "gone"))
     try:
         asyncio.run(pull.warm_up())
-        assert pull._fetcher is not None
+        assert pull._client is not None
         assert pull._source is None
         with pytest.raises(SourceError, match="neither an http"):
             asyncio.run(pull.ensure("anything"))

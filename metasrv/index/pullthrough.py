@@ -8,6 +8,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from metasrv.index.projectmerge import adopt, fill, pending_files, pending_of
 from metasrv.index.pullloop import LoopThread
 from metasrv.index.pullwriter import PullWriter
 from metasrv.index.sync import SyncSummary, assemble_project
+from metasrv.index.transport import AiohttpClient
 from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name
 from metasrv.repo.catalog import Catalog
@@ -47,6 +49,10 @@ BACKGROUND_BATCH_FILES = 500
 # they must not take the source's connections, the writer or the CPU from what clients wait for.
 BACKGROUND_READS = 1
 IDLE_SECONDS = 1.0
+# A background batch asks for hundreds of files at once: it has source slots of its own, fewer
+# than clients', so that a client's page never queues behind it (pandas' first page waited 6 s
+# behind the metadata of a project pulled before it).
+BACKGROUND_FETCHES = 4
 
 T = TypeVar("T")
 
@@ -94,8 +100,9 @@ class PullThrough:
         self._checked: dict[NormalizedName, float] = {}
         self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
+        self._client: AiohttpClient | None = None
         self._source: IndexSource | FolderSource | None = None
-        self._fetcher: Fetcher | None = None
+        self._background_source: IndexSource | FolderSource | None = None
         self._asked = 0  # pulls a client waits for, in flight on the pull loop
         self._quiet: asyncio.Event | None = None  # set while none is
         self._last_asked = 0.0  # when a client last read through pull-through (monotonic)
@@ -156,16 +163,21 @@ class PullThrough:
         with contextlib.suppress(MetasrvError):
             self._open_source()
 
-    def _open_source(self) -> IndexSource | FolderSource:
-        if self._source is None:
-            client = make_client(self._fetch)
+    def _open_source(self, *, background: bool = False) -> IndexSource | FolderSource:
+        """Return the source as clients' work reads it, or as background reads do."""
+        if self._client is None:
+            self._client = make_client(self._fetch)
             if self.source_url.startswith("https://"):
                 # ~18 ms of the GIL: at the warm-up, not in the first pull.
-                client.prepare_tls(self.source_url)
-            self._fetcher = Fetcher(client, self._fetch)
-            self._thread.closers.append(self._fetcher.client.aclose)
-            self._source = open_index(self.source_url, self._fetcher)
-        return self._source
+                self._client.prepare_tls(self.source_url)
+            self._thread.closers.append(self._client.aclose)
+        if self._source is None or self._background_source is None:
+            slots = replace(
+                self._fetch, concurrency=min(BACKGROUND_FETCHES, self._fetch.concurrency)
+            )
+            self._source = open_index(self.source_url, Fetcher(self._client, self._fetch))
+            self._background_source = open_index(self.source_url, Fetcher(self._client, slots))
+        return self._background_source if background else self._source
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -325,35 +337,45 @@ class PullThrough:
         project = self._head_project(normalized_name)
         releases = pending_of(project, version) if project is not None else []
         if releases:
-            await self._read_chunk(normalized_name, await self._page(normalized_name), releases)
+            source = self._open_source()
+            page = await self._page(normalized_name, source)
+            await self._read_chunk(normalized_name, source, page, releases)
 
     async def _read_in_background(self, normalized_name: NormalizedName) -> None:
         async with self._background_reads:
             await self._idle()
             project = self._head_project(normalized_name)
             releases = pending_of(project) if project is not None else []
+            source = self._open_source(background=True)
             for batch in _batches(releases, BACKGROUND_BATCH_FILES):
                 await self._idle()
-                await self._read_chunk(normalized_name, await self._page(normalized_name), batch)
+                page = await self._page(normalized_name, source)
+                await self._read_chunk(normalized_name, source, page, batch)
 
-    async def _page(self, normalized_name: NormalizedName) -> ProjectPage:
+    async def _page(
+        self, normalized_name: NormalizedName, source: IndexSource | FolderSource
+    ) -> ProjectPage:
         """Return the project's page as last fetched, fetching it if it is no longer kept."""
         page = self._pages.get(normalized_name)
         if page is None:
-            page = await self._open_source().project_page(normalized_name, SourceState())
+            page = await source.project_page(normalized_name, SourceState())
             assert page is not None  # an unconditional request always has a page
             self._remember_page(normalized_name, page)
         return page
 
     async def _read_chunk(
-        self, normalized_name: NormalizedName, page: ProjectPage, chunk: list[Release]
+        self,
+        normalized_name: NormalizedName,
+        source: IndexSource | FolderSource,
+        page: ProjectPage,
+        chunk: list[Release],
     ) -> None:
         """Read the pending files of some releases and commit what was read."""
         listed = {f.filename: f for f in page.files}
         wanted = tuple(listed[f.filename] for r in chunk for f in r.files if f.filename in listed)
         documents: dict[str, bytes] = {}  # committed with this job, never with another's
         chunk_page = ProjectPage(page.name, wanted)
-        read = await read_page_files(self._open_source(), chunk_page, {}, documents)
+        read = await read_page_files(source, chunk_page, {}, documents)
         filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
         stated = next((name for _, name, _ in reversed(read) if name), None)
         await self._writer.write(
