@@ -1,12 +1,18 @@
-"""Pull-through's background metadata reads beside the work clients wait for, in-process."""
+"""Pull-through's metadata reads: what a client waits for, and what is left to the background."""
 
 from __future__ import annotations
 
+import shutil
+import zipfile
 from dataclasses import replace
 
+import httpx
+
 from metasrv.index.pullthrough import PullThrough
+from tests.conftest import running_server
 from tests.deadlines import THREAD_DEADLINE_SECONDS, poll_until
-from tests.test_pullthrough import Source, source
+from tests.distributions import build_wheel
+from tests.test_pullthrough import DEADLINE_SECONDS, JSON, Source, source
 from tests.test_pullthrough_mutants import FAST, head_project, pending, run
 
 __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
@@ -34,3 +40,31 @@ def test_a_clients_pull_does_not_queue_behind_a_background_read(source: Source) 
     finally:
         source.index.release.set()
         pull.close()
+
+
+def test_a_wheels_metadata_asked_for_waits_for_that_wheel_not_its_release(source: Source) -> None:
+    """uv asks for one wheel's .metadata; a release may have 170 wheels without PEP 658 files."""
+    source.index.behaviour.pep658 = False  # metadata only from inside the wheels, by ranges
+    asked = build_wheel(source.archives, "pt-two", "1.0")
+    other = asked.with_name("pt_two-1.0-py2.py3-none-any.whl")
+    shutil.copy(asked, other)
+    # Every request for the other wheel is held until the end: waiting for it, this would not
+    # be answered within the client's deadline.
+    source.index.behaviour.faults[f"/files/{other.name}"] = ["hold"] * 8
+    with (
+        running_server(["--repo", str(source.meta)]) as server,
+        httpx.Client(base_url=server.url, timeout=DEADLINE_SECONDS) as http,
+    ):
+        page = http.get("/simple/pt-two/", headers=JSON).json()
+        assert {f["filename"]: f["core-metadata"] for f in page["files"]} == {
+            asked.name: True,
+            other.name: True,
+        }
+        answer = http.get(f"/files/pt-two/{asked.name}.metadata")
+        assert answer.status_code == 200, answer.text
+        with zipfile.ZipFile(asked) as archive:
+            assert answer.content == archive.read("pt_two-1.0.dist-info/METADATA")
+        files = {f.filename: f for f in head_project(source, "pt-two").releases[0].files}
+        assert not files[asked.name].metadata_pending
+        assert files[other.name].metadata_pending
+        source.index.release.set()

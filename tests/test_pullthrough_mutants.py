@@ -21,7 +21,8 @@ from packaging.version import Version
 from metasrv.errors import InvalidInput, NotFound, SourceError, SourceUnavailable
 from metasrv.index import pullthrough, pullwriter
 from metasrv.index.client import FetchOptions
-from metasrv.index.pullthrough import PullThrough, _batches
+from metasrv.index.projectmerge import batches
+from metasrv.index.pullthrough import PullThrough
 from metasrv.model import MetadataStatus, Project, Release
 from metasrv.names import core_metadata_path, normalize_name
 from metasrv.repo.catalog import Catalog
@@ -156,7 +157,7 @@ def _releases(*sizes: int) -> list[Release]:
 
 
 @pytest.mark.parametrize(
-    ("sizes", "files", "batches"),
+    ("sizes", "files", "expected"),
     [
         ((2, 3, 1), 3, [["0.0", "1.0"], ["2.0"]]),
         ((2, 3, 1), 2, [["0.0"], ["1.0"], ["2.0"]]),
@@ -166,10 +167,10 @@ def _releases(*sizes: int) -> list[Release]:
     ],
 )
 def test_background_reads_go_in_batches_of_about_so_many_files(
-    sizes: tuple[int, ...], files: int, batches: list[list[str]]
+    sizes: tuple[int, ...], files: int, expected: list[list[str]]
 ) -> None:
-    found = _batches(_releases(*sizes), files)
-    assert [[str(release.version) for release in batch] for batch in found] == batches
+    found = batches(_releases(*sizes), files)
+    assert [[str(release.version) for release in batch] for batch in found] == expected
 
 
 def settled(pull: PullThrough) -> None:

@@ -59,11 +59,14 @@ class PulledReads:
                 headers[STALE_HEADER] = f"metadata not read: {exc.message}"
         return answer, headers
 
-    async def complete(self, at: str | None, name: str, version: Version | None) -> bool:
-        """Read a release's pending metadata now; return whether the data may have changed."""
+    async def complete(
+        self, at: str | None, name: str, version: Version | None, filename: str | None = None
+    ) -> bool:
+        """Read a release's pending metadata (or one file's) now; return whether the data may
+        have changed."""
         if self.pull is None or at is not None:
             return False
-        await self.pull.complete(name, version)
+        await self.pull.complete(name, version, filename)
         return True
 
     def touch(self, name: str) -> None:

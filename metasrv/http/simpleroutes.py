@@ -163,17 +163,15 @@ class SimpleRoutes:
         await self._mount(request)  # prepares the mirrors its understandings need
         mount = await self.pulled.read(at, name, lambda: self._located_mount(request, name))
         if filename.endswith(METADATA_SUFFIX):
+            filename = filename[: -len(METADATA_SUFFIX)]
             try:
-                content = await self.api.metadata_file(
-                    mount, name, filename[: -len(METADATA_SUFFIX)]
-                )
+                content = await self.api.metadata_file(mount, name, filename)
             except MetadataPending as pending:
-                if not await self.pulled.complete(at, name, parse_version(pending.version_text)):
+                version = parse_version(pending.version_text)
+                if not await self.pulled.complete(at, name, version, filename):
                     raise
                 mount = self._view(request)
-                content = await self.api.metadata_file(
-                    mount, name, filename[: -len(METADATA_SUFFIX)]
-                )
+                content = await self.api.metadata_file(mount, name, filename)
             at_header = {"X-Metasrv-At": mount.commit_id}  # what the fast path keeps it by
             if isinstance(content, str):
                 return RedirectResponse(content, status_code=302, headers=at_header)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 
 from packaging.version import Version
@@ -114,3 +114,15 @@ def pending_of(project: Project, version: Version | None = None) -> list[Release
     if version is None:
         return releases
     return [r for r in releases if r.version == version]
+
+
+def batches(releases: list[Release], files: int) -> Iterator[list[Release]]:
+    """Yield runs of consecutive releases holding about ``files`` files each."""
+    batch: list[Release] = []
+    for release in releases:
+        batch.append(release)
+        if sum(len(r.files) for r in batch) >= files:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

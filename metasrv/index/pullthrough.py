@@ -7,7 +7,7 @@ import contextlib
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ from metasrv.index.client import Fetcher, FetchOptions, FolderSource, IndexSourc
 from metasrv.index.client import open_source as open_index
 from metasrv.index.pagefiles import read_page_files
 from metasrv.index.pages import ProjectPage
-from metasrv.index.projectmerge import adopt, fill, pending_files, pending_of
+from metasrv.index.projectmerge import adopt, batches, fill, pending_files, pending_of
 from metasrv.index.pullloop import LoopThread
 from metasrv.index.pullwriter import PullWriter
 from metasrv.index.sync import SyncSummary, assemble_project
@@ -120,9 +120,12 @@ class PullThrough:
         self._raise_if_missing(normalized_name)
         await self._call(self._ensure(normalized_name))
 
-    async def complete(self, name: str, version: Version | None = None) -> None:
-        """Read the pending metadata of one release (None: every release) and commit it."""
-        await self._call(self._complete(normalize_name(name), version))
+    async def complete(
+        self, name: str, version: Version | None = None, filename: str | None = None
+    ) -> None:
+        """Read the pending metadata of one release (None: every release), or of one of its
+        files only, and commit it."""
+        await self._call(self._complete(normalize_name(name), version, filename))
 
     def touch(self, normalized_name: NormalizedName) -> None:
         """Re-check a project with the source in the background when ``refresh`` has passed."""
@@ -326,20 +329,22 @@ class PullThrough:
         except MetasrvError as exc:
             self._log(f"pull-through {normalized_name}: metadata not read: {exc.message}")
 
-    async def _complete(self, normalized_name: NormalizedName, version: Version | None) -> None:
-        key = ("metadata", normalized_name, str(version))
-        read = self._single(key, lambda: self._read_metadata(normalized_name, version))
+    async def _complete(
+        self, normalized_name: NormalizedName, version: Version | None, filename: str | None
+    ) -> None:
+        key = ("metadata", normalized_name, str(version), filename or "")
+        read = self._single(key, lambda: self._read_metadata(normalized_name, version, filename))
         await self._asked_for(read)
 
     async def _read_metadata(
-        self, normalized_name: NormalizedName, version: Version | None
+        self, normalized_name: NormalizedName, version: Version | None, filename: str | None
     ) -> None:
         project = self._head_project(normalized_name)
         releases = pending_of(project, version) if project is not None else []
         if releases:
             source = self._open_source()
             page = await self._page(normalized_name, source)
-            await self._read_chunk(normalized_name, source, page, releases)
+            await self._read_chunk(normalized_name, source, page, releases, only=filename)
 
     async def _read_in_background(self, normalized_name: NormalizedName) -> None:
         async with self._background_reads:
@@ -347,7 +352,7 @@ class PullThrough:
             project = self._head_project(normalized_name)
             releases = pending_of(project) if project is not None else []
             source = self._open_source(background=True)
-            for batch in _batches(releases, BACKGROUND_BATCH_FILES):
+            for batch in batches(releases, BACKGROUND_BATCH_FILES):
                 await self._idle()
                 page = await self._page(normalized_name, source)
                 await self._read_chunk(normalized_name, source, page, batch)
@@ -369,14 +374,19 @@ class PullThrough:
         source: IndexSource | FolderSource,
         page: ProjectPage,
         chunk: list[Release],
+        only: str | None = None,
     ) -> None:
-        """Read the pending files of some releases and commit what was read."""
+        """Read the pending files of some releases (``only``: that file) and commit them."""
         listed = {f.filename: f for f in page.files}
-        wanted = tuple(listed[f.filename] for r in chunk for f in r.files if f.filename in listed)
+        files = [f for r in chunk for f in r.files if f.filename in listed]
+        # Files read before are reused, not asked for again: they tell whether an sdist is needed.
+        known = {f.filename: f for f in files if not f.metadata_pending}
+        # One file: a .metadata request waits for its own wheel, not for the 170 of its release.
+        wanted = [f for f in files if only in (None, f.filename) or f.filename in known]
         documents: dict[str, bytes] = {}  # committed with this job, never with another's
-        chunk_page = ProjectPage(page.name, wanted)
-        read = await read_page_files(source, chunk_page, {}, documents)
-        filled = {dist_file.filename: dist_file for dist_file, _, _ in read}
+        chunk_page = ProjectPage(page.name, tuple(listed[f.filename] for f in wanted))
+        read = await read_page_files(source, chunk_page, known, documents)
+        filled = {d.filename: d for d, _, _ in read if d.filename not in known}
         stated = next((name for _, name, _ in reversed(read) if name), None)
         await self._writer.write(
             normalized_name,
@@ -384,15 +394,3 @@ class PullThrough:
             f"{normalized_name} (metadata of {len(filled)} files)",
             documents,
         )
-
-
-def _batches(releases: list[Release], files: int) -> Iterator[list[Release]]:
-    """Yield runs of consecutive releases holding about ``files`` files each."""
-    batch: list[Release] = []
-    for release in releases:
-        batch.append(release)
-        if sum(len(r.files) for r in batch) >= files:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
