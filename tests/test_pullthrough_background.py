@@ -13,7 +13,7 @@ from tests.conftest import running_server
 from tests.deadlines import THREAD_DEADLINE_SECONDS, poll_until
 from tests.distributions import build_wheel
 from tests.test_pullthrough import DEADLINE_SECONDS, JSON, Source, source
-from tests.test_pullthrough_mutants import FAST, head_project, pending, run
+from tests.test_pullthrough_mutants import ALPHA, FAST, head_project, pending, run
 
 __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
 
@@ -37,6 +37,22 @@ def test_a_clients_pull_does_not_queue_behind_a_background_read(source: Source) 
         run(pull.ensure("pt-beta"))  # in slots of its own, or it waits out run's deadline
         assert [str(r.version) for r in head_project(source, "pt-beta").releases] == ["1.0"]
         assert pending(head_project(source, "pt-alpha")) == {"1.0": True, "2.0": True}
+    finally:
+        source.index.release.set()
+        pull.close()
+
+
+def test_a_re_check_does_not_take_a_clients_slot(source: Source) -> None:
+    """A restart's first reads re-check every project they read, each in the background."""
+    fetch = replace(FAST, concurrency=1, timeout_seconds=THREAD_DEADLINE_SECONDS)
+    pull = PullThrough(source.meta, source.index.simple_url, fetch=fetch, refresh=0)
+    try:
+        run(pull.ensure("pt-alpha"))
+        source.index.behaviour.faults["/simple/pt-alpha/"] = ["hold"]
+        pull.touch(ALPHA)  # re-checked at once, and held at the source
+        poll_until(lambda: source.page_requests("pt-alpha") == 2, "the re-check, held")
+        run(pull.ensure("pt-beta"))  # in the one slot clients have, or it waits out the deadline
+        assert [str(r.version) for r in head_project(source, "pt-beta").releases] == ["1.0"]
     finally:
         source.index.release.set()
         pull.close()

@@ -283,7 +283,8 @@ class PullThrough:
         self, normalized_name: NormalizedName, existing: Project | None
     ) -> tuple[Project | None, list[DistFile]]:
         """Fetch the project's page; return the project it makes (None: unchanged) and its files."""
-        source = self._open_source()
+        # A re-check is background work: a restart's first reads re-check every project read.
+        source = self._open_source(background=existing is not None)
         state = existing.source_state if existing is not None else SourceState()
         try:
             page = await source.project_page(normalized_name, state)
