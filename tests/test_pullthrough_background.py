@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
+from packaging.version import Version
 
 from metasrv.index.pullthrough import PullThrough
 from tests.conftest import running_server
@@ -58,12 +61,47 @@ def test_a_re_check_does_not_take_a_clients_slot(source: Source) -> None:
         pull.close()
 
 
+def two_wheels(source: Source) -> tuple[Path, Path]:
+    """Add pt-two 1.0 in two wheels; have the source serve no PEP 658 file, only ranges."""
+    source.index.behaviour.pep658 = False
+    first = build_wheel(source.archives, "pt-two", "1.0")
+    second = first.with_name("pt_two-1.0-py2.py3-none-any.whl")
+    shutil.copy(first, second)
+    return first, second
+
+
+def test_reads_of_two_wheels_of_one_release_each_read_their_own(source: Source) -> None:
+    """One file's read waits neither for the rest of its release nor for another file's read."""
+    first, second = two_wheels(source)
+    fetch = replace(FAST, timeout_seconds=THREAD_DEADLINE_SECONDS)
+    pull = PullThrough(source.meta, source.index.simple_url, fetch=fetch)
+
+    async def both() -> None:
+        held = asyncio.ensure_future(pull.complete("pt-two", Version("1.0"), first.name))
+        while not any(path == f"/files/{first.name}" for path, _ in source.index.requests):
+            await asyncio.sleep(0.01)  # polling, bounded by run's deadline
+        await pull.complete("pt-two", Version("1.0"), second.name)
+        files = {f.filename: f for f in head_project(source, "pt-two").releases[0].files}
+        assert (files[first.name].metadata_pending, files[second.name].metadata_pending) == (
+            True,
+            False,
+        )
+        source.index.release.set()
+        await held
+
+    try:
+        run(pull.ensure("pt-two"))
+        source.index.behaviour.faults[f"/files/{first.name}"] = ["hold"] * 8
+        run(both())
+    finally:
+        source.index.release.set()
+        pull.close()
+    assert not any(pending(head_project(source, "pt-two")).values())
+
+
 def test_a_wheels_metadata_asked_for_waits_for_that_wheel_not_its_release(source: Source) -> None:
     """uv asks for one wheel's .metadata; a release may have 170 wheels without PEP 658 files."""
-    source.index.behaviour.pep658 = False  # metadata only from inside the wheels, by ranges
-    asked = build_wheel(source.archives, "pt-two", "1.0")
-    other = asked.with_name("pt_two-1.0-py2.py3-none-any.whl")
-    shutil.copy(asked, other)
+    asked, other = two_wheels(source)
     # Every request for the other wheel is held until the end: waiting for it, this would not
     # be answered within the client's deadline.
     source.index.behaviour.faults[f"/files/{other.name}"] = ["hold"] * 8
