@@ -426,7 +426,7 @@ def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Pat
     try:
         asyncio.run(pull.warm_up())
         assert pull._client is not None
-        assert pull._source is None
+        assert pull._sources is None
         with pytest.raises(SourceError, match="neither an http"):
             asyncio.run(pull.ensure("anything"))
     finally:

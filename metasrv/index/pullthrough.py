@@ -101,8 +101,8 @@ class PullThrough:
         self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._client: AiohttpClient | None = None
-        self._source: IndexSource | FolderSource | None = None
-        self._background_source: IndexSource | FolderSource | None = None
+        # The source as clients' work reads it, and as background reads do (slots of their own).
+        self._sources: tuple[IndexSource | FolderSource, IndexSource | FolderSource] | None = None
         self._asked = 0  # pulls a client waits for, in flight on the pull loop
         self._quiet: asyncio.Event | None = None  # set while none is
         self._last_asked = 0.0  # when a client last read through pull-through (monotonic)
@@ -164,9 +164,9 @@ class PullThrough:
     async def _opened(self) -> None:
         # A source that cannot be opened fails each pull with its own error, not the server's start.
         with contextlib.suppress(MetasrvError):
-            self._open_source()
+            self._open_source(background=False)
 
-    def _open_source(self, *, background: bool = False) -> IndexSource | FolderSource:
+    def _open_source(self, *, background: bool) -> IndexSource | FolderSource:
         """Return the source as clients' work reads it, or as background reads do."""
         if self._client is None:
             self._client = make_client(self._fetch)
@@ -174,13 +174,15 @@ class PullThrough:
                 # ~18 ms of the GIL: at the warm-up, not in the first pull.
                 self._client.prepare_tls(self.source_url)
             self._thread.closers.append(self._client.aclose)
-        if self._source is None or self._background_source is None:
+        if self._sources is None:
             slots = replace(
                 self._fetch, concurrency=min(BACKGROUND_FETCHES, self._fetch.concurrency)
             )
-            self._source = open_index(self.source_url, Fetcher(self._client, self._fetch))
-            self._background_source = open_index(self.source_url, Fetcher(self._client, slots))
-        return self._background_source if background else self._source
+            self._sources = (
+                open_index(self.source_url, Fetcher(self._client, self._fetch)),
+                open_index(self.source_url, Fetcher(self._client, slots)),
+            )
+        return self._sources[1] if background else self._sources[0]
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -343,7 +345,7 @@ class PullThrough:
         project = self._head_project(normalized_name)
         releases = pending_of(project, version) if project is not None else []
         if releases:
-            source = self._open_source()
+            source = self._open_source(background=False)
             page = await self._page(normalized_name, source)
             await self._read_chunk(normalized_name, source, page, releases, only=filename)
 
