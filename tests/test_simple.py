@@ -214,7 +214,8 @@ def test_a_built_sdist_recorded_without_its_document_is_linked_here_for_its_rend
     (listed,) = client.get("/simple/oldlib/", headers={"Accept": JSON}).json()["files"]
     assert listed["url"] == f"/at/{sha}/files/oldlib/oldlib-1.0.tar.gz"
     metadata = client.get(listed["url"] + ".metadata")
-    assert "Requires-Dist: dep" in metadata.text
+    raw, _ = parse_email(metadata.content)
+    assert (raw["name"], raw["version"], raw["requires_dist"]) == ("oldlib", "1.0", ["dep"])
     assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata.content).hexdigest()}
 
 

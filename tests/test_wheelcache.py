@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +15,14 @@ import httpx
 
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
+from metasrv.http.views import SimpleApi
+from metasrv.http.wheelcache import WheelCache
+from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
+from metasrv.understandings.registry import Understandings
 from tests.conftest import AsgiClient, running_server
 from tests.deadlines import poll_until
-from tests.distributions import build_wheel
+from tests.distributions import build_wheel, metadata_text
 from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_installers import RELAX
 from tests.test_understandings import add_rules, register
@@ -32,13 +39,21 @@ def synced_with_relaxed(tmp_path: Path) -> Iterator[tuple[LocalIndex, Storage]]:
     archives = tmp_path / "archives"
     archives.mkdir()
     build_wheel(archives, "mtsv-alpha", "2.0")
-    build_wheel(archives, "mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"])
+    # A field metasrv does not model, which a rewritten wheel's METADATA keeps.
+    document = metadata_text("mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"])
+    document = document.replace("Version: 1.0\n", "Version: 1.0\nSummary: beta\n")
+    build_wheel(archives, "mtsv-beta", "1.0", metadata=document)
     with serve_index(archives, IndexBehaviour(pep658=False)) as index:
         assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
         assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
         meta = Storage(tmp_path / "meta")
         register(meta, "relaxed", ".", "understandings/relaxed")
         yield index, meta
+
+
+def _downloads(index: LocalIndex) -> int:
+    """Return how often the whole wheel was fetched (sync read it by ranges)."""
+    return sum(path == f"/files/{WHEEL}" and not ranged for path, ranged in list(index.requests))
 
 
 def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_ready(
@@ -80,20 +95,44 @@ def test_a_new_understanding_state_gets_its_wheels_rewritten_before_any_page_ask
     with synced_with_relaxed(tmp_path) as (index, meta):
         arguments = ["--repo", str(meta.path), "--offline", "--quiet", "--fetch-interval", "0.2"]
         with running_server(arguments) as server:
-
-            def downloads() -> int:
-                """Return how often the whole wheel was fetched (sync read it by ranges)."""
-                requests = list(index.requests)
-                return sum(
-                    path == f"/files/{WHEEL}" and not byte_range for path, byte_range in requests
-                )
-
-            assert downloads() == 0  # the understanding changes nothing yet
+            assert _downloads(index) == 0  # the understanding changes nothing yet
             add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
             # The rule's state is served: its wheel is rewritten with no page asking for it.
-            poll_until(lambda: downloads() == 1, "the rewritten wheel was prepared")
+            poll_until(lambda: _downloads(index) == 1, "the rewritten wheel was prepared")
             page = httpx.get(f"{server.url}/u/relaxed/simple/mtsv-beta/", headers=JSON)
             assert page.status_code == 200
             assert len(page.json()["files"]) == 1
             assert not page.headers["etag"].endswith('-without-1"')
-            assert downloads() == 1
+            assert _downloads(index) == 1
+
+
+def test_preparing_rewrites_starts_each_new_wheel_once_past_what_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    with synced_with_relaxed(tmp_path) as (index, meta):
+        api = SimpleApi(Catalog(meta), Understandings(meta), WheelCache(tmp_path / "wheels"))
+        assert asyncio.run(api.prepare_rewrites()) == 0  # no rules yet: nothing to rewrite
+        # A registration that cannot be mounted, and a rule file of a project the data lacks,
+        # each listed before what does get rewritten.
+        register(meta, "absent", "https://git.test/absent.git", "rules")
+        add_rules(meta, "understandings/relaxed", "absent", RELAX)
+        add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
+        assert asyncio.run(api.prepare_rewrites()) == 1
+        poll_until(lambda: _downloads(index) == 1, "the rewritten wheel was prepared")
+        assert asyncio.run(api.prepare_rewrites()) == 0  # the same state: nothing new
+        meta.commit("main", {"understandings/broken.toml": b"not = [toml"}, "break")
+        assert asyncio.run(api.prepare_rewrites()) == 0  # nothing read: the refresh says why
+
+
+def test_a_rewritten_wheels_metadata_file_is_the_metadata_inside_it(tmp_path: Path) -> None:
+    with synced_with_relaxed(tmp_path) as (_, meta):
+        add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
+        client = AsgiClient(create_app(meta.path, offline=True))
+        metadata = client.get(f"/u/relaxed/files/mtsv-beta/{WHEEL}.metadata").content
+        wheel = client.get(f"/u/relaxed/files/mtsv-beta/{WHEEL}").content
+        with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
+            assert archive.read("mtsv_beta-1.0.dist-info/METADATA") == metadata
+        assert b"Summary: beta\n" in metadata
+        assert b"Requires-Dist: mtsv-alpha\n" in metadata
+        (listed,) = client.get("/u/relaxed/simple/mtsv-beta/", headers=JSON).json()["files"]
+        assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata).hexdigest()}
