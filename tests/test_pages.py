@@ -139,9 +139,18 @@ _BASES += ["http://h//simple/p/", "https://h/a/b/c/d/"]
 @example("https://h/a/b/c/d/", "../../packages/4e/3a/../b.whl")
 @example("http://h//simple/p/", "../../../packages/4e//3a/b.whl")
 @example("http://h/simple/p/", "../x:y/a/b.whl")
+@example("http://h/simple/p/", "//[")
+@example("http://h/simple/p/", "http://[::1/x.whl")
+@example("http://h/simple/p/", "//[/x.whl")
 def test_a_link_is_joined_as_urljoin_joins_it(base: str, link: str) -> None:
-    """Links are joined folder by folder for speed; the result is urljoin's, scheme included."""
-    url = urljoin(base, link)
+    """Links are joined folder by folder for speed; the result is urljoin's, scheme included.
+    A link urljoin refuses is a source error."""
+    try:
+        url = urljoin(base, link)
+    except ValueError:
+        with pytest.raises(SourceError, match="is no URL"):
+            join_link(base, link)
+        return
     assert join_link(base, link) == (url, urlsplit(url).scheme)
 
 

@@ -109,8 +109,7 @@ def join_link(base: str, link: str) -> tuple[str, str]:
     # In "https://host" and "//host" the name is a host's; "." and ".." are no file names.
     after_host = folder.partition("//")[2]
     if plain is None or plain[2] in (".", "..") or ("//" in folder and "/" not in after_host):
-        url = urljoin(base, link)
-        return url, urlsplit(url).scheme
+        return _joined(base, link)
     relative = _RELATIVE_FOLDER.fullmatch(folder)
     if relative is not None:
         joined_folder, scheme = _join_folder(base, relative[1])
@@ -121,8 +120,15 @@ def join_link(base: str, link: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=256)
 def _join_folder(base: str, folder: str) -> tuple[str, str]:
-    joined = urljoin(base, folder)
-    return joined, urlsplit(joined).scheme
+    return _joined(base, folder)
+
+
+def _joined(base: str, link: str) -> tuple[str, str]:
+    try:
+        url = urljoin(base, link)
+        return url, urlsplit(url).scheme
+    except ValueError as exc:  # a host's IPv6 bracket left open ("//[")
+        raise SourceError(f"{link[:100]!r} is no URL: {exc}") from None
 
 
 def parse_html_project(html: str, page_url: str, normalized_name: str) -> ProjectPage:
