@@ -111,10 +111,11 @@ def _linked_at_source(located: _Located) -> bool:
     )
 
 
-def _source_serves_metadata(located: _Located) -> bool:
-    """Return whether a pending file's .metadata is the source's document, its hash declared."""
+def _source_serves_metadata(located: _Located, at_source: bool) -> bool:
+    """Return whether a pending file's .metadata is the source's document, its hash declared;
+    ``at_source``: whether pages link the file at the source (``_linked_at_source``)."""
     # A pending file linked at the source has its hash declared, or it would be linked here.
-    return located.original.metadata_pending and _linked_at_source(located)
+    return located.original.metadata_pending and at_source
 
 
 class SimpleApi:
@@ -308,7 +309,7 @@ class SimpleApi:
     ) -> str | None:
         """Return the sha256 of the .metadata a file is served with, or None when it has none;
         ``at_source``: whether the page links the file at the source."""
-        if at_source and located.original.metadata_pending:
+        if _source_serves_metadata(located, at_source):
             return located.original.core_metadata_sha256
         if not located.changed and not _rendered(located.original):
             original = located.original
@@ -348,7 +349,7 @@ class SimpleApi:
         """Return a file's PEP 658 metadata as the view shows it, or the source URL serving it."""
         located = self._find(mount, name, filename)
         if located.original.metadata_pending:
-            if _source_serves_metadata(located):
+            if _source_serves_metadata(located, _linked_at_source(located)):
                 # The page named the source's own document by its hash: no need to read it first.
                 return located.original.url + METADATA_SUFFIX
             raise MetadataPending(

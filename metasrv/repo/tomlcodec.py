@@ -51,8 +51,7 @@ def _table_lines(
     values: list[str] = []
     tables, arrays = [], []
     for key, value in table.items():
-        kind = type(value)
-        if kind is str and _PLAIN_STRING(value):
+        if type(value) is str and _PLAIN_STRING(value):
             values.append(f'{_written_keys.get(key) or _key(key)} = "{value}"\n')
         elif isinstance(value, _SCALARS):
             values.append(f"{_key(key)} = {_literal(value)}\n")
