@@ -37,6 +37,9 @@ def test_init_creates_a_committed_meta_repository_with_a_clean_work_tree(tmp_pat
         timeout=SUBPROCESS_DEADLINE_SECONDS,
     )
     assert status.stdout == ""
+    # Made at once: on the server's first pulls, each would cost a folder while clients wait.
+    fan_out = {p.name for p in (path / ".git" / "objects").iterdir() if len(p.name) == 2}
+    assert fan_out == {f"{byte:02x}" for byte in range(256)}
 
 
 def test_init_refuses_a_folder_that_is_not_empty(
