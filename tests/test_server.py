@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,7 +15,12 @@ from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from tests.builders import commit_projects, make_file, make_project
 from tests.conftest import SIGNATURE, AsgiClient
-from tests.deadlines import THREAD_DEADLINE_SECONDS, BoundedThread, wait_for
+from tests.deadlines import (
+    SUBPROCESS_DEADLINE_SECONDS,
+    THREAD_DEADLINE_SECONDS,
+    BoundedThread,
+    wait_for,
+)
 
 
 def test_the_root_names_the_source_branch_commit_and_endpoints(
@@ -301,3 +308,25 @@ def test_readers_see_whole_commits_while_a_writer_commits(
     # Once the writer is done, the next read serves its last commit, however the two interleaved.
     assert read_whole_commit() == written[-1]
     assert seen <= {initial, *written}
+
+
+def test_a_serving_process_keeps_what_it_started_with_out_of_the_collector() -> None:
+    """Full passes walked every import mid-request; startup's garbage is collected first."""
+    probe = """
+import gc, weakref
+gc.disable()  # only the collections the probe makes
+from metasrv.http.app import settle_collector
+class Node: pass
+node = Node(); node.cycle = node; gone = weakref.ref(node); del node
+settle_collector()
+gc.collect()
+print(gc.get_freeze_count() > 1000, gc.get_threshold(), gone() is None)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_DEADLINE_SECONDS,
+    )
+    assert result.stdout.split("\n")[0] == "True (10000, 10, 10) True"

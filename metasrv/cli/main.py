@@ -241,7 +241,12 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from metasrv.http.accesslog import print_line
-    from metasrv.http.app import ENVIRONMENT_PREFIX, create_app, create_app_from_environment
+    from metasrv.http.app import (
+        ENVIRONMENT_PREFIX,
+        create_app,
+        create_app_from_environment,
+        settle_collector,
+    )
 
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
@@ -282,6 +287,7 @@ def _serve(args: argparse.Namespace) -> int:
             offline=args.offline,
             log=None if args.quiet else print_line,
         )
+        settle_collector()
         uvicorn.run(app, **settings)
         return 0
     # Each worker imports the app and builds its own repository handle and caches.

