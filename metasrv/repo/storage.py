@@ -210,9 +210,7 @@ class Storage:
             entry = self._commit(commit_id).tree[path]
         except KeyError:
             return None
-        if entry.type != ObjectType.BLOB:
-            return None
-        return BlobId(str(entry.id))
+        return BlobId(str(entry.id)) if entry.type == ObjectType.BLOB else None
 
     def tree_id(self, commit_id: CommitId, path: str) -> str | None:
         """Return the id of the tree at ``path`` in a commit, or None when there is none."""
