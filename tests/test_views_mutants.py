@@ -1,4 +1,5 @@
-"""The simple API's views in-process: files of a folder source, .metadata answers, redirects.
+"""The simple API's views in-process: files of a folder source, .metadata answers, redirects,
+pending metadata, and the wheels an understanding rewrites.
 
 Written for what mutmut showed untested in ``metasrv.http.views``: the end-to-end tests that
 cover these paths run ``metasrv serve`` in a subprocess, out of mutmut's sight.
@@ -6,25 +7,35 @@ cover these paths run ``metasrv serve`` in a subprocess, out of mutmut's sight.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metasrv.cli.main import main
 from metasrv.http.app import create_app
 from metasrv.http.fastpath import Served
+from metasrv.http.views import Mount, SimpleApi
+from metasrv.http.wheelcache import WheelCache
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import DistFile, Project, Release
 from metasrv.names import core_metadata_path
+from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
+from metasrv.understandings.registry import Understandings
 from tests.builders import commit_projects, make_file
 from tests.conftest import AsgiClient
-from tests.distributions import build_wheel
+from tests.deadlines import poll_until
+from tests.distributions import build_sdist, build_wheel
+from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
 from tests.test_fastpath import Connection, get, serving
+from tests.test_installers import RELAX
 from tests.test_pullthrough import Source, source
-from tests.test_understandings import add_rules, register
+from tests.test_understandings import RELAX_CLICK, add_rules, register
 
 JSON = {"Accept": MIME_SIMPLE_JSON}
 __all__ = ["source"]  # the fixture, shared with the end-to-end pull-through tests
@@ -146,3 +157,174 @@ def test_a_page_whose_rules_may_select_a_pending_release_reads_its_metadata_firs
     files = json.loads(body)["files"]
     assert all("/u/relaxed" in listed["url"] for listed in files), files
     assert files or headers["etag"].endswith('-without-1"')
+
+
+def _api(storage: Storage, tmp_path: Path, *, pending_metadata: bool = False) -> SimpleApi:
+    return SimpleApi(
+        Catalog(storage),
+        Understandings(storage),
+        WheelCache(tmp_path / "wheels"),
+        pending_metadata=pending_metadata,
+    )
+
+
+def _page_files(api: SimpleApi, mount: Mount, project: str) -> dict[str, dict[str, Any]]:
+    page, left_out = asyncio.run(api.project(mount, project))
+    assert left_out == 0
+    return {entry["filename"]: entry for entry in page["files"]}
+
+
+def test_a_view_is_immutable_only_when_its_url_names_the_commit_id(
+    storage: Storage, tmp_path: Path
+) -> None:
+    api, commit_id = _api(storage, tmp_path), storage.resolve(None)
+    assert api.mount(commit_id, None).immutable
+    assert not api.mount("main", None).immutable
+    assert not api.mount(None, None).immutable
+
+
+def test_a_cooldown_views_prefix_keeps_the_root_it_is_mounted_at(
+    storage: Storage, tmp_path: Path
+) -> None:
+    mount = _api(storage, tmp_path).mount(None, None, "/mirror", "7d")
+    assert mount.prefix == f"/mirror/at/{storage.resolve(None)}/cooldown/7d"
+
+
+@pytest.mark.parametrize("pending_metadata", [False, True])
+def test_a_pending_wheel_is_offered_for_a_read_on_request_only_with_pull_through(
+    storage: Storage, tmp_path: Path, pending_metadata: bool
+) -> None:
+    wheel, sdist = make_file("late-1.0-py3-none-any.whl", metadata=None), make_file("late-1.0.zip")
+    pending_sdist = make_file("late-1.0.tar.gz", metadata=None)
+    _commit_files(storage, "late", wheel, sdist, pending_sdist)
+    api = _api(storage, tmp_path, pending_metadata=pending_metadata)
+    files = _page_files(api, api.mount(None, None), "late")
+    # A pending file's .metadata is read from the source on request, which a pinned URL never does.
+    prefix = "" if pending_metadata else f"/at/{storage.resolve(None)}"
+    assert files[wheel.filename]["url"] == f"{prefix}/files/late/{wheel.filename}"
+    assert files[pending_sdist.filename]["url"] == f"{prefix}/files/late/{pending_sdist.filename}"
+    assert files[sdist.filename]["url"] == sdist.url
+    assert files[wheel.filename].get("core-metadata") is (True if pending_metadata else None)
+    assert "core-metadata" not in files[pending_sdist.filename]
+    assert {name: entry["size"] for name, entry in files.items()} == {
+        listed.filename: listed.size for listed in (wheel, sdist, pending_sdist)
+    }
+
+
+def test_an_unchanged_file_served_here_has_the_data_commits_url_in_an_understandings_view(
+    storage: Storage, tmp_path: Path
+) -> None:
+    register(storage, "pallets", ".", "understandings/pallets")
+    stored = replace(
+        make_file("x-1.0-py3-none-any.whl"),
+        core_metadata_sha256="ab" * 32,
+        core_metadata_stored=True,
+    )
+    _commit_files(storage, "x", stored)
+    api = _api(storage, tmp_path)
+    files = _page_files(api, api.mount(None, "pallets"), "x")
+    url = f"/at/{storage.resolve(None)}/files/x/{stored.filename}"
+    assert files[stored.filename]["url"] == url
+
+
+def test_only_an_understandings_view_with_rules_may_need_pending_metadata_read_first(
+    storage: Storage, tmp_path: Path
+) -> None:
+    register(storage, "pallets", ".", "understandings/pallets")
+    add_rules(storage, "understandings/pallets", "late", RELAX_CLICK)
+    _commit_files(storage, "late", make_file("late-1.0-py3-none-any.whl", metadata=None))
+    api = _api(storage, tmp_path)
+    assert api.needs_metadata(api.mount(None, "pallets"), "late")
+    assert not api.needs_metadata(api.mount(None, None), "late")
+    assert not api.needs_metadata(api.mount(None, "pallets"), "click")  # nothing pending
+
+
+def test_a_file_the_project_lacks_or_the_view_hides_is_not_found_saying_which(
+    client: AsgiClient, storage: Storage
+) -> None:
+    _commit_files(storage, "x", replace(make_file("x-1.0.zip"), upload_time=None))
+    errors = {
+        "/files/x/x-2.0.zip": "no file 'x-2.0.zip' of project 'x'",
+        "/cooldown/7d/files/x/x-1.0.zip": (
+            "'x-1.0.zip' is hidden in this view: no upload time, so not known to be 7d old at the"
+            " data commit"
+        ),
+    }
+    for url, error in errors.items():
+        answer = client.get(url)
+        assert answer.status_code == 404
+        assert answer.json()["error"] == error
+
+
+def _downloads(index: LocalIndex) -> int:
+    """Return how many whole files were fetched (sync reads wheels by ranges)."""
+    return sum(path.startswith("/files/") and not ranged for path, ranged in list(index.requests))
+
+
+def test_preparing_rewrites_counts_each_wheel_an_understanding_changes(tmp_path: Path) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    build_wheel(archives, "mtsv-alpha", "2.0")
+    for name, version in [("mtsv-beta", "1.0"), ("mtsv-gamma", "1.0"), ("mtsv-gamma", "0.9")]:
+        build_wheel(archives, name, version, requires_dist=["mtsv-alpha<2"])
+    build_sdist(archives, "mtsv-beta", "1.0", requires_dist=["mtsv-alpha<2"])  # served as it is
+    with serve_index(archives, IndexBehaviour(pep658=False)) as index:
+        assert main(["init", str(tmp_path / "meta"), "--source", index.simple_url]) == 0
+        assert main(["sync", "--all", "--repo", str(tmp_path / "meta")]) == 0
+        # The first wheel's download waits until released: its rewrite is still under way.
+        index.behaviour.faults["/files/mtsv_beta-1.0-py3-none-any.whl"] = ["hold"]
+        meta = Storage(tmp_path / "meta")
+        # The folder as a registration may spell it, with slashes around.
+        register(meta, "relaxed", ".", "/understandings/relaxed/")
+        add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
+        add_rules(meta, "understandings/relaxed", "mtsv-gamma", RELAX)  # 1.0 only, not 0.9
+        api = _api(meta, tmp_path)
+        assert asyncio.run(api.prepare_rewrites()) == 2
+        assert asyncio.run(api.prepare_rewrites()) == 0  # the same state: nothing new
+        index.release.set()
+        poll_until(lambda: _downloads(index) == 2, "both rewritten wheels were prepared")
+
+
+def _relax_dep_of_x(storage: Storage) -> None:
+    """Register the understanding ``relaxed``: x 1.0 works with any version of dep."""
+    register(storage, "relaxed", ".", "understandings/relaxed")
+    relax = {"id": "relax", "versions": "==1.0", "relax": ["dep"], "reason": "works"}
+    add_rules(storage, "understandings/relaxed", "x", relax)
+
+
+def test_an_sdist_an_understanding_changes_is_listed_as_it_is_only_its_metadata_changed(
+    storage: Storage, tmp_path: Path
+) -> None:
+    _relax_dep_of_x(storage)
+    sdist = make_file("x-1.0.tar.gz", requires_dist=["dep<2"])
+    _commit_files(storage, "x", sdist)
+    api = _api(storage, tmp_path)
+    mount = api.mount(None, "relaxed")
+    listed = _page_files(api, mount, "x")[sdist.filename]
+    assert listed["url"] == f"{mount.prefix}/files/x/{sdist.filename}"
+    assert listed["hashes"] == sdist.hashes
+    metadata = asyncio.run(api.metadata_file(mount, "x", sdist.filename))
+    assert isinstance(metadata, bytes)
+    assert b"Requires-Dist: dep\n" in metadata
+    assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata).hexdigest()}
+
+
+def test_a_page_leaves_out_each_wheel_whose_rewrite_failed_and_lists_the_files_after_it(
+    storage: Storage, tmp_path: Path
+) -> None:
+    _relax_dep_of_x(storage)
+    (tmp_path / "empty").mkdir()
+    with serve_index(tmp_path / "empty", IndexBehaviour()) as index:
+        # Wheels the index does not have: their rewrites fail, and pages leave them out.
+        wheels = [
+            replace(
+                make_file(filename, requires_dist=["dep<2"]),
+                url=index.simple_url.replace("/simple/", f"/files/{filename}"),
+            )
+            for filename in ["x-1.0-py2-none-any.whl", "x-1.0-py3-none-any.whl"]
+        ]
+        _commit_files(storage, "x", *wheels, make_file("x-1.0.tar.gz", requires_dist=["dep<2"]))
+        api = _api(storage, tmp_path)
+        page, left_out = asyncio.run(api.project(api.mount(None, "relaxed"), "x"))
+    assert left_out == 2
+    assert [entry["filename"] for entry in page["files"]] == ["x-1.0.tar.gz"]
