@@ -181,9 +181,9 @@ def test_a_serial_past_the_largest_signed_64_bit_number_is_a_source_error() -> N
         parse_serial(2**63, "page")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 19-digit decimal string below 2**63 is refused, though the same integer is read",
-)
 def test_a_serial_sent_as_a_string_is_read_as_the_same_integer_would_be() -> None:
     assert parse_serial(str(10**18), "page") == 10**18
+    assert parse_serial(str(2**63 - 1), "page") == 2**63 - 1
+    for too_large in (str(2**63), "1" + "0" * 19):  # 19 digits, then 20: never converted
+        with pytest.raises(SourceError, match="_last-serial must be a serial number"):
+            parse_serial(too_large, "page")

@@ -173,7 +173,7 @@ def parse_serial(value: Any, where: str) -> int | None:
     if value is None:
         return None
     # PyPI sends a string on project pages ("_last-serial": "26356948"); PEP 691 gives no type.
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
         raise SourceError(f"{where}: _last-serial must be a serial number, not {value!r:.40}")
