@@ -226,6 +226,8 @@ class SimpleApi:
         ]
         if jobs:
             waiting = [asyncio.wrap_future(job) for job in jobs]
+            for future in waiting:  # a failed rewrite only leaves its wheel out: retrieved here
+                future.add_done_callback(lambda done: done.cancelled() or done.exception())
             await asyncio.wait(waiting, timeout=self.wheels.page_wait_seconds)
         files, shown, left_out = [], set(), 0
         for located in listed:
