@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "tomlcodec",
             "projectfile",
             "worktree",
+            "objectfolders",
             "paths",
             "locks",
             "refwatch",

@@ -419,16 +419,12 @@ def test_warming_up_opens_the_source_before_any_pull(source: Source) -> None:
         pull.close()
 
 
-def test_warming_up_makes_the_object_folders_a_clone_lacks(source: Source) -> None:
+def test_pull_through_starts_by_making_the_object_folders_a_clone_lacks(source: Source) -> None:
     """A clone's objects are packed: its first loose objects would each make a folder."""
     subprocess.run(["git", "-C", str(source.meta), "gc", "-q"], check=True, timeout=60)
     objects = Path(Storage(source.meta).path) / "objects"
     assert not [p for p in objects.iterdir() if len(p.name) == 2]  # packed, folders gone
-    pull = PullThrough(source.meta, source.index.simple_url)
-    try:
-        asyncio.run(pull.warm_up())
-    finally:
-        pull.close()
+    PullThrough(source.meta, source.index.simple_url).close()
     folders = {p.name for p in objects.iterdir() if p.is_dir() and len(p.name) == 2}
     assert folders == {f"{byte:02x}" for byte in range(256)}
 
@@ -441,7 +437,6 @@ def test_object_folders_it_cannot_make_do_not_stop_the_start(source: Source) -> 
     empty.write_bytes(b"")  # not a folder: mkdir fails
     pull = PullThrough(source.meta, source.index.simple_url)
     try:
-        asyncio.run(pull.warm_up())
         asyncio.run(pull.ensure("pt-alpha"))
     finally:
         pull.close()

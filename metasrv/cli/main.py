@@ -240,13 +240,9 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from metasrv.http import app as served
     from metasrv.http.accesslog import print_line
-    from metasrv.http.app import (
-        ENVIRONMENT_PREFIX,
-        create_app,
-        create_app_from_environment,
-        settle_collector,
-    )
+    from metasrv.http.app import ENVIRONMENT_PREFIX, create_app, create_app_from_environment
 
     if args.fetch_interval <= 0:
         raise InvalidInput("--fetch-interval must be positive")
@@ -287,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
             offline=args.offline,
             log=None if args.quiet else print_line,
         )
-        settle_collector()
+        served.settle_collector()
         uvicorn.run(app, **settings)
         return 0
     # Each worker imports the app and builds its own repository handle and caches.

@@ -137,8 +137,8 @@ class PullThrough:
         self._thread.loop().call_soon_threadsafe(self._spawn_refresh, normalized_name)
 
     async def warm_up(self) -> None:
-        """Open the source's client and make git's object folders, on the pull thread: an https
-        source's certificates, and a new repository's folders, would cost the first pulls."""
+        """Open the source's client on the pull thread and wait for it: an https source's
+        certificates take tens of milliseconds that the first pulls would otherwise wait for."""
         await self._call(self._opened())
 
     def close(self) -> None:
@@ -165,8 +165,6 @@ class PullThrough:
         # A source that cannot be opened fails each pull with its own error, not the server's start.
         with contextlib.suppress(MetasrvError):
             self._open_source(background=False)
-        with contextlib.suppress(OSError):  # a read-only repository fails its commits instead
-            await asyncio.to_thread(self._storage.make_object_folders)
 
     def _open_source(self, *, background: bool) -> IndexSource | FolderSource:
         """Return the source as clients' work reads it, or as background reads do."""

@@ -16,6 +16,7 @@ from metasrv.index.projectmerge import Merge
 from metasrv.model import MetadataStatus, Project
 from metasrv.names import project_path
 from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.objectfolders import make_object_folders
 from metasrv.repo.projectfile import write_project
 from metasrv.repo.storage import CommitId, Storage
 
@@ -57,6 +58,8 @@ class PullWriter:
         self._branch = branch
         self._build_in_background = build_in_background
         self._writer = Storage(repo_path)  # written in commit threads, one at a time
+        with contextlib.suppress(OSError):  # a read-only repository fails its commits instead
+            make_object_folders(self._writer.path)
         self._catalog = Catalog(self._writer)
         self._queue: list[_Job] = []
         self._committing: asyncio.Task[None] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +16,7 @@ from pygit2.enums import ObjectType
 
 from metasrv.errors import Conflict, InvalidInput, NotFound
 from metasrv.repo import worktree
+from metasrv.repo.objectfolders import make_object_folders
 from metasrv.repo.paths import split_paths
 from metasrv.repo.refwatch import RefWatch
 
@@ -79,17 +79,8 @@ class Storage:
     def init(cls, path: Path, *, branch: str = "main") -> Storage:
         """Create an empty repository whose HEAD names ``branch``."""
         pygit2.init_repository(str(path), initial_head=branch)
-        storage = cls(path)
-        storage.make_object_folders()
-        return storage
-
-    def make_object_folders(self) -> None:
-        """Make the object store's 256 fan-out folders: libgit2 makes one on its first object,
-        holding the GIL, and a new folder can cost as much as an object (0.2-0.4 ms on a VM)."""
-        objects = self.path / "objects"
-        made = {entry.name for entry in os.scandir(objects) if entry.is_dir()}
-        for folder in {f"{byte:02x}" for byte in range(256)} - made:
-            (objects / folder).mkdir(exist_ok=True)
+        make_object_folders(path / ".git")
+        return cls(path)
 
     def checkout_head(self) -> None:
         """Make the working tree and index match HEAD; only ``init`` uses a working tree."""
