@@ -26,7 +26,7 @@ from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import DistFile, Project, Release
 from metasrv.names import core_metadata_path
 from metasrv.repo.catalog import Catalog
-from metasrv.repo.storage import Storage
+from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.registry import Understandings
 from tests.builders import commit_projects, make_file
 from tests.conftest import AsgiClient
@@ -158,6 +158,11 @@ def test_a_page_whose_rules_may_select_a_pending_release_reads_its_metadata_firs
     files = json.loads(body)["files"]
     assert all("/u/relaxed" in listed["url"] for listed in files), files
     assert files or headers["etag"].endswith('-without-1"')
+    # The page came from a commit that holds the metadata the rule is applied to.
+    answered = Catalog(meta).get_project(CommitId(headers["x-metasrv-at"]), "pt-beta")
+    selected = [f for r in answered.releases if r.version_text == "1.0" for f in r.files]
+    assert selected
+    assert not any(f.metadata_pending for f in selected)
 
 
 def _api(storage: Storage, tmp_path: Path, *, pending_metadata: bool = False) -> SimpleApi:
