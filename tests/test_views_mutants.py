@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from metasrv.cli.main import main
+from metasrv.config import MetaConfig, PullThroughConfig
 from metasrv.http.app import create_app
 from metasrv.http.fastpath import Served
 from metasrv.http.views import Mount, SimpleApi
@@ -25,6 +26,7 @@ from metasrv.http.wheelcache import WheelCache
 from metasrv.index.pages import MIME_SIMPLE_JSON
 from metasrv.model import DistFile, Project, Release
 from metasrv.names import core_metadata_path
+from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import CommitId, Storage
 from metasrv.understandings.registry import Understandings
@@ -93,6 +95,24 @@ def test_a_folder_sources_files_are_sent_from_the_folder_and_no_file_outside_it(
         answer = client.get(url)
         assert answer.status_code == 502
         assert answer.json()["error"] == expected[filename]
+
+
+def test_a_repository_without_a_source_sends_no_local_file(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No source folder is not the server's working folder."""
+    config = MetaConfig(source_url=None, pull_through=PullThroughConfig(enabled=False))
+    storage.commit("main", {"metasrv.toml": tomlcodec.dumps(config.to_toml())}, "no source")
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path / "here-1.0-py3-none-any.whl"
+    here.write_bytes(b"in the working folder")
+    _commit_files(storage, "x", replace(make_file(here.name), url=here.as_uri()))
+    client = AsgiClient(create_app(storage.path, offline=True))
+    answer = client.get(_listed(client, "x")[here.name])
+    assert answer.status_code == 502
+    assert answer.json()["error"] == (
+        f"{here.as_uri()}: not an http(s) URL or a file in the source folder"
+    )
 
 
 def test_a_file_at_an_http_url_is_a_redirect_there(client: AsgiClient, storage: Storage) -> None:

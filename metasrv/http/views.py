@@ -387,11 +387,11 @@ class SimpleApi:
 
     def _local_file(self, mount: Mount, url: str) -> Path:
         """Return the path of a file:// URL inside the configured source folder."""
-        source_url = self.catalog.config(mount.commit_id).source_url or ""
-        parts = urlsplit(url)
-        if parts.scheme != "file" or urlsplit(source_url).scheme not in ("file", ""):
+        source_url = self.catalog.config(mount.commit_id).source_url
+        parts, source = urlsplit(url), urlsplit(source_url or "")  # none: no folder, not cwd
+        if not source_url or parts.scheme != "file" or source.scheme not in ("file", ""):
             raise SourceError(f"{url}: not an http(s) URL or a file in the source folder")
-        folder = Path(url2pathname(urlsplit(source_url).path)).resolve()
+        folder = Path(url2pathname(source.path)).resolve()
         path = Path(url2pathname(parts.path)).resolve()
         if not path.is_relative_to(folder):
             raise SourceError(f"{url}: outside the source folder {folder}")
