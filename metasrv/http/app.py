@@ -347,7 +347,7 @@ def settle_collector() -> None:
     """Keep what a serving process has made so far out of the garbage collector's passes."""
     # Imports and the app live as long as the process. Left in, a full pass walked them all in
     # the middle of a request: 42 ms of a 4,400-file first page. A larger young generation takes
-    # such a page's objects in a few passes, not a hundred (8 ms of collection left, from 56).
+    # such a page's objects in a few passes, not a hundred (10 ms of collection left, from 56).
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
