@@ -300,10 +300,10 @@ def test_preparing_rewrites_counts_each_wheel_an_understanding_changes(tmp_path:
         # The first wheel's download waits until released: its rewrite is still under way.
         index.behaviour.faults["/files/mtsv_beta-1.0-py3-none-any.whl"] = ["hold"]
         meta = Storage(tmp_path / "meta")
-        # The folder as a registration may spell it, with slashes around.
-        register(meta, "relaxed", ".", "/understandings/relaxed/")
-        add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
-        add_rules(meta, "understandings/relaxed", "mtsv-gamma", RELAX)  # 1.0 only, not 0.9
+        # The folder as a registration may spell it, with slashes around; only those go.
+        register(meta, "relaxed", ".", "/understandings/XrelaX/")
+        add_rules(meta, "understandings/XrelaX", "mtsv-beta", RELAX)
+        add_rules(meta, "understandings/XrelaX", "mtsv-gamma", RELAX)  # 1.0 only, not 0.9
         api = _api(meta, tmp_path)
         assert asyncio.run(api.prepare_rewrites()) == 2
         assert asyncio.run(api.prepare_rewrites()) == 0  # the same state: nothing new
