@@ -64,6 +64,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "simplepages",
             "wheels",
             "wheelcache",
+            "sourcefolder",
             "views",
             "bytecache",
             "listings",

@@ -430,19 +430,22 @@ def test_pull_through_starts_by_making_the_object_folders_a_clone_lacks(source: 
 
 
 def test_object_folders_it_cannot_make_do_not_stop_the_start(source: Source) -> None:
-    """As on a read-only disk: the start goes on, and what can be committed is."""
+    """A folder the disk refuses is left to the commits that need it; the others are made."""
+    subprocess.run(["git", "-C", str(source.meta), "gc", "-q"], check=True, timeout=60)
     objects = Path(Storage(source.meta).path) / "objects"
-    empty = next(p for p in objects.iterdir() if len(p.name) == 2 and not any(p.iterdir()))
-    empty.rmdir()
-    empty.write_bytes(b"")  # not a folder: mkdir fails
-    pull = PullThrough(source.meta, source.index.simple_url)
-    try:
-        asyncio.run(pull.ensure("pt-alpha"))
-    finally:
-        pull.close()
-    assert "pt-alpha" in Catalog(Storage(source.meta)).list_projects(
-        Storage(source.meta).resolve(None)
-    )
+    (objects / "00").write_bytes(b"")  # not a folder: its mkdir fails, as on a read-only disk
+    PullThrough(source.meta, source.index.simple_url).close()
+    folders = {p.name for p in objects.iterdir() if p.is_dir() and len(p.name) == 2}
+    assert folders == {f"{byte:02x}" for byte in range(1, 256)}
+
+
+def test_object_folders_take_a_shared_repositorys_group_bits(source: Source) -> None:
+    """As git's own: a group that shares the repository can write objects into each."""
+    subprocess.run(["git", "-C", str(source.meta), "gc", "-q"], check=True, timeout=60)
+    objects = Path(Storage(source.meta).path) / "objects"
+    objects.chmod(0o2775)
+    PullThrough(source.meta, source.index.simple_url).close()
+    assert {(objects / f"{byte:02x}").stat().st_mode & 0o7777 for byte in range(256)} == {0o2775}
 
 
 def test_a_source_that_cannot_open_fails_its_pulls_not_the_warm_up(tmp_path: Path) -> None:

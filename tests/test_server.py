@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -322,11 +323,38 @@ settle_collector()
 gc.collect()
 print(gc.get_freeze_count() > 1000, gc.get_threshold(), gone() is None)
 """
+    assert _printed_by(probe) == "True (10000, 10, 10) True"
+
+
+def test_each_serve_worker_settles_its_collector(storage: Storage) -> None:
+    """``serve --workers`` builds each worker's app from the environment: it settles it too."""
+    probe = """
+import gc
+from metasrv.http.app import create_app_from_environment
+create_app_from_environment()
+print(gc.get_freeze_count() > 1000, gc.get_threshold())
+"""
+    settings = {
+        "REPO": str(storage.path),
+        "FETCH_INTERVAL": "60",
+        "GIT_TIMEOUT": "30",
+        "HEADER_TIMEOUT": "10",
+        "MAX_CONNECTIONS": "100",
+        "OFFLINE": "1",
+        "QUIET": "1",
+    }
+    environment = {f"METASRV_SERVE_{key}": value for key, value in settings.items()}
+    assert _printed_by(probe, environment) == "True (10000, 10, 10)"
+
+
+def _printed_by(probe: str, environment: dict[str, str] | None = None) -> str:
+    """Return the first line a Python process of its own prints: the collector is per process."""
     result = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         check=True,
         timeout=SUBPROCESS_DEADLINE_SECONDS,
+        env=os.environ | (environment or {}),
     )
-    assert result.stdout.split("\n")[0] == "True (10000, 10, 10) True"
+    return result.stdout.split("\n")[0]

@@ -111,7 +111,7 @@ def test_a_repository_without_a_source_sends_no_local_file(
     answer = client.get(_listed(client, "x")[here.name])
     assert answer.status_code == 502
     assert answer.json()["error"] == (
-        f"{here.as_uri()}: not an http(s) URL or a file in the source folder"
+        f"{here.as_uri()}: metasrv.toml names no source folder to send it from"
     )
 
 

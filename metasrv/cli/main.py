@@ -240,7 +240,7 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from metasrv.http import app as served
+    from metasrv.http import app as http_app
     from metasrv.http.accesslog import print_line
     from metasrv.http.app import ENVIRONMENT_PREFIX, create_app, create_app_from_environment
 
@@ -283,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
             offline=args.offline,
             log=None if args.quiet else print_line,
         )
-        served.settle_collector()
+        http_app.settle_collector()
         uvicorn.run(app, **settings)
         return 0
     # Each worker imports the app and builds its own repository handle and caches.

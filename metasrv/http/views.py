@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import quote
 
 from packaging.utils import NormalizedName
 
-from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound, SourceError
+from metasrv.errors import InvalidInput, MetadataPending, MetasrvError, NotFound
 from metasrv.http.simplepages import SimpleFile, project_page
+from metasrv.http.sourcefolder import source_folder_file
 from metasrv.http.wheelcache import Rewritten, WheelCache
 from metasrv.http.wheels import render_metadata_file
 from metasrv.index.archives import is_wheel
@@ -383,18 +383,4 @@ class SimpleApi:
         if url.startswith(("http://", "https://")):
             return url
         # Clients cannot follow a redirect to file://; the source's own files are streamed.
-        return self._local_file(mount, url)
-
-    def _local_file(self, mount: Mount, url: str) -> Path:
-        """Return the path of a file:// URL inside the configured source folder."""
-        source_url = self.catalog.config(mount.commit_id).source_url
-        parts, source = urlsplit(url), urlsplit(source_url or "")  # none: no folder, not cwd
-        if not source_url or parts.scheme != "file" or source.scheme not in ("file", ""):
-            raise SourceError(f"{url}: not an http(s) URL or a file in the source folder")
-        folder = Path(url2pathname(source.path)).resolve()
-        path = Path(url2pathname(parts.path)).resolve()
-        if not path.is_relative_to(folder):
-            raise SourceError(f"{url}: outside the source folder {folder}")
-        if not path.is_file():
-            raise SourceError(f"{url}: the source folder has no such file")
-        return path
+        return source_folder_file(self.catalog.config(mount.commit_id).source_url, url)

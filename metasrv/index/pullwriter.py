@@ -58,8 +58,7 @@ class PullWriter:
         self._branch = branch
         self._build_in_background = build_in_background
         self._writer = Storage(repo_path)  # written in commit threads, one at a time
-        with contextlib.suppress(OSError):  # a read-only repository fails its commits instead
-            make_object_folders(self._writer.path)
+        make_object_folders(self._writer.path)
         self._catalog = Catalog(self._writer)
         self._queue: list[_Job] = []
         self._committing: asyncio.Task[None] | None = None

@@ -78,8 +78,8 @@ class Storage:
     @classmethod
     def init(cls, path: Path, *, branch: str = "main") -> Storage:
         """Create an empty repository whose HEAD names ``branch``."""
-        pygit2.init_repository(str(path), initial_head=branch)
-        make_object_folders(path / ".git")
+        git_dir = pygit2.init_repository(str(path), initial_head=branch).path
+        make_object_folders(Path(git_dir))
         return cls(path)
 
     def checkout_head(self) -> None:
