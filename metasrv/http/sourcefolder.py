@@ -11,7 +11,7 @@ from metasrv.errors import SourceError
 
 def source_folder_file(source_url: str | None, url: str) -> Path:
     """Return the path of a file:// URL inside the source folder ``source_url`` names."""
-    if source_url is None:
+    if not source_url:
         # Not the server's working folder: a link there would send whatever lies beside it.
         raise SourceError(f"{url}: metasrv.toml names no source folder to send it from")
     parts, source = urlsplit(url), urlsplit(source_url)
