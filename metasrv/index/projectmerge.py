@@ -119,10 +119,12 @@ def pending_of(project: Project, version: Version | None = None) -> list[Release
 def batches(releases: list[Release], files: int) -> Iterator[list[Release]]:
     """Yield runs of consecutive releases holding about ``files`` files each."""
     batch: list[Release] = []
+    count = 0
     for release in releases:
         batch.append(release)
-        if sum(len(r.files) for r in batch) >= files:
+        count += len(release.files)
+        if count >= files:
             yield batch
-            batch = []
+            batch, count = [], 0
     if batch:
         yield batch

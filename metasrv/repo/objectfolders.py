@@ -19,7 +19,7 @@ def make_object_folders(git_dir: Path) -> None:
         mode = objects.stat().st_mode & 0o7777  # a shared repository's group bits, as git's
     except OSError:
         return
-    for folder in sorted({f"{byte:02x}" for byte in range(256)} - made):
+    for folder in {f"{byte:02x}" for byte in range(256)} - made:
         with contextlib.suppress(OSError):
             (objects / folder).mkdir()
             os.chmod(objects / folder, mode)
