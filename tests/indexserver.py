@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import hashlib
@@ -24,6 +25,11 @@ from tests.deadlines import THREAD_DEADLINE_SECONDS
 
 MIME_JSON = "application/vnd.pypi.simple.v1+json"
 MAX_PAGE_BYTES = 64 * 1024 * 1024
+# Faults that change only the body of the answer.
+BODY_FAULTS: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda _: b"<<<not a page>>>",
+    "bom": lambda body: codecs.BOM_UTF8 + body,
+}
 
 
 @dataclass
@@ -38,7 +44,7 @@ class IndexBehaviour:
     # "redirect-loop", "redirect-ftp", "bad-encoding", "trickle" (a byte per 0.1 s), "oversize",
     # "gzip-bomb" (a few kB that inflate past the page cap), "zstd-bomb" (the same, unasked, in
     # zstd), "huge-total" (a 5,000-digit
-    # Content-Range total on a range answer)
+    # Content-Range total on a range answer), "bom" (the page after a UTF-8 byte order mark)
     faults: dict[str, list[str]] = field(default_factory=dict)
     # project -> edits of its PEP 691 page document before it is served (wrong types, ...)
     pages: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
@@ -134,8 +140,8 @@ def _handler(index: LocalIndex) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body[: len(body) // 2])
                 self.close_connection = True
                 return
-            if fault == "garbage":
-                body = b"<<<not a page>>>"
+            if fault in BODY_FAULTS:
+                body = BODY_FAULTS[fault](body)
             if fault == "huge-total" and status == 206:
                 extra = {"content-range": f"bytes 0-0/{'9' * 5000}"}
             if fault == "bad-encoding":

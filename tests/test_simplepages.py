@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from packaging.utils import NormalizedName
 
 from metasrv.errors import NotAcceptable
+from metasrv.http.documents import encode
 from metasrv.http.simplepages import (
     SimpleFile,
     index_page_chunks,
@@ -155,6 +158,23 @@ def test_json_is_compact_and_keeps_non_ascii() -> None:
     assert render_json(page) == (
         '{"meta":{"api-version":"1.1"},"name":"d\u00e9mo","versions":[],"files":[]}'.encode()
     )
+
+
+# Any text a project file can hold: TOML is UTF-8, so it holds no lone surrogate.
+TEXT = st.text(st.characters(exclude_categories=["Cs"]))
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_json_bytes_are_the_stdlib_compact_form(document: object) -> None:
+    # Pinned pages must keep their bytes: these were json.dumps' before orjson rendered them.
+    expected = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    assert render_json({"page": document}) == b'{"page":' + expected + b"}"
+    assert encode({"page": document}) == b'{"page":' + expected + b"}"
 
 
 def test_the_html_page_is_pep_503_with_pep_592_658_and_714_attributes() -> None:

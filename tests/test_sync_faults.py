@@ -96,6 +96,12 @@ FAULTS = [
     Fault("name-null", page_edit=_set_page_value("name", None), project_error="name must"),
     Fault("500-after-retries", faults=("500",) * 4, project_error="HTTP 500 after 2 attempts"),
     Fault("invalid-json", faults=("garbage",), project_error="invalid JSON"),
+    # "\ud800" escapes half a character: no string holds it, and no project file could.
+    Fault(
+        "lone-surrogate",
+        page_edit=_set_file_value("requires-python", "\ud800"),
+        project_error="invalid JSON",
+    ),
     Fault("truncated", faults=("truncate",) * 4, project_error="after 2 attempts"),
     Fault("not-http", faults=("not-http",) * 4, project_error="RemoteProtocolError"),
     Fault("over-64MB", faults=("oversize",), project_error="larger than 67108864 bytes"),
@@ -229,6 +235,19 @@ def test_a_project_that_fails_keeps_its_last_good_state(meta: Storage, tmp_path:
     assert summary.exit_code == 1
     assert meta.read(meta.resolve(None), VICTIM_PATH) == good
     assert good is not None
+
+
+def test_a_json_page_after_a_byte_order_mark_is_read(meta: Storage, tmp_path: Path) -> None:
+    # RFC 8259 lets a parser ignore a byte order mark, and the stdlib's json did.
+    folder = tmp_path / "index"
+    folder.mkdir()
+    _wheel(folder)
+    with serve_index(folder, IndexBehaviour(faults={VICTIM_PAGE: ["bom"]})) as index:
+        summary = sync(meta, index.simple_url, ["victim"], OPTIONS)
+        assert index.page_requests() == [VICTIM_PAGE]
+    assert summary.exit_code == 0
+    (release,) = Catalog(meta).get_project(meta.resolve(None), "victim").releases
+    assert [f.filename for f in release.files] == ["victim-1.0-py3-none-any.whl"]
 
 
 def test_duplicate_file_names_on_a_page_are_kept_once(meta: Storage, tmp_path: Path) -> None:

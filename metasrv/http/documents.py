@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from packaging.utils import NormalizedName
 
 from metasrv.model import CoreMetadata, DistFile, Project, Release, render_metadata
@@ -152,4 +152,4 @@ def render_patched_release(
 
 def encode(document: dict[str, Any]) -> bytes:
     """Return compact UTF-8 JSON."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(document)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from packaging.utils import NormalizedName
 
 from metasrv.errors import NotAcceptable
@@ -108,7 +109,7 @@ def project_page(name: str, versions: Iterable[str], files: Iterable[SimpleFile]
 
 def render_json(page: dict[str, Any]) -> bytes:
     """Render a page as PEP 691 JSON."""
-    return json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(page)
 
 
 def render_project_html(page: dict[str, Any]) -> bytes:

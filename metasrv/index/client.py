@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import hashlib
-import json
 import mimetypes
 import time
 from collections.abc import Mapping
@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 
 import httpx
+import orjson
 
 from metasrv.errors import InvalidArchive, InvalidInput, NotFound, SourceError
 from metasrv.index.pages import (
@@ -321,8 +322,9 @@ def _is_json(response: Fetched) -> bool:
 
 def _json_object(response: Fetched) -> Any:
     try:
-        document = json.loads(response.content)
-    except (ValueError, RecursionError) as exc:
+        # RFC 8259 lets a parser ignore a byte order mark; json.loads did, orjson does not.
+        document = orjson.loads(response.content.removeprefix(codecs.BOM_UTF8))
+    except orjson.JSONDecodeError as exc:
         raise SourceError(f"{response.url}: invalid JSON: {exc}") from None
     return document
 
