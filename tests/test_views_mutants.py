@@ -11,6 +11,7 @@ import asyncio
 import gc
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -185,11 +186,17 @@ def test_a_page_whose_rules_may_select_a_pending_release_reads_its_metadata_firs
     assert not any(f.metadata_pending for f in selected)
 
 
-def _api(storage: Storage, tmp_path: Path, *, pending_metadata: bool = False) -> SimpleApi:
+def _api(
+    storage: Storage,
+    tmp_path: Path,
+    *,
+    pending_metadata: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SimpleApi:
     return SimpleApi(
         Catalog(storage),
         Understandings(storage),
-        WheelCache(tmp_path / "wheels"),
+        WheelCache(tmp_path / "wheels", log=log),
         pending_metadata=pending_metadata,
     )
 
@@ -350,10 +357,33 @@ def test_a_page_leaves_out_each_wheel_whose_rewrite_failed_and_lists_the_files_a
             for filename in ["x-1.0-py2-none-any.whl", "x-1.0-py3-none-any.whl"]
         ]
         _commit_files(storage, "x", *wheels, make_file("x-1.0.tar.gz", requires_dist=["dep<2"]))
-        api = _api(storage, tmp_path)
+        lines: list[str] = []
+        api = _api(storage, tmp_path, log=lines.append)
         page, left_out = asyncio.run(api.project(api.mount(None, "relaxed"), "x"))
     assert left_out == 2
     assert [entry["filename"] for entry in page["files"]] == ["x-1.0.tar.gz"]
+    # Both failed, not still under way: each left its line for the operator.
+    assert sorted(lines) == [
+        f"rewritten wheel {wheel.filename}: {wheel.url}: HTTP 404; left out of pages, "
+        "tried again after 60 s"
+        for wheel in wheels
+    ]
     del api  # its wheel cache holds the jobs, and they their futures
     gc.collect()  # an unretrieved failure is reported when its future is collected
     assert "never retrieved" not in caplog.text
+
+
+def test_the_server_logs_a_failed_rewrite(storage: Storage, tmp_path: Path) -> None:
+    _relax_dep_of_x(storage)
+    (tmp_path / "empty").mkdir()
+    with serve_index(tmp_path / "empty", IndexBehaviour()) as index:
+        wheel = replace(
+            make_file("x-1.0-py3-none-any.whl", requires_dist=["dep<2"]),
+            url=index.simple_url.replace("/simple/", "/files/x-1.0-py3-none-any.whl"),
+        )
+        _commit_files(storage, "x", wheel)
+        lines: list[str] = []
+        client = AsgiClient(create_app(storage.path, offline=True, log=lines.append))
+        page = client.get("/u/relaxed/simple/x/", headers=JSON)
+        assert page.json()["files"] == []  # it waited for the rewrite, which failed
+    assert f"rewritten wheel {wheel.filename}: {wheel.url}: HTTP 404" in "\n".join(lines)

@@ -159,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="serve only what is in git; never ask the source"
     )
     serve.add_argument(
-        "--quiet", action="store_true", help="no line per request and per pull-through"
+        "--quiet", action="store_true", help="no line per request, pull-through or failed rewrite"
     )
     serve.set_defaults(handler=_serve)
 

@@ -87,7 +87,7 @@ def create_app(
     repository's git folder) and fetched at start and every ``fetch_interval`` seconds, each
     remote operation within ``git_timeout`` seconds (default: 120). Unless ``offline``,
     projects the data lacks are pulled through from the source (metasrv.toml). ``log`` gets
-    one line per request and per pull-through.
+    one line per request, per pull-through and per failed wheel rewrite.
     """
     storage = Storage(repo_path)
     storage.watch_refs()
@@ -99,7 +99,7 @@ def create_app(
     pulled = PulledReads(open_pull_through(storage, catalog, offline=offline, log=log))
     follower = open_follower(storage, catalog, log) if pulled.pull is not None else None
     read_api = ReadApi(catalog, understandings, MarkerSets(storage))
-    wheels = WheelCache(storage.path / "metasrv-wheels")
+    wheels = WheelCache(storage.path / "metasrv-wheels", log=log)
     simple_routes = SimpleRoutes(
         SimpleApi(catalog, understandings, wheels, pending_metadata=pulled.pull is not None),
         read_api.listings,

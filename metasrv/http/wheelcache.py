@@ -17,11 +17,12 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from metasrv.errors import SourceError, Unavailable
+from metasrv.errors import MetasrvError, SourceError, Unavailable
 from metasrv.http.wheels import rewrite_wheel
 from metasrv.index.client import Fetcher, FetchOptions, make_client
 from metasrv.model import CoreMetadata, DistFile
@@ -54,6 +55,7 @@ class WheelCache:
         workers: int = 2,
         max_bytes: int = MAX_CACHE_BYTES,
         page_wait_seconds: float = PAGE_WAIT_SECONDS,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
@@ -64,6 +66,7 @@ class WheelCache:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="metasrv-wheels")
         self._disk_bytes: int | None = None
+        self._log = log or (lambda line: None)
 
     def ready(self, dist_file: DistFile, metadata: CoreMetadata) -> Rewritten | None:
         """Return the rewritten wheel if it is on disk; never downloads."""
@@ -105,8 +108,16 @@ class WheelCache:
             if not (self.folder / f"{key}.sha256").exists():
                 self._write(key, dist_file, metadata)
             return self._load(key)
-        except Exception:
+        except Exception as exc:
             self._failed_at[key] = time.monotonic()
+            # Pages only leave the wheel out: this line is the operator's one trace of why.
+            reason = (
+                exc.message if isinstance(exc, MetasrvError) else f"{type(exc).__name__}: {exc}"
+            )
+            self._log(
+                f"rewritten wheel {dist_file.filename}: {reason}; left out of pages, "
+                f"tried again after {RETRY_AFTER_SECONDS:.0f} s"
+            )
             raise
 
     def _write(self, key: str, dist_file: DistFile, metadata: CoreMetadata) -> None:
