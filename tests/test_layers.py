@@ -12,7 +12,7 @@ MAX_MODULE_LINES = 400
 # The data flow, lowest first: source -> git -> understandings / markers -> HTTP and CLI. A module
 # may import the modules listed before it in its own layer and anything in a layer below its own.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("", ["errors", "names", "tables", "buildsettings", "config", "model"]),
+    ("", ["errors", "names", "tables", "buildsettings", "config", "model", "lru"]),
     (
         "repo",
         [

@@ -282,6 +282,18 @@ def test_the_page_kept_is_the_newest(source: Source, monkeypatch: pytest.MonkeyP
     assert source.page_requests("pt-alpha") == 2  # alpha's, asked again: beta's took its place
 
 
+def test_pages_are_kept_by_their_files_too(source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count alone let a few large pages (numpy's: 5 MB of objects) hold the memory."""
+    monkeypatch.setattr(pullthrough, "PAGE_CACHE_FILES", 3)  # alpha's 2 files, and one
+    source.index.behaviour.faults["/files/pt_alpha-1.0-py3-none-any.whl.metadata"] = ["hold"]
+    with pulling(source) as (pull, _):
+        run(pull.ensure("pt-alpha"))
+        run(pull.ensure("pt-beta"))
+        source.index.release.set()
+        run(pull.complete("pt-alpha", Version("2.0")))
+    assert source.page_requests("pt-alpha") == 2  # asked again: beta's page took its place
+
+
 def test_a_release_whose_metadata_cannot_be_read_is_recorded_as_such(source: Source) -> None:
     """No file states a name then: the read still commits what it found."""
     source.index.behaviour.pep658 = False

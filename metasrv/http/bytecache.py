@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from functools import lru_cache
 from typing import TypeVar
+
+from metasrv.lru import WeighedCache
 
 # The ordered dict's slot and links (~50 bytes) and the (body, cost) pair (~90), CPython 3.11.
 ENTRY_OVERHEAD_BYTES = 160
@@ -20,42 +21,20 @@ def entry_cost(key: Hashable, body: bytes) -> int:
     return sys.getsizeof(body) + key_bytes + ENTRY_OVERHEAD_BYTES
 
 
-class ByteCache:
+class ByteCache(WeighedCache[Hashable, bytes]):
     """Keep the most recently used bodies whose entries cost at most ``max_bytes`` in all.
 
     Small entries (a remembered unknown version) cost far more than their body's length, so
-    the budget counts the whole entry, not only the bytes.
+    the budget counts the whole entry, not only the bytes. A body over the budget is not kept.
     """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.total_bytes = 0
-        self._entries: OrderedDict[Hashable, tuple[bytes, int]] = OrderedDict()
+        super().__init__(max_bytes, entry_cost, keep_oversized=False)
 
-    def get(self, key: Hashable) -> bytes | None:
-        """Return the body stored under ``key`` and mark it recently used."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: Hashable, body: bytes) -> None:
-        """Store a body, evicting the least recently used ones beyond the budget."""
-        cost = entry_cost(key, body)
-        if cost > self.max_bytes:
-            return
-        previous = self._entries.pop(key, None)
-        if previous is not None:
-            self.total_bytes -= previous[1]
-        self._entries[key] = (body, cost)
-        self.total_bytes += cost
-        while self.total_bytes > self.max_bytes:
-            _, (_, evicted_cost) = self._entries.popitem(last=False)
-            self.total_bytes -= evicted_cost
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def total_bytes(self) -> int:
+        """Return what the entries kept cost in all."""
+        return self.weight
 
 
 def cached_when_short(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from metasrv.index.pullloop import LoopThread
 from metasrv.index.pullwriter import PullWriter
 from metasrv.index.sync import SyncSummary, assemble_project
 from metasrv.index.transport import AiohttpClient
+from metasrv.lru import WeighedCache
 from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name
 from metasrv.repo.catalog import Catalog
@@ -41,7 +41,10 @@ from metasrv.repo.storage import Storage
 FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seconds=20.0)
 MISSING_SECONDS = 30.0  # a source's 404 is remembered this long: misses must not flood it
 MISSING_CAPACITY = 10_000
-PAGE_CACHE_SIZE = 512  # pages kept to read pending metadata without asking again
+# Pages kept to read pending metadata without asking again, by count and by files (a page's
+# file is ~1.2 KB of objects: numpy's page is 5 MB).
+PAGE_CACHE_SIZE = 512
+PAGE_CACHE_FILES = 20_000
 # Files read per background commit: each commit rewrites the whole project file (numpy's is
 # ~1 MB), so fewer, larger commits; what a client waits for is read in one.
 BACKGROUND_BATCH_FILES = 500
@@ -98,7 +101,9 @@ class PullThrough:
         self._inflight: dict[tuple[str, ...], asyncio.Future[None]] = {}
         self._missing: dict[NormalizedName, float] = {}
         self._checked: dict[NormalizedName, float] = {}
-        self._pages: OrderedDict[NormalizedName, ProjectPage] = OrderedDict()
+        self._pages: WeighedCache[NormalizedName, ProjectPage] = WeighedCache(
+            PAGE_CACHE_FILES, lambda _, page: 1 + len(page.files), max_entries=PAGE_CACHE_SIZE
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._client: AiohttpClient | None = None
         # The source as clients' work reads it, and as background reads do (slots of their own).
@@ -307,7 +312,7 @@ class PullThrough:
         self.stale.pop(normalized_name, None)
         if page is None:
             return None, []
-        self._remember_page(normalized_name, page)
+        self._pages.put(normalized_name, page)
         known = {f.filename: f for r in existing.releases for f in r.files} if existing else {}
         files = pending_files(page, known)
         read: list[tuple[DistFile, str | None, bool]] = [(f, None, False) for f in files]
@@ -318,12 +323,6 @@ class PullThrough:
         except InvalidData as exc:
             raise SourceError(f"the source's page is unusable: {exc.message}") from None
         return project, files
-
-    def _remember_page(self, normalized_name: NormalizedName, page: ProjectPage) -> None:
-        self._pages[normalized_name] = page
-        self._pages.move_to_end(normalized_name)
-        while len(self._pages) > PAGE_CACHE_SIZE:
-            self._pages.popitem(last=False)
 
     async def _complete_quietly(self, normalized_name: NormalizedName) -> None:
         try:
@@ -368,7 +367,7 @@ class PullThrough:
         if page is None:
             page = await source.project_page(normalized_name, SourceState())
             assert page is not None  # an unconditional request always has a page
-            self._remember_page(normalized_name, page)
+            self._pages.put(normalized_name, page)
         return page
 
     async def _read_chunk(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from packaging.utils import NormalizedName
@@ -11,6 +10,7 @@ from packaging.version import Version
 
 from metasrv.config import MetaConfig
 from metasrv.errors import NotFound, UnknownProject
+from metasrv.lru import WeighedCache
 from metasrv.model import Project, Release
 from metasrv.names import name_from_path, normalize_name, project_path
 from metasrv.repo import tomlcodec
@@ -20,8 +20,11 @@ from metasrv.repo.storage import BlobId, CommitId, Storage
 
 DATA_ROOT = "data"
 CONFIG_PATH = "metasrv.toml"
-# A parsed project is ~100 KB of objects; encoded bodies are cached separately and far smaller.
+# Parsed projects kept, by count and by files: a parsed file is ~1 KB of objects, and numpy's
+# 4,400 files made a count-bounded cache grow 5 MB a large project. Encoded bodies are cached
+# separately, by bytes.
 PARSED_PROJECT_CACHE_SIZE = 256
+PARSED_PROJECT_CACHE_FILES = 50_000
 # The saved listing is rewritten once a new process would otherwise follow this many changes.
 SAVE_AFTER_CHANGES = 1_000
 
@@ -48,7 +51,9 @@ class Catalog:
         self.storage = storage
         self._listing: _Listing | None = None
         self._unsaved_changes = 0  # projects changed since the saved listing's commit
-        self._parsed: OrderedDict[BlobId, Project] = OrderedDict()  # least recently used first
+        self._parsed: WeighedCache[BlobId, Project] = WeighedCache(
+            PARSED_PROJECT_CACHE_FILES, _weight, max_entries=PARSED_PROJECT_CACHE_SIZE
+        )
 
     def config(self, commit_id: CommitId) -> MetaConfig:
         """Return the meta repository's ``metasrv.toml`` at a commit (empty when it has none)."""
@@ -81,7 +86,7 @@ class Catalog:
         if project is None:
             where = f"{DATA_ROOT}/{project_path(normalized_name)}"
             project = read_project(self.storage.read_blob(blob_id), where)
-        self._remember(blob_id, project)
+            self._parsed.put(blob_id, project)
         return project
 
     def remember(self, content: bytes, project: Project) -> None:
@@ -92,13 +97,7 @@ class Catalog:
         """
         # The id git gives a blob: the sha1 of its header and bytes.
         blob_id = hashlib.sha1(b"blob %d\0%b" % (len(content), content), usedforsecurity=False)
-        self._remember(BlobId(blob_id.hexdigest()), project)
-
-    def _remember(self, blob_id: BlobId, project: Project) -> None:
-        self._parsed[blob_id] = project
-        self._parsed.move_to_end(blob_id)
-        while len(self._parsed) > PARSED_PROJECT_CACHE_SIZE:
-            self._parsed.popitem(last=False)
+        self._parsed.put(BlobId(blob_id.hexdigest()), project)
 
     def read_release(
         self, blob_id: BlobId, normalized_name: NormalizedName, version: Version
@@ -170,3 +169,8 @@ class Catalog:
                 kind = "added" if change.old_blob is None else "changed"
             changes.append(ProjectChange(normalized_name, name, kind))
         return sorted(changes, key=lambda change: change.normalized_name)
+
+
+def _weight(_: BlobId, project: Project) -> int:
+    """Return what a parsed project weighs in the cache: its files, and one for the rest."""
+    return 1 + sum(len(release.files) for release in project.releases)
