@@ -305,7 +305,7 @@ class MarkerSet:
         marker_set = cls(
             name=reader.string("name"),
             description=reader.string("description"),
-            generator=dict(reader.optional_table("generator") or {}),
+            generator=_generator(reader.optional_table("generator") or {}, where),
             environments=tuple(environments),
         )
         reader.reject_unknown()
@@ -365,3 +365,20 @@ class MarkerSets:
                 raise NotFound(f"the meta repository has no {path}")
             documents.append(tomlcodec.loads(content, where=path))
         return load_pythons(documents[0]), load_platforms(documents[1])
+
+
+def _generator(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Return a ``generator`` table whose values JSON carries as they are."""
+    # TOML's floats, dates and unbounded integers have no one JSON spelling: a set's answer
+    # would change bytes with the encoder, or fail.
+    for key, value in table.items():
+        plain = isinstance(value, str | bool) or (
+            isinstance(value, int) and -(2**63) <= value < 2**63
+        )
+        strings = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        if not (plain or strings):
+            raise InvalidData(
+                f"{where}: generator {key!r} must be a string, a boolean, an integer or an "
+                "array of strings"
+            )
+    return dict(table)

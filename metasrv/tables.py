@@ -31,6 +31,10 @@ class TableReader:
         # bool is an int subclass; a size of `true` is not a size.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise InvalidData(f"{self._where}: {key!r} must be {label}")
+        # TOML's integers are unbounded; ours are sizes, serials and seconds, which JSON answers
+        # carry as 64-bit integers.
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise InvalidData(f"{self._where}: {key!r} is out of the 64-bit range")
         return value
 
     def string(self, key: str) -> str:

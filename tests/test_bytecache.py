@@ -27,6 +27,14 @@ def test_many_small_entries_stay_within_the_budget_in_real_memory() -> None:
     assert grown <= budget * 1.1, grown
 
 
+def test_a_body_over_the_budget_is_not_kept_and_leaves_the_one_before() -> None:
+    cache = ByteCache(3000)
+    cache.put("a", b"x" * 1000)
+    kept = cache.total_bytes
+    cache.put("a", b"y" * 3000)  # over the budget with its entry's overhead
+    assert (cache.get("a"), cache.total_bytes) == (b"x" * 1000, kept)
+
+
 def test_the_least_recently_used_entry_goes_first() -> None:
     cache = ByteCache(3000)
     cache.put("a", b"x" * 1000)

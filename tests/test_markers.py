@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from packaging.markers import Marker
 
 from metasrv.cli.main import main
-from metasrv.errors import InvalidInput
+from metasrv.errors import InvalidData, InvalidInput
 from metasrv.markers import (
     MARKER_VARIABLES,
     MarkerSet,
@@ -291,6 +291,24 @@ def test_the_readme_example_is_a_valid_set() -> None:
     )
     parsed = MarkerSet.from_toml(tomlcodec.loads(example, where="README"), "README")
     assert tomlcodec.dumps(parsed.to_toml()).decode() == example
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.5, date(2026, 11, 25), 2**63, [1], {"nested": "table"}],
+    ids=["float", "date", "2**63", "array of integers", "table"],
+)
+def test_a_generator_value_json_cannot_carry_as_it_is_is_invalid(value: object) -> None:
+    # Its answer is JSON: a float or a date has no one spelling there, and 2**63 no 64 bits.
+    (example,) = re.findall(
+        r"```toml\n(.*?)```", (ROOT / "markers" / "README.md").read_text(), re.DOTALL
+    )
+    document = tomlcodec.loads(example, where="README")
+    document["generator"]["months"] = value
+    with pytest.raises(InvalidData, match="README: generator 'months' must be a string, a bool"):
+        MarkerSet.from_toml(document, "README")
+    document["generator"]["months"] = -(2**63)  # a 64-bit integer, and the others as they are
+    assert MarkerSet.from_toml(document, "README").generator["months"] == -(2**63)
 
 
 BUNDLED = sorted((ROOT / "markers" / "sets").glob("*.toml"))

@@ -167,6 +167,9 @@ def test_a_built_file_keeps_its_metadata_even_where_the_release_agrees() -> None
             ),
             "'size' must be an integer",
         ),
+        # JSON answers carry it as a 64-bit integer: a larger one would fail each answer.
+        (_file_document({"size": 2**63}), "'size' is out of the 64-bit range"),
+        (_file_document({"size": -(2**63) - 1}), "'size' is out of the 64-bit range"),
         (
             _document(releases={"1.0": {"metadata": {"requires-dist": ["a"]}}}),
             "missing key 'metadata-version'",
@@ -186,6 +189,12 @@ def test_a_built_file_keeps_its_metadata_even_where_the_release_agrees() -> None
 def test_malformed_project_files_name_the_problem(document: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidData, match=message):
         Project.from_toml(document, "data/x.toml")
+
+
+def test_integers_at_the_edges_of_64_bits_are_read() -> None:
+    for size in (2**63 - 1, -(2**63)):
+        project = Project.from_toml(_file_document({"size": size}), "data/x.toml")
+        assert project.releases[0].files[0].size == size
 
 
 @given(

@@ -364,8 +364,8 @@ def test_a_page_leaves_out_each_wheel_whose_rewrite_failed_and_lists_the_files_a
     assert [entry["filename"] for entry in page["files"]] == ["x-1.0.tar.gz"]
     # Both failed, not still under way: each left its line for the operator.
     assert sorted(lines) == [
-        f"rewritten wheel {wheel.filename}: {wheel.url}: HTTP 404; left out of pages, "
-        "tried again after 60 s"
+        f"rewritten wheel {wheel.filename!r}: {wheel.url}: HTTP 404; left out of pages until "
+        "one asks again after 60 s"
         for wheel in wheels
     ]
     del api  # its wheel cache holds the jobs, and they their futures
@@ -386,4 +386,4 @@ def test_the_server_logs_a_failed_rewrite(storage: Storage, tmp_path: Path) -> N
         client = AsgiClient(create_app(storage.path, offline=True, log=lines.append))
         page = client.get("/u/relaxed/simple/x/", headers=JSON)
         assert page.json()["files"] == []  # it waited for the rewrite, which failed
-    assert f"rewritten wheel {wheel.filename}: {wheel.url}: HTTP 404" in "\n".join(lines)
+    assert f"rewritten wheel {wheel.filename!r}: {wheel.url}: HTTP 404" in "\n".join(lines)

@@ -114,9 +114,10 @@ class WheelCache:
             reason = (
                 exc.message if isinstance(exc, MetasrvError) else f"{type(exc).__name__}: {exc}"
             )
+            # The name is the data's: repr keeps a line break in it from forging a log line.
             self._log(
-                f"rewritten wheel {dist_file.filename}: {reason}; left out of pages, "
-                f"tried again after {RETRY_AFTER_SECONDS:.0f} s"
+                f"rewritten wheel {dist_file.filename!r}: {reason}; left out of pages until "
+                f"one asks again after {RETRY_AFTER_SECONDS:.0f} s"
             )
             raise
 
