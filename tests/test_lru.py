@@ -61,6 +61,8 @@ def test_an_oversized_entry_is_not_kept_when_the_cache_says_so() -> None:
     cache.put("a", 4)
     cache.put("a", 11)  # refused whole: the value it had stays
     assert (cache.get("a"), cache.weight) == (4, 4)
+    cache.put("b", 10)  # the whole budget is not over it: kept, alone
+    assert ("a" in cache, cache.get("b"), cache.weight) == (False, 10, 10)
 
 
 def test_putting_a_key_again_replaces_its_weight() -> None:

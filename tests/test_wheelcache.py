@@ -136,3 +136,22 @@ def test_a_rewritten_wheels_metadata_file_is_the_metadata_inside_it(tmp_path: Pa
         assert b"Requires-Dist: mtsv-alpha\n" in metadata
         (listed,) = client.get("/u/relaxed/simple/mtsv-beta/", headers=JSON).json()["files"]
         assert listed["core-metadata"] == {"sha256": hashlib.sha256(metadata).hexdigest()}
+
+
+def test_a_rewrite_that_fails_says_why_and_stands_for_a_while(tmp_path: Path) -> None:
+    with synced_with_relaxed(tmp_path) as (index, meta):
+        add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
+        folder = tmp_path / "wheels"
+        folder.write_text("a file where the cache's folder goes")  # the download is all it gets
+        lines: list[str] = []
+        cache = WheelCache(folder, log=lines.append)
+        api = SimpleApi(Catalog(meta), Understandings(meta), cache)
+        mount = api.mount(None, "relaxed")
+        for _ in range(2):
+            page, left_out = asyncio.run(api.project(mount, "mtsv-beta"))
+            assert (page["files"], left_out) == ([], 1)
+        assert _downloads(index) == 1  # the second page asked the source nothing
+    (line,) = lines
+    # Not one of ours: the exception's type names it.
+    assert line.startswith(f"rewritten wheel {WHEEL!r}: FileExistsError: [Errno 17] File exists")
+    assert line.endswith("; left out of pages until one asks again after 60 s")
