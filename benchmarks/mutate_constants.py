@@ -55,6 +55,12 @@ _FETCH_FAILED = "f'\"{MetadataStatus.FETCH_FAILED}\"'.encode()"
 _ACTIONS = ("relax", "replace", "remove", "add", "requires-python", "yank", "approve")
 
 MUTANTS = (
+    Mutant(
+        "metasrv/http/wheelcache.py",
+        "RETRY_AFTER_SECONDS = 60.0",
+        "RETRY_AFTER_SECONDS = 61.0",
+        ("tests/test_wheelcache.py",),
+    ),
     Mutant(_HOTPATH_PY, '_PREFIX = "/v1/projects/"', '_PREFIX = "/v1/project/"', _HOT),
     Mutant(_HOTPATH_PY, 'b"application/json")', 'b"application/jsonx")', _HOT),
     Mutant(_HOTPATH_PY, "([0-9a-f]{40})", "([0-9a-f]{41})", _HOT),

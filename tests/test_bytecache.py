@@ -62,6 +62,32 @@ def test_short_header_values_are_parsed_once_and_long_ones_every_time() -> None:
     assert parsed == [("gzip", None), ("gzip", "json"), (long_value, None), (long_value, None)]
 
 
+def test_by_default_values_to_256_characters_and_256_of_them_are_kept() -> None:
+    parsed: list[str] = []
+
+    def parse(value: str) -> str:
+        parsed.append(value)
+        return value
+
+    cached = cached_when_short(parse)
+    for value in ["x" * 256, "y" * 257]:
+        cached(value)
+        cached(value)
+    assert parsed == ["x" * 256, "y" * 257, "y" * 257]
+    parsed.clear()
+    values = [f"{n:03}" for n in range(257)]  # the first is the least recently used
+    for value in [*values[1:], values[0], values[2], values[1]]:
+        cached(value)
+    # values[0] took values[1]'s place; values[2] was still kept.
+    assert parsed == [*values[1:], values[0], values[1]]
+
+
+def test_a_long_key_counts_against_the_budget() -> None:
+    cache = ByteCache(5000)
+    cache.put("k" * 10_000, b"tiny")  # a body of 4 bytes under a key of 10 kB
+    assert len(cache) == 0
+
+
 def test_a_refused_header_value_is_refused_again() -> None:
     calls: list[str] = []
 

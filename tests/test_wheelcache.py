@@ -9,14 +9,19 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 
 from metasrv.cli.main import main
+from metasrv.errors import InvalidArchive, SourceError, Unavailable
+from metasrv.http import wheelcache
 from metasrv.http.app import create_app
 from metasrv.http.views import SimpleApi
 from metasrv.http.wheelcache import WheelCache
+from metasrv.model import CoreMetadata, DistFile
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.storage import Storage
 from metasrv.understandings.registry import Understandings
@@ -155,3 +160,92 @@ def test_a_rewrite_that_fails_says_why_and_stands_for_a_while(tmp_path: Path) ->
     # Not one of ours: the exception's type names it.
     assert line.startswith(f"rewritten wheel {WHEEL!r}: FileExistsError: [Errno 17] File exists")
     assert line.endswith("; left out of pages until one asks again after 60 s")
+
+
+def _beta_wheel(meta: Storage) -> DistFile:
+    """Return mtsv-beta 1.0's wheel as the data holds it: its source URL, hash and size."""
+    (release,) = Catalog(meta).get_project(meta.resolve(None), "mtsv-beta").releases
+    (wheel,) = release.files
+    return wheel
+
+
+def _relaxed(wheel: DistFile, bound: str = "") -> CoreMetadata:
+    assert wheel.metadata is not None
+    return replace(wheel.metadata, requires_dist=(f"mtsv-alpha{bound}",))
+
+
+def _counted(folder: Path) -> int:
+    """Return what the cache counts of a folder's rewrites: each wheel and its METADATA."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".whl", ".metadata"))
+
+
+def test_the_disk_budget_holds_what_was_written_before_and_what_a_wheel_needs(
+    tmp_path: Path,
+) -> None:
+    with synced_with_relaxed(tmp_path) as (index, meta):
+        wheel = _beta_wheel(meta)
+        assert wheel.size is not None
+        needs = wheel.size * 2  # the original and its rewrite, at most
+        folder = tmp_path / "cache" / "wheels"  # neither folder there yet
+        with pytest.raises(Unavailable, match=f"{WHEEL}: the rewritten-wheel cache is full"):
+            asyncio.run(WheelCache(folder, max_bytes=needs - 1).get(wheel, _relaxed(wheel)))
+        cache = WheelCache(folder, max_bytes=needs)  # exactly what it needs: it fits
+        first = asyncio.run(cache.get(wheel, _relaxed(wheel)))
+        assert (first.size, _downloads(index)) == (first.path.stat().st_size, 1)
+        written = _counted(folder)
+        # A second rewrite of the wheel fits only if what the first wrote is counted right.
+        cache.max_bytes = written + needs
+        assert asyncio.run(cache.get(wheel, _relaxed(wheel, "<3"))).path != first.path
+        third = _relaxed(wheel, "<4")
+        cache.max_bytes = _counted(folder) + needs - 1
+        with pytest.raises(Unavailable, match="cache is full"):
+            asyncio.run(cache.get(wheel, third))
+        # A new process counts what the folder holds, and finds the rewrites ready.
+        again = WheelCache(folder, max_bytes=_counted(folder) + needs - 1)
+        assert again.ready(wheel, _relaxed(wheel)) == first
+        with pytest.raises(Unavailable, match="cache is full"):
+            asyncio.run(again.get(wheel, third))
+    assert _downloads(index) == 2
+
+
+def test_a_wheel_without_a_hash_or_with_another_or_too_large_is_not_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with synced_with_relaxed(tmp_path) as (_, meta):
+        wheel = _beta_wheel(meta)
+        cache = WheelCache(tmp_path / "wheels")
+        cases = {
+            "no sha256 to verify the original against": replace(wheel, hashes={}),
+            "the downloaded wheel's sha256 is not the one on record": replace(
+                wheel, hashes={"sha256": "0" * 64}
+            ),
+        }
+        for error, changed in cases.items():
+            with pytest.raises(SourceError, match=error):
+                asyncio.run(cache.get(changed, _relaxed(changed)))
+        monkeypatch.setattr(wheelcache, "MAX_PATCHED_WHEEL_BYTES", 100)
+        with pytest.raises(InvalidArchive, match="larger than 100 bytes"):
+            asyncio.run(cache.get(wheel, _relaxed(wheel)))
+
+
+def test_one_job_per_wheel_joined_while_it_runs_and_kept_once_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with synced_with_relaxed(tmp_path) as (index, meta):
+        wheel, cache = _beta_wheel(meta), WheelCache(tmp_path / "wheels")
+        index.behaviour.faults[f"/files/{WHEEL}"] = ["hold"]
+        first = cache.prepare(wheel, _relaxed(wheel))
+        assert cache.prepare(wheel, _relaxed(wheel)) is first
+        assert not first.done()  # joined without waiting for it
+        index.release.set()
+        first.result(timeout=DEADLINE_SECONDS)
+        assert cache.prepare(wheel, _relaxed(wheel)) is first  # done: nothing started again
+        # A failure stands for RETRY_AFTER_SECONDS; after it, the next page tries again.
+        monkeypatch.setattr(wheelcache, "RETRY_AFTER_SECONDS", 0.0)
+        failing = replace(wheel, hashes={"sha256": "0" * 64})
+        failed = cache.prepare(failing, _relaxed(failing))
+        assert isinstance(failed.exception(timeout=DEADLINE_SECONDS), SourceError)
+        retried = cache.prepare(failing, _relaxed(failing))
+        assert retried is not failed
+        assert isinstance(retried.exception(timeout=DEADLINE_SECONDS), SourceError)
+    assert _downloads(index) == 3
