@@ -17,7 +17,7 @@ from metasrv.errors import InvalidData, InvalidInput, NotFound
 from metasrv.names import validate_label
 from metasrv.repo import tomlcodec
 from metasrv.repo.storage import BlobId, CommitId, Storage
-from metasrv.tables import FORMAT_VERSION, TableReader
+from metasrv.tables import FORMAT_VERSION, TableReader, fits_64_bits
 
 MARKERS_ROOT = "markers"
 FACTS_PYTHONS = f"{MARKERS_ROOT}/facts/pythons.toml"
@@ -372,9 +372,7 @@ def _generator(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     # TOML's floats, dates and unbounded integers have no one JSON spelling: a set's answer
     # would change bytes with the encoder, or fail.
     for key, value in table.items():
-        plain = isinstance(value, str | bool) or (
-            isinstance(value, int) and -(2**63) <= value < 2**63
-        )
+        plain = isinstance(value, str | bool) or (isinstance(value, int) and fits_64_bits(value))
         strings = isinstance(value, list) and all(isinstance(item, str) for item in value)
         if not (plain or strings):
             raise InvalidData(

@@ -13,6 +13,12 @@ DATA_FORMAT_VERSION = 2
 """The ``format`` a project file under data/ is written in; format 1 files are still read."""
 
 
+def fits_64_bits(value: int) -> bool:
+    """Return whether a TOML integer fits the signed 64 bits JSON answers carry it in."""
+    # TOML's integers are unbounded; ours are sizes, serials and seconds.
+    return -(2**63) <= value < 2**63
+
+
 class TableReader:
     """Typed access to one decoded TOML table, tracking which keys were read."""
 
@@ -31,9 +37,7 @@ class TableReader:
         # bool is an int subclass; a size of `true` is not a size.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise InvalidData(f"{self._where}: {key!r} must be {label}")
-        # TOML's integers are unbounded; ours are sizes, serials and seconds, which JSON answers
-        # carry as 64-bit integers.
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        if isinstance(value, int) and not fits_64_bits(value):
             raise InvalidData(f"{self._where}: {key!r} is out of the 64-bit range")
         return value
 

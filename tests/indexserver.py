@@ -76,6 +76,13 @@ class LocalIndex:
         """Return the paths of the root and project pages requested, in order."""
         return [path for path, _ in self.requests if path.startswith("/simple/")]
 
+    def downloads(self, filename: str | None = None) -> int:
+        """Return how many files (or ``filename``) were fetched whole; sync reads by ranges."""
+        paths = [path for path, ranged in list(self.requests) if not ranged]
+        if filename is None:
+            return sum(path.startswith("/files/") for path in paths)
+        return paths.count(f"/files/{filename}")
+
     @property
     def simple_url(self) -> str:
         return f"{self.url}/simple/"

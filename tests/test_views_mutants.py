@@ -35,7 +35,7 @@ from tests.builders import commit_projects, make_file
 from tests.conftest import AsgiClient
 from tests.deadlines import poll_until
 from tests.distributions import build_sdist, build_wheel
-from tests.indexserver import IndexBehaviour, LocalIndex, serve_index
+from tests.indexserver import IndexBehaviour, serve_index
 from tests.test_fastpath import Connection, get, serving
 from tests.test_installers import RELAX
 from tests.test_pullthrough import Source, source
@@ -289,11 +289,6 @@ def test_a_file_the_project_lacks_or_the_view_hides_is_not_found_saying_which(
         assert answer.json()["error"] == error
 
 
-def _downloads(index: LocalIndex) -> int:
-    """Return how many whole files were fetched (sync reads wheels by ranges)."""
-    return sum(path.startswith("/files/") and not ranged for path, ranged in list(index.requests))
-
-
 def test_preparing_rewrites_counts_each_wheel_an_understanding_changes(tmp_path: Path) -> None:
     archives = tmp_path / "archives"
     archives.mkdir()
@@ -315,7 +310,7 @@ def test_preparing_rewrites_counts_each_wheel_an_understanding_changes(tmp_path:
         assert asyncio.run(api.prepare_rewrites()) == 2
         assert asyncio.run(api.prepare_rewrites()) == 0  # the same state: nothing new
         index.release.set()
-        poll_until(lambda: _downloads(index) == 2, "both rewritten wheels were prepared")
+        poll_until(lambda: index.downloads() == 2, "both rewritten wheels were prepared")
 
 
 def _relax_dep_of_x(storage: Storage) -> None:

@@ -56,11 +56,6 @@ def synced_with_relaxed(tmp_path: Path) -> Iterator[tuple[LocalIndex, Storage]]:
         yield index, meta
 
 
-def _downloads(index: LocalIndex) -> int:
-    """Return how often the whole wheel was fetched (sync read it by ranges)."""
-    return sum(path == f"/files/{WHEEL}" and not ranged for path, ranged in list(index.requests))
-
-
 def test_a_page_answers_while_its_rewritten_wheel_is_prepared_and_lists_it_once_ready(
     tmp_path: Path,
 ) -> None:
@@ -100,15 +95,15 @@ def test_a_new_understanding_state_gets_its_wheels_rewritten_before_any_page_ask
     with synced_with_relaxed(tmp_path) as (index, meta):
         arguments = ["--repo", str(meta.path), "--offline", "--quiet", "--fetch-interval", "0.2"]
         with running_server(arguments) as server:
-            assert _downloads(index) == 0  # the understanding changes nothing yet
+            assert index.downloads(WHEEL) == 0  # the understanding changes nothing yet
             add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
             # The rule's state is served: its wheel is rewritten with no page asking for it.
-            poll_until(lambda: _downloads(index) == 1, "the rewritten wheel was prepared")
+            poll_until(lambda: index.downloads(WHEEL) == 1, "the rewritten wheel was prepared")
             page = httpx.get(f"{server.url}/u/relaxed/simple/mtsv-beta/", headers=JSON)
             assert page.status_code == 200
             assert len(page.json()["files"]) == 1
             assert not page.headers["etag"].endswith('-without-1"')
-            assert _downloads(index) == 1
+            assert index.downloads(WHEEL) == 1
 
 
 def test_preparing_rewrites_starts_each_new_wheel_once_past_what_it_cannot_read(
@@ -123,7 +118,7 @@ def test_preparing_rewrites_starts_each_new_wheel_once_past_what_it_cannot_read(
         add_rules(meta, "understandings/relaxed", "absent", RELAX)
         add_rules(meta, "understandings/relaxed", "mtsv-beta", RELAX)
         assert asyncio.run(api.prepare_rewrites()) == 1
-        poll_until(lambda: _downloads(index) == 1, "the rewritten wheel was prepared")
+        poll_until(lambda: index.downloads(WHEEL) == 1, "the rewritten wheel was prepared")
         assert asyncio.run(api.prepare_rewrites()) == 0  # the same state: nothing new
         meta.commit("main", {"understandings/broken.toml": b"not = [toml"}, "break")
         assert asyncio.run(api.prepare_rewrites()) == 0  # nothing read: the refresh says why
@@ -155,7 +150,7 @@ def test_a_rewrite_that_fails_says_why_and_stands_for_a_while(tmp_path: Path) ->
         for _ in range(2):
             page, left_out = asyncio.run(api.project(mount, "mtsv-beta"))
             assert (page["files"], left_out) == ([], 1)
-        assert _downloads(index) == 1  # the second page asked the source nothing
+        assert index.downloads(WHEEL) == 1  # the second page asked the source nothing
     (line,) = lines
     # Not one of ours: the exception's type names it.
     assert line.startswith(f"rewritten wheel {WHEEL!r}: FileExistsError: [Errno 17] File exists")
@@ -191,7 +186,7 @@ def test_the_disk_budget_holds_what_was_written_before_and_what_a_wheel_needs(
             asyncio.run(WheelCache(folder, max_bytes=needs - 1).get(wheel, _relaxed(wheel)))
         cache = WheelCache(folder, max_bytes=needs)  # exactly what it needs: it fits
         first = asyncio.run(cache.get(wheel, _relaxed(wheel)))
-        assert (first.size, _downloads(index)) == (first.path.stat().st_size, 1)
+        assert (first.size, index.downloads(WHEEL)) == (first.path.stat().st_size, 1)
         written = _counted(folder)
         # A second rewrite of the wheel fits only if what the first wrote is counted right.
         cache.max_bytes = written + needs
@@ -205,7 +200,7 @@ def test_the_disk_budget_holds_what_was_written_before_and_what_a_wheel_needs(
         assert again.ready(wheel, _relaxed(wheel)) == first
         with pytest.raises(Unavailable, match="cache is full"):
             asyncio.run(again.get(wheel, third))
-    assert _downloads(index) == 2
+    assert index.downloads(WHEEL) == 2
 
 
 def test_a_wheel_without_a_hash_or_with_another_or_too_large_is_not_rewritten(
@@ -248,4 +243,4 @@ def test_one_job_per_wheel_joined_while_it_runs_and_kept_once_done(
         retried = cache.prepare(failing, _relaxed(failing))
         assert retried is not failed
         assert isinstance(retried.exception(timeout=DEADLINE_SECONDS), SourceError)
-    assert _downloads(index) == 3
+    assert index.downloads(WHEEL) == 3
