@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 from metasrv.config import MetaConfig, PullThroughConfig
 from metasrv.http.app import create_app
 from metasrv.http.bytecache import ByteCache
-from metasrv.http.listings import Listings
+from metasrv.http.listings import MISS_WORKERS, Listings
 from metasrv.http.readapi import BODY_CACHE_BYTES
 from metasrv.repo import tomlcodec
 from metasrv.repo.catalog import Catalog
@@ -21,11 +23,10 @@ from metasrv.repo.storage import Storage
 from tests.builders import SOURCE_URL, make_project, project_files
 from tests.deadlines import THREAD_DEADLINE_SECONDS
 
-# Large enough that reading every project's name takes far longer than answering "/" does.
 PROJECTS = 5_000
-# Computed on the loop, a miss lets through only the few cheap requests that interleave with its
-# request's own suspension points before and after it (4 to 8 measured); off the loop, hundreds.
-CHEAP_ANSWERS_DURING_THE_MISS = 40
+# Misses with keys of their own, each reading the saved listing first: as many as miss workers.
+BLOCKING_MISSES = ("/simple/", "/simple/?format=application/vnd.pypi.simple.v1%2Bjson")
+CHEAP_REQUESTS = 20
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +54,57 @@ def test_cheap_requests_answer_while_a_whole_index_miss_is_computed(
     large: tuple[Storage, str], path: str
 ) -> None:
     storage, empty = large
-    names_file(Path(storage.path)).unlink(missing_ok=True)  # else the listing is read from it
+    assert len(BLOCKING_MISSES) == MISS_WORKERS
+    saved = names_file(Path(storage.path))
+    saved.unlink(missing_ok=True)
+    saved.parent.mkdir(exist_ok=True)
+    # A worker reading the saved listing waits at this FIFO until the test opens it: with every
+    # worker held there, the miss under test cannot finish while the cheap requests run.
+    os.mkfifo(saved)
+    threads_before = set(threading.enumerate())
     app = create_app(Path(storage.path))
+    released = threading.Event()
 
-    async def scenario() -> tuple[int, httpx.Response]:
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            with open(saved, "wb"):  # the readers see an empty file: no saved listing
+                pass
+
+    def held_workers() -> int:
+        # A miss worker starts when a miss is submitted to it, and this app's are new threads.
+        new = set(threading.enumerate()) - threads_before
+        return sum(thread.name.startswith("metasrv-misses") for thread in new)
+
+    # Should the loop itself wait at the FIFO (a miss computed on it), this frees it to fail.
+    failsafe = threading.Timer(THREAD_DEADLINE_SECONDS, release)
+    failsafe.start()
+
+    async def scenario() -> tuple[bool, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://metasrv.test") as client:
+            held = [asyncio.create_task(client.get(blocking)) for blocking in BLOCKING_MISSES]
+            while held_workers() < MISS_WORKERS:
+                await asyncio.sleep(0)  # let the held requests reach their workers
             miss = asyncio.create_task(client.get(path.format(empty=empty)))
-            answered = 0
-            while not miss.done():
+            for _ in range(CHEAP_REQUESTS):
                 await asyncio.sleep(0)  # yield: the in-process app may answer without suspending
                 cheap = await client.get("/v1/projects/project-1")
                 assert cheap.status_code == 200
-                answered += 1
-            return answered, await miss
+            finished_early = miss.done()
+            await asyncio.to_thread(release)
+            assert all(answer.status_code == 200 for answer in await asyncio.gather(*held))
+            return finished_early, await miss
 
-    answered, miss = asyncio.run(asyncio.wait_for(scenario(), THREAD_DEADLINE_SECONDS))
+    try:
+        finished_early, miss = asyncio.run(
+            asyncio.wait_for(scenario(), 2 * THREAD_DEADLINE_SECONDS)
+        )
+    finally:
+        failsafe.cancel()
+    assert not finished_early
     assert miss.status_code == 200
     assert "project-999" in miss.text
-    assert answered >= CHEAP_ANSWERS_DURING_THE_MISS
 
 
 def test_concurrent_misses_of_one_tree_are_computed_once(large: tuple[Storage, str]) -> None:
