@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from metasrv.lru import WeighedCache
 from metasrv.model import Project, Release
-from metasrv.repo.catalog import PARSED_PROJECT_CACHE_FILES, Catalog
+from metasrv.repo.catalog import PARSED_PROJECT_CACHE_FILES, Catalog, blob_id_of
 from metasrv.repo.projectfile import write_project
 from tests.builders import create_meta_repository, make_file, make_project
 
@@ -109,7 +109,7 @@ def test_parsed_projects_are_kept_by_their_files_not_only_by_count(tmp_path: Pat
     large = [_with_files(project, half) for project in small]
     # The writer hands its projects over with their files' bytes: here, the small ones'.
     for project, kept_as in zip(large, small, strict=True):
-        catalog.remember(write_project(kept_as), project)
+        catalog.remember(blob_id_of(write_project(kept_as)), project)
     assert catalog.get_project(head, "second") is large[1]
     assert catalog.get_project(head, "first") == small[0]  # parsed again, not kept
     # Small ones are kept by count, as before: many of them, each a file.

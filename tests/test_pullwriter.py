@@ -21,7 +21,7 @@ from metasrv.model import MetadataStatus, Project, Release
 from metasrv.names import normalize_name, project_path
 from metasrv.repo.catalog import Catalog
 from metasrv.repo.projectfile import write_project
-from metasrv.repo.storage import CommitId, Storage
+from metasrv.repo.storage import BlobId, CommitId, Storage
 from tests.builders import make_file, make_project
 from tests.deadlines import wait_for
 
@@ -74,8 +74,8 @@ def unchanged(current: Project | None) -> Project | None:
 
 def test_changes_queued_together_land_in_one_commit_that_names_each(storage: Storage) -> None:
     before = storage.resolve(None)
-    handed: list[tuple[bytes | None, Project]] = []
-    writer = writer_of(storage, written=lambda content, project: handed.append((content, project)))
+    handed: list[tuple[BlobId | None, Project]] = []
+    writer = writer_of(storage, written=lambda blob_id, project: handed.append((blob_id, project)))
 
     async def pull() -> list[CommitId | None]:
         return list(
@@ -103,8 +103,8 @@ def test_changes_queued_together_land_in_one_commit_that_names_each(storage: Sto
     assert storage.read(head, "data/b/e/beta-1.0.metadata") == b"Name: beta\n"
     # The server's reader is handed exactly what was committed.
     assert handed == [
-        (storage.read(head, path_of("alpha")), ALPHA),
-        (storage.read(head, path_of("beta")), BETA),
+        (storage.blob_id(head, path_of("alpha")), ALPHA),
+        (storage.blob_id(head, path_of("beta")), BETA),
     ]
     assert writer.queued == 0
     assert writer.running() == []

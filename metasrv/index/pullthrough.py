@@ -35,7 +35,7 @@ from metasrv.lru import WeighedCache
 from metasrv.model import DistFile, Project, Release, SourceState
 from metasrv.names import normalize_name
 from metasrv.repo.catalog import Catalog
-from metasrv.repo.storage import Storage
+from metasrv.repo.storage import BlobId, Storage
 
 # A source that fails answers fast: one retry, then the client hears 503 (or stale data).
 FETCH = FetchOptions(concurrency=8, retries=1, backoff_seconds=0.2, timeout_seconds=20.0)
@@ -211,10 +211,10 @@ class PullThrough:
             future.add_done_callback(lambda done: done.cancelled() or done.exception())
         await asyncio.shield(future)
 
-    def _remember(self, content: bytes, project: Project) -> None:
-        self._catalog.remember(content, project)
+    def _remember(self, blob_id: BlobId, project: Project) -> None:
+        self._catalog.remember(blob_id, project)
         if self._reader is not None:
-            self._reader.remember(content, project)
+            self._reader.remember(blob_id, project)
 
     def _head_project(self, normalized_name: NormalizedName) -> Project | None:
         try:

@@ -15,10 +15,10 @@ from metasrv.index.buildrun import start_in_background
 from metasrv.index.projectmerge import Merge
 from metasrv.model import MetadataStatus, Project
 from metasrv.names import project_path
-from metasrv.repo.catalog import DATA_ROOT, Catalog
+from metasrv.repo.catalog import DATA_ROOT, Catalog, blob_id_of
 from metasrv.repo.objectfolders import make_object_folders
 from metasrv.repo.projectfile import write_project
-from metasrv.repo.storage import CommitId, Storage
+from metasrv.repo.storage import BlobId, CommitId, Storage
 
 Documents = dict[str, bytes]  # path -> a PEP 658 document read, committed with its change
 # A commit costs about the same whatever it holds, and its CPU is what a burst of first requests
@@ -52,7 +52,7 @@ class PullWriter:
         branch: str | None,
         *,
         build_in_background: bool,
-        written: Callable[[bytes, Project], None] | None = None,
+        written: Callable[[BlobId, Project], None] | None = None,
     ) -> None:
         self.source_url = source_url
         self._branch = branch
@@ -64,7 +64,7 @@ class PullWriter:
         self._committing: asyncio.Task[None] | None = None
         self._coming = 0  # changes announced and not yet queued
         self._all_in: asyncio.Event | None = None  # set when the last of them is
-        self._written = written or (lambda content, project: None)
+        self._written = written or (lambda blob_id, project: None)
 
     def follow_head(self) -> CommitId | None:
         """Merge HEAD's branch into the data branch when it has new commits; they win conflicts.
@@ -193,8 +193,9 @@ class PullWriter:
                     content = write_project(project)
                     changes[f"{DATA_ROOT}/{project_path(normalized_name)}"] = content
                     # The next commit, and the server's reader, need not parse what was written.
-                    self._catalog.remember(content, project)
-                    self._written(content, project)
+                    blob_id = blob_id_of(content)  # hashed once for both
+                    self._catalog.remember(blob_id, project)
+                    self._written(blob_id, project)
                     labels += [job.label for job in jobs]
                     if _has_dynamic_sdists(project):
                         dynamic.add(normalized_name)

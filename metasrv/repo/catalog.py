@@ -89,15 +89,13 @@ class Catalog:
             self._parsed.put(blob_id, project)
         return project
 
-    def remember(self, content: bytes, project: Project) -> None:
-        """Keep ``project`` as the parse of the project file ``content``, which its writer made.
+    def remember(self, blob_id: BlobId, project: Project) -> None:
+        """Keep ``project`` as the parse of the project file ``blob_id``, which its writer made.
 
         Parsing a large project file (numpy's, ~1 MB) costs far more than the commit that wrote
         it: a pull-through hands the project it wrote to the reader that will serve it.
         """
-        # The id git gives a blob: the sha1 of its header and bytes.
-        blob_id = hashlib.sha1(b"blob %d\0%b" % (len(content), content), usedforsecurity=False)
-        self._parsed.put(BlobId(blob_id.hexdigest()), project)
+        self._parsed.put(blob_id, project)
 
     def read_release(
         self, blob_id: BlobId, normalized_name: NormalizedName, version: Version
@@ -169,6 +167,13 @@ class Catalog:
                 kind = "added" if change.old_blob is None else "changed"
             changes.append(ProjectChange(normalized_name, name, kind))
         return sorted(changes, key=lambda change: change.normalized_name)
+
+
+def blob_id_of(content: bytes) -> BlobId:
+    """Return the id git gives a blob of ``content``: the sha1 of its header and bytes."""
+    digest = hashlib.sha1(b"blob %d\0" % len(content), usedforsecurity=False)
+    digest.update(content)  # not joined to the header first: numpy's file is 2.4 MB
+    return BlobId(digest.hexdigest())
 
 
 def _weight(_: BlobId, project: Project) -> int:
