@@ -85,7 +85,7 @@ def test_a_file_read_before_documents_were_kept_takes_the_pages_document_hash(
 
 
 def test_a_file_of_a_folder_source_gets_no_document_hash(tmp_path: Path) -> None:
-    source_file = replace(listed(WHEEL, {"sha256": PAGE_SHA}), url=f"file:///files/{WHEEL}")
+    source_file = listed(WHEEL, {"sha256": PAGE_SHA})._replace(url=f"file:///files/{WHEEL}")
     known = synced(WHEEL, url=source_file.url)
     (wheel,) = read_again(tmp_path, ProjectPage("demo", (source_file,)), {WHEEL: known})
     assert wheel.core_metadata_sha256 is None
@@ -109,8 +109,7 @@ def test_a_pages_document_hash_is_taken_only_when_it_is_a_sha256(
 
 def test_what_a_page_lists_of_a_file_comes_from_the_page(tmp_path: Path) -> None:
     """Upload time, Requires-Python and yanks are the page's now, not those of the last sync."""
-    page_file = replace(
-        listed(WHEEL),
+    page_file = listed(WHEEL)._replace(
         upload_time="2026-02-03T04:05:06Z",
         requires_python=">=3.12",
         yanked="broken build",

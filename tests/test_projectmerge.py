@@ -72,7 +72,7 @@ def test_a_refreshed_page_keeps_what_was_read_of_its_unchanged_files() -> None:
 
 def test_a_file_whose_bytes_changed_or_are_unhashed_is_read_again() -> None:
     changed = listed(WHEEL, digest="bb", core_metadata={"sha256": DOCUMENT_SHA.upper()})
-    unhashed = replace(listed(SDIST), hashes={})
+    unhashed = listed(SDIST)._replace(hashes={})
     page = ProjectPage("demo", (changed, unhashed))
     known = {WHEEL: read_file(WHEEL), SDIST: read_file(SDIST)}
     wheel, sdist = pending_files(page, known)

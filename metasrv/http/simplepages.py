@@ -5,8 +5,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from packaging.utils import NormalizedName
@@ -59,10 +58,10 @@ def negotiate(accept: str | None, format_param: str | None = None) -> str:
     return best[2]
 
 
-@dataclass(frozen=True, slots=True)
-class SimpleFile:
+class SimpleFile(NamedTuple):
     """A file as a project page lists it (PEP 691 / 700 / 714)."""
 
+    # A tuple, not a frozen dataclass: a page makes one per file, numpy's 4,400 at a time.
     filename: str
     url: str
     hashes: dict[str, str]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from metasrv.errors import SourceError
@@ -38,10 +38,10 @@ _RELATIVE_FOLDER = re.compile(
 MAX_VALUE_CHARS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """One file as a project page lists it."""
 
+    # A tuple, not a frozen dataclass: a page makes one per file, numpy's 4,400 at a time.
     filename: str
     url: str
     hashes: Mapping[str, str]
