@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -81,16 +82,28 @@ def nginx(
 
 
 def start_metasrv(
-    repo_path: Path, *options: str, probe: str = "/", seconds: float = 30
+    repo_path: Path,
+    *options: str,
+    probe: str = "/",
+    seconds: float = 30,
+    tree: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, float]:
-    """Start ``metasrv serve`` on ``repo_path``; return it, its URL, seconds to ``probe``'s 200."""
+    """Start ``metasrv serve`` on ``repo_path``; return it, its URL, seconds to ``probe``'s 200.
+
+    ``tree``: a work tree whose code serves, not the installed one.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
+    # `python -m` puts its working folder first on sys.path: started from the tree, with the tree
+    # on PYTHONPATH too (for anything the package starts), it runs the tree's code.
+    environment = None if tree is None else os.environ | {"PYTHONPATH": str(tree)}
     process = subprocess.Popen(
         [*METASRV, "serve", "--repo", str(repo_path), "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=tree,
+        env=environment,
     )
     deadline = started + seconds
     while time.monotonic() < deadline:

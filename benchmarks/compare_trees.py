@@ -1,0 +1,121 @@
+"""Compare two work trees on pull-through, interleaved, so that both share the machine's noise.
+
+Run: python -m benchmarks.compare_trees OLD NEW [--rounds 10] [--pages 4]
+OLD and NEW are work trees (`git worktree add /tmp/old <commit>`). Each round resolves the
+30-package set of benchmarks.pull_through against the source (a), then, tree by tree (which
+tree goes first alternates), through a new empty repository served by that tree's code: (b)
+everything pulled through, (c) the same server warm. Then ``--pages`` first pages of distinct
+4,400-file projects through each tree, beside the source's own page. Prints medians and NEW / OLD.
+Run it with both trees on one commit first: that ratio is this machine's noise (8-10 % over 15
+rounds was seen here), and a difference smaller than it says nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.pull_through import build_big_project, new_meta_repository
+from benchmarks.servers import nginx, start_metasrv
+from benchmarks.simple_api import build_source, compile_once
+
+ACCEPT_JSON = {"accept": "application/vnd.pypi.simple.v1+json"}
+
+
+def compile_rounds(work: Path, trees: list[Path], rounds: int) -> dict[str, list[float]]:
+    """Return seconds per figure: "a", then "b" and "c" of each tree ("b OLD", ...)."""
+    names = build_source(work / "source", 60)
+    requirements = work / "requirements.in"
+    requirements.write_text("\n".join(names[:30]) + "\n")
+    figures: dict[str, list[float]] = {"a": []}
+    with nginx(work / "source") as source:
+        source_url = f"{source}/simple/"
+        for round_number in range(rounds):
+            figures["a"].append(compile_once(requirements, source_url))
+            for tree in trees if round_number % 2 == 0 else trees[::-1]:
+                repo = new_meta_repository(work, source_url)
+                server, url, _ = start_metasrv(repo, "--quiet", tree=tree)
+                try:
+                    for label in ("b", "c"):
+                        seconds = compile_once(requirements, f"{url}/simple/")
+                        figures.setdefault(f"{label} {tree}", []).append(seconds)
+                finally:
+                    server.terminate()
+                    server.wait()
+    return figures
+
+
+def big_page_rounds(
+    work: Path, trees: list[Path], rounds: int, pages: int
+) -> dict[str, list[float]]:
+    """Return seconds per first page of a 4,400-file project: "source", then each tree's."""
+    root = work / "big"
+    name = build_big_project(root, 4_400)
+    page = (root / "simple" / name / "index.json").read_text()
+    count = rounds * pages * len(trees)
+    for number in range(count):  # a first page each: a new project per request
+        folder = root / "simple" / f"{name}{number}"
+        folder.mkdir(parents=True)
+        (folder / "index.json").write_text(page.replace(f'"{name}"', f'"{name}{number}"'))
+    figures: dict[str, list[float]] = {"source": []}
+    projects = iter(range(count))
+    with nginx(root, json_pages=True) as source, httpx.Client(timeout=120) as client:
+
+        def timed(url: str) -> float:
+            started = time.perf_counter()
+            answer = client.get(url, headers=ACCEPT_JSON)
+            elapsed = time.perf_counter() - started
+            assert answer.status_code == 200, answer.text[:200]
+            return elapsed
+
+        for round_number in range(rounds):
+            for tree in trees if round_number % 2 == 0 else trees[::-1]:
+                repo = new_meta_repository(work, f"{source}/simple/")
+                server, url, _ = start_metasrv(repo, "--quiet", tree=tree)
+                try:
+                    for _ in range(pages):
+                        project = f"{name}{next(projects)}"
+                        figures["source"].append(timed(f"{source}/simple/{project}/"))
+                        figures.setdefault(f"big {tree}", []).append(
+                            timed(f"{url}/simple/{project}/")
+                        )
+                finally:
+                    server.terminate()
+                    server.wait()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--pages", type=int, default=4, help="big first pages per tree and round")
+    args = parser.parse_args()
+    trees = [args.old.resolve(), args.new.resolve()]
+    work = Path(tempfile.mkdtemp())
+    try:
+        figures = compile_rounds(work, trees, args.rounds)
+        figures |= big_page_rounds(work, trees, args.rounds, args.pages)
+    finally:
+        shutil.rmtree(work)
+    medians = {label: statistics.median(values) for label, values in figures.items()}
+    for label, median in medians.items():
+        print(f"{label}: median {median * 1000:.1f} ms over {len(figures[label])}")
+    old, new = trees
+    for figure in ("b", "c", "big"):
+        ratio = medians[f"{figure} {new}"] / medians[f"{figure} {old}"]
+        print(f"({figure}) new / old = {ratio:.3f}")
+    for figure in ("b", "c"):
+        to_source = [medians[f"{figure} {tree}"] / medians["a"] for tree in trees]
+        print(f"({figure})/(a): old {to_source[0]:.2f}x, new {to_source[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
