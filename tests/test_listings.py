@@ -144,6 +144,7 @@ def test_cheap_requests_answer_while_a_whole_index_miss_is_computed(
 
 def test_concurrent_misses_of_one_tree_are_computed_once(large: tuple[Storage, str]) -> None:
     storage, empty = large
+    assert MISS_WORKERS == 2  # the listing job and the root page hold them all
     held = HeldListing(storage)
     listings = Listings(storage.path, ByteCache(BODY_CACHE_BYTES))
     head = storage.resolve(None)
