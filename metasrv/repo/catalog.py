@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
+import pygit2
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
@@ -170,10 +170,8 @@ class Catalog:
 
 
 def blob_id_of(content: bytes) -> BlobId:
-    """Return the id git gives a blob of ``content``: the sha1 of its header and bytes."""
-    digest = hashlib.sha1(b"blob %d\0" % len(content), usedforsecurity=False)
-    digest.update(content)  # not joined to the header first: numpy's file is 2.4 MB
-    return BlobId(digest.hexdigest())
+    """Return the id git gives a blob of ``content``, without writing it."""
+    return BlobId(str(pygit2.hash(content)))
 
 
 def _weight(_: BlobId, project: Project) -> int:
