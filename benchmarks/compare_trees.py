@@ -16,16 +16,20 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.pull_through import build_big_project, new_meta_repository
-from benchmarks.servers import nginx, start_metasrv
+from benchmarks.pull_through import build_big_project, empty_metasrv, timed_page
+from benchmarks.servers import nginx
 from benchmarks.simple_api import build_source, compile_once
 
-ACCEPT_JSON = {"accept": "application/vnd.pypi.simple.v1+json"}
+BIG_FILES = 4_400
+
+
+def alternating(trees: list[Path], round_number: int) -> list[Path]:
+    """Return the trees in the order a round runs them: which goes first alternates."""
+    return trees if round_number % 2 == 0 else trees[::-1]
 
 
 def compile_rounds(work: Path, trees: list[Path], rounds: int) -> dict[str, list[float]]:
@@ -38,16 +42,11 @@ def compile_rounds(work: Path, trees: list[Path], rounds: int) -> dict[str, list
         source_url = f"{source}/simple/"
         for round_number in range(rounds):
             figures["a"].append(compile_once(requirements, source_url))
-            for tree in trees if round_number % 2 == 0 else trees[::-1]:
-                repo = new_meta_repository(work, source_url)
-                server, url, _ = start_metasrv(repo, "--quiet", tree=tree)
-                try:
+            for tree in alternating(trees, round_number):
+                with empty_metasrv(work, source_url, tree) as url:
                     for label in ("b", "c"):
                         seconds = compile_once(requirements, f"{url}/simple/")
                         figures.setdefault(f"{label} {tree}", []).append(seconds)
-                finally:
-                    server.terminate()
-                    server.wait()
     return figures
 
 
@@ -56,7 +55,7 @@ def big_page_rounds(
 ) -> dict[str, list[float]]:
     """Return seconds per first page of a 4,400-file project: "source", then each tree's."""
     root = work / "big"
-    name = build_big_project(root, 4_400)
+    name = build_big_project(root, BIG_FILES)
     page = (root / "simple" / name / "index.json").read_text()
     count = rounds * pages * len(trees)
     for number in range(count):  # a first page each: a new project per request
@@ -66,28 +65,15 @@ def big_page_rounds(
     figures: dict[str, list[float]] = {"source": []}
     projects = iter(range(count))
     with nginx(root, json_pages=True) as source, httpx.Client(timeout=120) as client:
-
-        def timed(url: str) -> float:
-            started = time.perf_counter()
-            answer = client.get(url, headers=ACCEPT_JSON)
-            elapsed = time.perf_counter() - started
-            assert answer.status_code == 200, answer.text[:200]
-            return elapsed
-
         for round_number in range(rounds):
-            for tree in trees if round_number % 2 == 0 else trees[::-1]:
-                repo = new_meta_repository(work, f"{source}/simple/")
-                server, url, _ = start_metasrv(repo, "--quiet", tree=tree)
-                try:
+            for tree in alternating(trees, round_number):
+                with empty_metasrv(work, f"{source}/simple/", tree) as url:
                     for _ in range(pages):
                         project = f"{name}{next(projects)}"
-                        figures["source"].append(timed(f"{source}/simple/{project}/"))
-                        figures.setdefault(f"big {tree}", []).append(
-                            timed(f"{url}/simple/{project}/")
-                        )
-                finally:
-                    server.terminate()
-                    server.wait()
+                        source_page = timed_page(client, f"{source}/simple/{project}/", BIG_FILES)
+                        figures["source"].append(source_page)
+                        first_page = timed_page(client, f"{url}/simple/{project}/", BIG_FILES)
+                        figures.setdefault(f"big {tree}", []).append(first_page)
     return figures
 
 
@@ -99,6 +85,11 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=4, help="big first pages per tree and round")
     args = parser.parse_args()
     trees = [args.old.resolve(), args.new.resolve()]
+    if trees[0] == trees[1]:
+        # Figures are kept by tree: one folder twice is one set of figures compared to itself.
+        parser.error(
+            "OLD and NEW are one folder: for the noise, add a second work tree of the commit"
+        )
     work = Path(tempfile.mkdtemp())
     try:
         figures = compile_rounds(work, trees, args.rounds)

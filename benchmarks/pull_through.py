@@ -45,11 +45,14 @@ def new_meta_repository(work: Path, source_url: str) -> Path:
 
 
 @contextmanager
-def empty_metasrv(work: Path, source_url: str) -> Iterator[str]:
-    """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL."""
+def empty_metasrv(work: Path, source_url: str, tree: Path | None = None) -> Iterator[str]:
+    """Serve a new empty meta repository from a ``metasrv serve`` process; yield its base URL.
+
+    ``tree``: a work tree whose code serves (start_metasrv), not the installed one.
+    """
     # What an operator runs (its protocol answers kept pages itself), in a process of its own:
     # clients in this one must not share the server's GIL.
-    server, url, _ = start_metasrv(new_meta_repository(work, source_url), "--quiet")
+    server, url, _ = start_metasrv(new_meta_repository(work, source_url), "--quiet", tree=tree)
     try:
         yield url
     finally:
@@ -87,27 +90,27 @@ def build_big_project(root: Path, files: int) -> str:
     return name
 
 
+def timed_page(client: httpx.Client, url: str, files: int) -> float:
+    """Return the seconds a PEP 691 project page takes, checking it lists ``files`` files."""
+    started = time.perf_counter()
+    answer = client.get(url, headers={"accept": "application/vnd.pypi.simple.v1+json"})
+    elapsed = time.perf_counter() - started
+    assert answer.status_code == 200, answer.text[:200]
+    assert len(answer.json()["files"]) == files
+    return elapsed
+
+
 def big_first_page(work: Path, files: int, runs: int) -> tuple[float, float, float]:
     """Return median seconds: the source's page, metasrv's first page of it, metasrv's warm."""
     root = work / "big"
     name = build_big_project(root, files)
-    accept = {"accept": "application/vnd.pypi.simple.v1+json"}
     figures: dict[str, list[float]] = {"source": [], "first": [], "warm": []}
-
-    def timed(client: httpx.Client, url: str) -> float:
-        started = time.perf_counter()
-        answer = client.get(url, headers=accept)
-        elapsed = time.perf_counter() - started
-        assert answer.status_code == 200, answer.text[:200]
-        assert len(answer.json()["files"]) == files
-        return elapsed
-
     with nginx(root, json_pages=True) as source, httpx.Client(timeout=120) as client:
         for _ in range(runs):
-            figures["source"].append(timed(client, f"{source}/simple/{name}/"))
+            figures["source"].append(timed_page(client, f"{source}/simple/{name}/", files))
             with empty_metasrv(work, f"{source}/simple/") as url:
-                figures["first"].append(timed(client, f"{url}/simple/{name}/"))
-                figures["warm"].append(timed(client, f"{url}/simple/{name}/"))
+                figures["first"].append(timed_page(client, f"{url}/simple/{name}/", files))
+                figures["warm"].append(timed_page(client, f"{url}/simple/{name}/", files))
     return (
         statistics.median(figures["source"]),
         statistics.median(figures["first"]),
